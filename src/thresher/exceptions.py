@@ -1,0 +1,46 @@
+"""The exception hierarchy of thresher.
+
+Every error a user can cause derives from :class:`ThresherError`, so a caller
+can catch them all in one place, and the CLI can turn them into a one-line
+message with a non-zero exit code instead of a traceback.
+
+Messages follow one shape, borrowed from scikit-learn: they name the parameter,
+file, column or row at fault, say what was expected, and what was got.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ThresherError(Exception):
+    """Base class of every error thresher raises on purpose."""
+
+
+class ParameterError(ThresherError, ValueError):
+    """A parameter has a value outside what it accepts."""
+
+
+class InputDataError(ThresherError, ValueError):
+    """The user's data is unusable: unreadable file, missing column, bad row."""
+
+
+class ArtifactError(ThresherError):
+    """An artefact directory is missing, incomplete, corrupt or of another kind."""
+
+
+class IncompleteArtifactError(ArtifactError):
+    """An artefact directory has no manifest: it was never finished."""
+
+
+class DimensionMismatchError(ThresherError, ValueError):
+    """Two things that must share a vector width do not."""
+
+
+def parameter_error(owner: str, name: str, expected: str, got: Any) -> ParameterError:
+    """Build the standard message for a bad parameter.
+
+    >>> str(parameter_error("RDSPlus", "budget", "an int >= 1", 0))
+    "The 'budget' parameter of RDSPlus must be an int >= 1; got 0."
+    """
+    return ParameterError(f"The {name!r} parameter of {owner} must be {expected}; got {got!r}.")

@@ -1,0 +1,112 @@
+"""The embed stage: pool → embedding store, as a Dask job (or in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from thresher.exceptions import ParameterError
+
+
+def embed(
+    pool: Any,
+    out: str | Path,
+    *,
+    text: str | None = None,
+    text_column: str | None = None,
+    messages_column: str | None = None,
+    chat_format: Literal["tulu", "plain"] = "tulu",
+    id_column: str | None = None,
+    format: str = "auto",
+    split: str | None = None,
+    model: str = "default",
+    pooling: str | None = None,
+    layer: int = -1,
+    normalize: bool = True,
+    max_length: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    model_dtype: str = "auto",
+    padding_side: Literal["right", "left"] | None = None,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: Literal["float32", "float16"] = "float32",
+    partition_rows: int | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    slurm: Any = None,
+    client: Any = None,
+    local: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Embed a data pool into an embedding store.
+
+    Parameters
+    ----------
+    pool : path, glob, list of paths, datasets.Dataset or DatasetDict
+        The data pool (jsonl, json, parquet, arrow, csv, a ``save_to_disk`` folder, fsspec URLs).
+    out : path
+        The store directory. An interrupted run is resumed; a finished one with
+        the same inputs is reused; a directory holding anything else is refused
+        unless ``overwrite``.
+    text, text_column, messages_column : str
+        How each row becomes text: a template such as ``"{instruction}\\n\\n{response}"``,
+        a column, or a chat ``messages`` column rendered in ``chat_format``.
+        With none given, a column named ``text`` is used.
+    model, pooling, layer, normalize, max_length, batch_size, device, model_dtype, padding_side, gguf_file
+        The encoder (see :class:`thresher.embeddings.EncoderSpec`); the default
+        model is the bundled all-MiniLM-L6-v2 with its own mean pooling.
+    dtype : "float32" or "float16"
+        Storage type of the vectors.
+    scheduler, workers, slurm, client, local
+        Where it runs: an existing ``client``; a scheduler address; SLURM; or
+        (default) an in-process local cluster of ``workers`` processes.
+        ``local=True`` runs in this process without Dask.
+
+    Returns
+    -------
+    thresher.stores.EmbeddingStore
+    """
+    from thresher.embeddings.encoders import EncoderSpec
+    from thresher.jobs.cluster import dask_client
+    from thresher.jobs.embed_job import run_embed_job
+    from thresher.pipeline.text import TextBuilder
+    from thresher.stores.pool import open_pool
+
+    if dtype not in ("float32", "float16"):
+        raise ParameterError(f"The 'dtype' parameter of embed must be 'float32' or 'float16'; got {dtype!r}.")
+    if text is None and text_column is None and messages_column is None:
+        text_column = "text"
+    builder = TextBuilder(text, text_column=text_column, messages_column=messages_column, chat_format=chat_format)
+    spec = EncoderSpec(
+        model=model,
+        pooling=pooling,
+        layer=layer,
+        normalize=normalize,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        dtype=model_dtype,
+        padding_side=padding_side,
+        gguf_file=gguf_file,
+        trust_remote_code=trust_remote_code,
+    )
+    opened = open_pool(pool, format=format, id_column=id_column, partition_rows=partition_rows, split=split)
+    _check_columns(opened, builder)
+    if local or client is not None:
+        return run_embed_job(opened, builder, spec, out, client=client, dtype=dtype, overwrite=overwrite, progress=progress)
+    with dask_client(scheduler, workers=workers, slurm=slurm, quiet=not progress) as dask:
+        return run_embed_job(opened, builder, spec, out, client=dask, dtype=dtype, overwrite=overwrite, progress=progress)
+
+
+def _check_columns(pool: Any, builder: Any) -> None:
+    """Fail before any cluster starts when the text needs a column the pool lacks."""
+    from thresher.exceptions import InputDataError
+
+    missing = [c for c in builder.required_columns if c not in pool.column_names]
+    if missing:
+        where = pool.partitions[0].source or "the dataset"
+        raise InputDataError(
+            f"Column {missing[0]!r} needed for the text is not in {where}; the pool has columns {pool.column_names}."
+        )

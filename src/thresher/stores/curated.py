@@ -1,0 +1,282 @@
+"""Curated shards: the selected pool rows, with selection columns, in rank order.
+
+A curated directory holds ``part-NNNNN.arrow`` shards (Arrow IPC stream
+format) with every column of the selected pool rows plus the selector's
+columns (``rank``, ``score``, ``weight``, ``batch``, …), and a manifest naming
+the selector, its parameters, the seed, the inputs' fingerprints and counts.
+Rows appear in rank order, so a trainer that streams the shards in order sees
+the selection's order (which matters for batch-mined shards).
+
+Writing streams: each pool partition contributes its selected rows to a
+staging file sorted by rank (one pass over the pool, one task per partition),
+then output shards are cut from the staging files by rank range, a k-way
+merge whose memory is bounded by one output shard. Neither the pool nor the
+selection's rows are ever held whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from thresher.exceptions import InputDataError, ParameterError
+from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
+from thresher.stores.manifest import ShardInfo, prepare_output_dir, read_manifest, verify_shards, write_manifest
+
+RANK_COLUMN = "rank"
+_STAGING = ".staging"
+_STAGE_RANK = "__thresher_rank"
+
+Mapper = Callable[[Callable[..., Any], Iterable[Any]], Iterable[Any]]
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.arrow"
+
+
+@dataclass(frozen=True)
+class _StageTask:
+    partition: int
+    offsets: np.ndarray
+    ranks: np.ndarray
+    expected_ids: np.ndarray | None
+    staging_dir: str
+
+
+def write_curated(
+    out: str | Path,
+    *,
+    pool: Any,
+    positions: Sequence[int] | np.ndarray,
+    columns: Mapping[str, Any],
+    selector: str,
+    params: Mapping[str, Any],
+    fingerprint: str,
+    seed: int | None = None,
+    inputs: Mapping[str, str] | None = None,
+    summary: Mapping[str, Any] | None = None,
+    expected_ids: np.ndarray | None = None,
+    rows_per_shard: int | None = None,
+    overwrite: bool = False,
+    map_fn: Mapper = map,
+) -> CuratedShards:
+    """Write the pool rows at ``positions`` (in rank order) with selection ``columns`` as curated shards.
+
+    Parameters
+    ----------
+    out : path
+        The output directory (made; refused if it holds another artefact).
+    pool : thresher.stores.pool.Pool
+        The pool the positions refer to (positions are global row offsets in
+        pool partition order, which is also embedding-store order).
+    positions : array of int, shape (n_selected,)
+        Selected rows, best first. No duplicates.
+    columns : mapping of name to array of length n_selected
+        Selection columns in the same order (``score``, ``weight``, …). ``rank``
+        (0 = best) is added unless given.
+    expected_ids : array, optional
+        The pool ids the caller believes sit at ``positions``; checked while
+        reading, so a pool that changed since it was embedded is caught.
+    map_fn : callable
+        ``map``-like function used to run the per-partition staging step;
+        jobs pass one that runs it on Dask.
+    """
+    out = Path(out)
+    positions = np.asarray(positions, dtype=np.int64)
+    n_selected = len(positions)
+    if rows_per_shard is None:
+        from thresher.config import runtime_config
+
+        rows_per_shard = runtime_config().partition_rows
+    if rows_per_shard < 1:
+        raise ParameterError(f"The 'rows_per_shard' parameter of write_curated must be >= 1; got {rows_per_shard}.")
+    _check_positions(positions, pool.n_rows)
+    selection = _selection_table(columns, n_selected)
+    if expected_ids is not None and len(expected_ids) != n_selected:
+        raise ValueError(f"expected_ids has {len(expected_ids)} entries for {n_selected} positions")
+
+    if prepare_output_dir(out, "curated", fingerprint, overwrite=overwrite) == "complete":
+        return open_curated(out)
+    staging = out / _STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for old in out.glob("part-*.arrow"):
+        old.unlink()
+
+    tasks = list(_stage_tasks(pool, positions, expected_ids, staging))
+    staged = [p for p in map_fn(functools.partial(stage_partition, pool), tasks) if p is not None]
+    shards = _merge_staged(out, [Path(p) for p in staged], selection, rows_per_shard)
+    shutil.rmtree(staging, ignore_errors=True)
+
+    body = {
+        "selector": selector,
+        "params": dict(params),
+        "seed": seed,
+        "inputs": dict(inputs or {}),
+        "pool": pool.describe(),
+        "n_selected": n_selected,
+        "n_pool": pool.n_rows,
+        "selection_columns": selection.column_names,
+        "summary": dict(summary or {}),
+    }
+    write_manifest(out, "curated", fingerprint=fingerprint, body=body, shards=shards)
+    return open_curated(out)
+
+
+def stage_partition(pool: Any, task: _StageTask) -> str | None:
+    """Read one pool partition, keep its selected rows, sort them by rank, write a staging file."""
+    table = pool.read_partition(task.partition)
+    order = np.argsort(task.ranks, kind="stable")
+    rows = table.take(pa.array(task.offsets[order]))
+    if task.expected_ids is not None:
+        got = rows.column("id").to_pylist()
+        want = task.expected_ids[order].tolist()
+        if got != want:
+            bad = next(j for j, (a, b) in enumerate(zip(got, want)) if a != b)
+            raise InputDataError(
+                f"Pool partition {task.partition} has id {got[bad]!r} where the selection expects {want[bad]!r}: "
+                "the pool changed since it was embedded; re-run the embedding."
+            )
+    rows = rows.append_column(_STAGE_RANK, pa.array(task.ranks[order], pa.int64()))
+    path = Path(task.staging_dir) / f"stage-{task.partition:05d}.arrow"
+    write_stream_shard(path, rows)
+    return str(path)
+
+
+def _stage_tasks(pool: Any, positions: np.ndarray, expected_ids: np.ndarray | None, staging: Path) -> Iterable[_StageTask]:
+    bounds = np.concatenate([[0], np.cumsum([p.stop - p.start for p in pool.partitions])]).astype(np.int64)
+    part_of = np.searchsorted(bounds, positions, side="right") - 1
+    ranks = np.arange(len(positions), dtype=np.int64)
+    order = np.argsort(part_of, kind="stable")
+    cuts = np.searchsorted(part_of[order], np.arange(len(pool.partitions) + 1))
+    for i in range(len(pool.partitions)):
+        idx = order[cuts[i] : cuts[i + 1]]
+        if len(idx) == 0:
+            continue
+        yield _StageTask(
+            partition=i,
+            offsets=positions[idx] - bounds[i],
+            ranks=ranks[idx],
+            expected_ids=None if expected_ids is None else np.asarray(expected_ids, dtype=object)[idx],
+            staging_dir=str(staging),
+        )
+
+
+def _merge_staged(out: Path, staged: list[Path], selection: pa.Table, rows_per_shard: int) -> list[ShardInfo]:
+    tables = [read_stream_shard(p) for p in staged]
+    rank_arrays = [t.column(_STAGE_RANK).to_numpy() for t in tables]
+    shards = []
+    for j, lo in enumerate(range(0, selection.num_rows, rows_per_shard)):
+        hi = min(lo + rows_per_shard, selection.num_rows)
+        pieces = []
+        for table, ranks in zip(tables, rank_arrays):
+            a, b = np.searchsorted(ranks, [lo, hi])
+            if b > a:
+                pieces.append(table.slice(a, b - a))
+        merged = pa.concat_tables(pieces, promote_options="permissive").combine_chunks()
+        merged = merged.take(pc.sort_indices(merged.column(_STAGE_RANK))).drop_columns([_STAGE_RANK])
+        shard = _attach_selection(merged, selection.slice(lo, hi - lo))
+        path = out / shard_name(j)
+        write_stream_shard(path, shard)
+        shards.append(ShardInfo.of(path, shard.num_rows))
+    return shards
+
+
+def _attach_selection(rows: pa.Table, selection: pa.Table) -> pa.Table:
+    for name in selection.column_names:
+        if name in rows.column_names:
+            rows = rows.rename_columns([f"{c}_pool" if c == name else c for c in rows.column_names])
+        rows = rows.append_column(name, selection.column(name))
+    return rows
+
+
+def _selection_table(columns: Mapping[str, Any], n: int) -> pa.Table:
+    arrays = {}
+    if RANK_COLUMN not in columns:
+        arrays[RANK_COLUMN] = pa.array(np.arange(n, dtype=np.int64))
+    for name, values in columns.items():
+        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(_as_list_or_array(values))
+        if len(array) != n:
+            raise ValueError(f"selection column {name!r} has {len(array)} values for {n} selected rows")
+        arrays[name] = array
+    return pa.table(arrays)
+
+
+def _as_list_or_array(values: Any) -> Any:
+    if isinstance(values, np.ndarray) and values.ndim > 1:
+        return list(values)
+    return values
+
+
+def _check_positions(positions: np.ndarray, n_rows: int) -> None:
+    if positions.ndim != 1:
+        raise ValueError(f"positions must be one-dimensional; got shape {positions.shape}")
+    if len(positions) and (positions.min() < 0 or positions.max() >= n_rows):
+        raise ParameterError(f"Selected positions must lie in [0, {n_rows}); got values from {positions.min()} to {positions.max()}.")
+    if len(np.unique(positions)) != len(positions):
+        raise ParameterError("Selected positions contain duplicates: a pool row can be selected at most once.")
+
+
+class CuratedShards:
+    """A finished curated-shard directory, opened read-only (memory-mapped)."""
+
+    def __init__(self, path: str | Path, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.shards = [ShardInfo(**s) for s in manifest["shards"]]
+
+    def __repr__(self) -> str:
+        return f"CuratedShards({str(self.path)!r}, selector={self.manifest['selector']!r}, n_rows={self.n_rows})"
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.manifest["n_rows"])
+
+    @property
+    def files(self) -> list[str]:
+        """Shard paths in order: pass them to ``datasets.load_dataset("arrow", data_files=...)``."""
+        return [str(self.path / s.file) for s in self.shards]
+
+    def tables(self) -> Iterable[pa.Table]:
+        for f in self.files:
+            yield read_stream_shard(f)
+
+    def to_table(self) -> pa.Table:
+        tables = list(self.tables())
+        return pa.concat_tables(tables) if tables else pa.table({})
+
+    def to_pyarrow_dataset(self):
+        """A ``pyarrow.dataset.Dataset`` over the memory-mapped shards.
+
+        ``pyarrow.dataset.dataset(path)`` itself only discovers IPC *file*
+        format files, so hand it the opened stream shards instead.
+        """
+        import pyarrow.dataset as ds
+
+        return ds.dataset(list(self.tables()))
+
+    def to_hf_dataset(self):
+        """A ``datasets.Dataset`` memory-mapping the shards with no copy."""
+        import datasets
+
+        parts = [datasets.Dataset.from_file(f) for f in self.files]
+        return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def open_curated(path: str | Path, *, verify: bool = False) -> CuratedShards:
+    """Open finished curated shards; ``verify`` re-checks every shard's checksum."""
+    manifest = read_manifest(path, "curated")
+    if verify:
+        verify_shards(path, manifest)
+    return CuratedShards(path, manifest)
