@@ -158,7 +158,7 @@ class EmbeddingStore:
         return table
 
     def shard_ids(self, i: int) -> np.ndarray:
-        return _ids_to_numpy(self.shard_table(i).column("id"))
+        return ids_to_numpy(self.shard_table(i).column("id"))
 
     def shard_embeddings(self, i: int) -> np.ndarray:
         """Vectors of shard ``i`` in the stored dtype, shape (rows, dim); zero-copy when the shard is one batch."""
@@ -245,7 +245,7 @@ def _fixed_list_view(chunk: pa.FixedSizeListArray, dim: int) -> np.ndarray:
     return values.to_numpy(zero_copy_only=True).reshape(len(chunk), dim)
 
 
-def _ids_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+def ids_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_integer(column.type):
         return column.to_numpy().astype(np.int64, copy=False)
     return np.asarray(column.to_pylist(), dtype=object)

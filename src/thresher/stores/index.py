@@ -1,0 +1,862 @@
+"""The index artefact: a FAISS index over an embedding store, its id map, and a manifest.
+
+Layout of an index directory::
+
+    index.faiss     the FAISS index (``faiss.write_index``); its labels are store positions
+    ids.arrow       position -> pool id map: one ``id`` column, Arrow IPC stream
+    manifest.json   factory string, metric, search parameters, n_rows, dim, the
+                    embedding store's path and fingerprint, train sample size,
+                    build time, and recall@10 against exact search (written last)
+
+Index types follow the FAISS guidelines (Johnson, Douze & Jégou, "Billion-scale
+similarity search with GPUs", IEEE TBD 2019; Douze et al., "The Faiss library",
+arXiv 2401.08281): exact ``Flat`` search for small pools, a graph index
+(HNSW, Malkov & Yashunin, IEEE TPAMI 2018) or an inverted file
+(IVF, Sivic & Zisserman, ICCV 2003) with about ``4 sqrt(n)`` lists when the raw
+vectors fit in memory, and IVF with product-quantised codes (Jégou, Douze &
+Schmid, IEEE TPAMI 2011) when they do not. :func:`choose_index_factory` makes
+that choice from the row count, the width and a memory budget.
+
+Building never loads the whole store: the coarse quantiser (and PQ codebooks)
+train on a seeded sample of rows, then vectors are added block by block. The
+recall stored in the manifest is measured against :func:`exact_search`, a
+streamed, blocked brute force that merges per-block top-k lists (the oracle of
+the tests, as in ``faiss.contrib.exhaustive_search``), on held-out rows that
+took no part in training.
+
+Scores follow FAISS: for ``metric="ip"`` the inner product (higher is nearer),
+for ``metric="l2"`` the *squared* Euclidean distance (lower is nearer). A
+missing neighbour (``k`` larger than the index) has position ``-1`` and score
+``-inf`` (ip) or ``+inf`` (l2).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from thresher.exceptions import ArtifactError, DimensionMismatchError, InputDataError, ParameterError, parameter_error
+from thresher.fingerprint import fingerprint_of, hash_file
+from thresher.rng import as_generator
+from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
+from thresher.stores.atomic import atomic_path
+from thresher.stores.embedding_store import EmbeddingStore, ids_to_numpy
+from thresher.stores.manifest import prepare_output_dir, read_manifest, write_manifest
+
+IndexMetric = Literal["ip", "l2"]
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.arrow"
+INDEX_VERSION = 1
+
+#: Up to this many rows (and when the raw vectors fit the budget) the automatic choice is exact ``Flat``
+#: search: 1,000 queries against 100k rows of 384 dims is ~40 GFLOP, seconds on a CPU, and exact.
+FLAT_MAX_ROWS = 100_000
+#: Up to this many rows the automatic choice prefers ``HNSW32`` over IVF: best recall per query cost, but
+#: its graph costs ~256 bytes per row and its build time grows fastest, so large pools use IVF.
+HNSW_MAX_ROWS = 1_000_000
+HNSW_M = 32
+#: Bounds on the number of IVF lists: at least 39 training rows per list (below that FAISS k-means warns)
+#: and at most 2**14 lists, so the coarse quantiser stays small and its training sample bounded.
+MIN_TRAIN_PER_LIST = 39
+MAX_NLIST = 1 << 14
+#: Default training sample: 50 rows per IVF list, at least 10,000 rows (PQ needs 39 x 256 per codebook),
+#: at most 1,000,000 rows.
+TRAIN_PER_LIST = 50
+MIN_TRAIN_ROWS = 10_000
+MAX_TRAIN_ROWS = 1_000_000
+#: PQ codebooks have 2**8 centroids each; training needs at least 39 rows per centroid.
+PQ_MIN_ROWS = MIN_TRAIN_PER_LIST * 256
+#: Default search parameters: nprobe = nlist / 32 (at least 16 lists), efSearch = 128.
+NPROBE_FRACTION = 32
+MIN_NPROBE = 16
+DEFAULT_EF_SEARCH = 128
+#: Query rows times store rows scored at once by :func:`exact_search` (float32: 64 MiB).
+EXACT_SCORE_ELEMENTS = 1 << 24
+RECALL_K = 10
+
+_OWNER = "build_index"
+_METRICS = ("ip", "l2")
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing an index type
+# --------------------------------------------------------------------------------------------------
+
+
+def choose_index_factory(n_rows: int, dim: int, *, metric: IndexMetric, memory_budget_bytes: int) -> str:
+    """Pick a FAISS factory string for ``n_rows`` vectors of width ``dim`` within a memory budget.
+
+    The first option that fits ``memory_budget_bytes`` wins:
+
+    1. ``"Flat"`` (exact) when ``n_rows <= FLAT_MAX_ROWS`` (100,000);
+    2. ``"HNSW32"`` when ``n_rows <= HNSW_MAX_ROWS`` (1,000,000);
+    3. ``"IVF{nlist},Flat"`` with ``nlist`` = ``4 sqrt(n_rows)`` rounded to a power of two
+       (at most ``n_rows / 39`` and 16,384);
+    4. ``"IVF{nlist},PQ{m}x8"`` with the largest ``m`` dividing ``dim`` whose codes fit
+       (needs at least 9,984 rows to train the codebooks).
+
+    Parameters
+    ----------
+    n_rows : int
+        Number of vectors to index (>= 1).
+    dim : int
+        Vector width (>= 1).
+    metric : {"ip", "l2"}
+        Inner product or squared Euclidean distance.
+    memory_budget_bytes : int
+        Memory the index may hold, in bytes.
+
+    Returns
+    -------
+    str
+        A string for ``faiss.index_factory``.
+
+    Raises
+    ------
+    ParameterError
+        On a bad argument, or a budget too small for even the smallest IVF-PQ index.
+    """
+    owner = "choose_index_factory"
+    _check_int(n_rows, "n_rows", owner, minimum=1)
+    _check_int(dim, "dim", owner, minimum=1)
+    _check_metric(metric, owner)
+    _check_int(memory_budget_bytes, "memory_budget_bytes", owner, minimum=1)
+    flat_bytes = n_rows * dim * 4
+    if n_rows <= FLAT_MAX_ROWS and flat_bytes <= memory_budget_bytes:
+        return "Flat"
+    if n_rows <= HNSW_MAX_ROWS and _hnsw_bytes(n_rows, dim) <= memory_budget_bytes:
+        return f"HNSW{HNSW_M}"
+    nlist = default_nlist(n_rows)
+    if _ivf_flat_bytes(n_rows, dim, nlist) <= memory_budget_bytes:
+        return f"IVF{nlist},Flat"
+    if n_rows >= PQ_MIN_ROWS:
+        for m in sorted(_divisors(dim), reverse=True):
+            if _ivf_pq_bytes(n_rows, dim, nlist, m, metric) <= memory_budget_bytes:
+                return f"IVF{nlist},PQ{m}x8"
+        smallest = _ivf_pq_bytes(n_rows, dim, nlist, 1, metric)
+        raise parameter_error(
+            owner, "memory_budget_bytes", f"at least {smallest} bytes for {n_rows} rows of dim {dim} (IVF{nlist},PQ1x8)", memory_budget_bytes
+        )
+    smallest = min(flat_bytes, _ivf_flat_bytes(n_rows, dim, nlist))
+    raise parameter_error(
+        owner,
+        "memory_budget_bytes",
+        f"at least {smallest} bytes for {n_rows} rows of dim {dim} (too few rows, < {PQ_MIN_ROWS}, to train a PQ index)",
+        memory_budget_bytes,
+    )
+
+
+def default_nlist(n_rows: int) -> int:
+    """IVF list count: ``4 sqrt(n_rows)`` rounded to a power of two, at most ``n_rows / 39`` and 16,384."""
+    target = 2 ** round(math.log2(4 * math.sqrt(n_rows)))
+    cap = min(MAX_NLIST, _pow2_floor(max(1, n_rows // MIN_TRAIN_PER_LIST)))
+    return max(1, min(target, cap))
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def _divisors(n: int) -> list[int]:
+    return [m for m in range(1, n + 1) if n % m == 0]
+
+
+def _hnsw_bytes(n_rows: int, dim: int) -> int:
+    # raw vectors + 2M level-0 links of 4 bytes + upper levels, level and offset tables
+    return n_rows * (4 * dim + 2 * HNSW_M * 4 + 32)
+
+
+def _ivf_flat_bytes(n_rows: int, dim: int, nlist: int) -> int:
+    # raw vectors and an 8-byte label per row in the inverted lists, plus the coarse centroids
+    return n_rows * (4 * dim + 8) + nlist * dim * 4
+
+
+def _ivf_pq_bytes(n_rows: int, dim: int, nlist: int, m: int, metric: str) -> int:
+    codes = n_rows * (m + 8)
+    fixed = nlist * dim * 4 + 256 * dim * 4
+    # FAISS precomputes an nlist x m x 256 float table for L2 IVF-PQ when it is below 2 GiB
+    table = nlist * m * 256 * 4
+    if metric == "l2" and table <= 2 << 30:
+        fixed += table
+    return codes + fixed
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact search: the oracle
+# --------------------------------------------------------------------------------------------------
+
+
+def exact_search(
+    store: EmbeddingStore | np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    metric: IndexMetric,
+    block_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` neighbours of ``queries`` in ``store``, streamed block by block.
+
+    Each block of store rows is scored against at most ``EXACT_SCORE_ELEMENTS /
+    block`` queries at a time, its top-``k`` kept, and merged into the running
+    top-``k``; no (n_queries, n_rows) matrix is ever formed. Ties are broken by
+    the lower position, whatever the block size.
+
+    Parameters
+    ----------
+    store : EmbeddingStore or ndarray of shape (n_rows, dim)
+        The vectors searched.
+    queries : ndarray of shape (n_queries, dim)
+        Query vectors (finite).
+    k : int
+        Neighbours per query (>= 1).
+    metric : {"ip", "l2"}
+        Inner product (higher is nearer) or squared Euclidean distance (lower is nearer).
+    block_rows : int, optional
+        Store rows read at once (default: the runtime setting ``THRESHER_BLOCK_ROWS``).
+
+    Returns
+    -------
+    scores : ndarray of shape (n_queries, k), float32
+        Inner products (descending) or squared distances (ascending); ``-inf``/``+inf`` where missing.
+    positions : ndarray of shape (n_queries, k), int64
+        Store positions of the neighbours; ``-1`` where ``k`` exceeds the row count.
+    """
+    owner = "exact_search"
+    _check_metric(metric, owner)
+    _check_k(k, owner)
+    if block_rows is not None:
+        _check_int(block_rows, "block_rows", owner, minimum=1)
+    if isinstance(store, EmbeddingStore):
+        dim, where, blocks = store.dim, f"the embedding store {store.path}", _store_blocks(store, block_rows)
+    else:
+        data = np.asarray(store)
+        if data.ndim != 2:
+            raise InputDataError(f"The vectors searched by exact_search must be 2-D (n_rows, dim); got shape {data.shape}.")
+        dim, where, blocks = data.shape[1], "the searched array", _array_blocks(data, block_rows)
+    queries = _as_queries(queries, dim, where)
+    n_queries = queries.shape[0]
+    best_keys = np.full((n_queries, k), np.inf, dtype=np.float32)
+    best_pos = np.full((n_queries, k), -1, dtype=np.int64)
+    query_norms = (queries * queries).sum(axis=1) if metric == "l2" else None
+    for start, vectors in blocks:
+        vector_norms = (vectors * vectors).sum(axis=1) if metric == "l2" else None
+        chunk = max(1, EXACT_SCORE_ELEMENTS // max(1, len(vectors)))
+        for lo in range(0, n_queries, chunk):
+            hi = min(lo + chunk, n_queries)
+            keys = _block_keys(queries[lo:hi], vectors, metric, query_norms, vector_norms, lo, hi)
+            block_keys, block_cols = _topk_smallest(keys, k)
+            best_keys[lo:hi], best_pos[lo:hi] = _merge_topk(best_keys[lo:hi], best_pos[lo:hi], block_keys, block_cols + start, k)
+    scores = -best_keys if metric == "ip" else best_keys
+    return scores, best_pos
+
+
+def _store_blocks(store: EmbeddingStore, block_rows: int | None):
+    for block in store.iter_blocks(block_rows, dtype=np.float32):
+        yield block.start, block.vectors
+
+
+def _array_blocks(data: np.ndarray, block_rows: int | None):
+    if block_rows is None:
+        from thresher.config import runtime_config
+
+        block_rows = runtime_config().block_rows
+    for lo in range(0, data.shape[0], block_rows):
+        yield lo, np.asarray(data[lo : lo + block_rows], dtype=np.float32)
+
+
+def _block_keys(queries, vectors, metric, query_norms, vector_norms, lo, hi) -> np.ndarray:
+    """Sort keys of one (queries x block) tile: smaller is nearer."""
+    keys = queries @ vectors.T
+    if metric == "ip":
+        np.negative(keys, out=keys)
+        return keys
+    keys *= -2.0
+    keys += vector_norms[None, :]
+    keys += query_norms[lo:hi, None]
+    np.maximum(keys, 0.0, out=keys)
+    return keys
+
+
+def _topk_smallest(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``min(k, n_cols)`` smallest keys and their columns, ties to the lower column."""
+    n_rows, n_cols = keys.shape
+    if n_cols <= k:
+        cols = np.broadcast_to(np.arange(n_cols, dtype=np.int64), keys.shape)
+        order = np.lexsort((cols, keys), axis=1)
+        return np.take_along_axis(keys, order, axis=1), np.take_along_axis(cols, order, axis=1)
+    kth = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
+    # every key <= the k-th smallest is a candidate, so ties at the boundary can go to the lower column
+    rows, cols = np.nonzero(keys <= kth)
+    values = keys[rows, cols]
+    order = np.lexsort((cols, values, rows))
+    counts = np.bincount(rows, minlength=n_rows)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    take = order[starts[:, None] + np.arange(k)[None, :]]
+    return values[take], cols[take].astype(np.int64)
+
+
+def _merge_topk(keys_a, pos_a, keys_b, pos_b, k) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.concatenate([keys_a, keys_b], axis=1)
+    pos = np.concatenate([pos_a, pos_b], axis=1)
+    order = np.lexsort((pos, keys), axis=1)[:, :k]
+    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(pos, order, axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The opened index
+# --------------------------------------------------------------------------------------------------
+
+
+class FaissIndex:
+    """A finished index artefact, opened: the FAISS index, its id map and its manifest.
+
+    Use :func:`build_index` or :func:`open_index` to get one. Labels inside the
+    FAISS index are store positions; :meth:`search` maps them to pool ids.
+    The object also serves as a scikit-learn-style neighbours object through
+    :meth:`kneighbors` (as imbalanced-learn accepts).
+
+    Attributes
+    ----------
+    path : Path
+        The index directory.
+    manifest : dict
+        Its manifest.
+    metric : {"ip", "l2"}
+    dim : int
+    n_rows : int
+    factory : str
+        The ``faiss.index_factory`` string.
+    is_exact : bool
+        True for a ``Flat`` index (exact search).
+    search_params : dict
+        ``{"nprobe": ...}`` or ``{"efSearch": ...}`` as set on the index; empty for Flat.
+    recall_at_10 : float or None
+        Recall@10 against exact search measured at build time.
+    faiss_index : faiss.Index
+        The raw FAISS index.
+    """
+
+    def __init__(self, path: str | Path, manifest: dict[str, Any], faiss_index: Any, id_column: pa.ChunkedArray):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.faiss_index = faiss_index
+        self._id_column = id_column
+        self.metric: IndexMetric = manifest["metric"]
+        self.dim: int = int(manifest["dim"])
+        self.n_rows: int = int(manifest["n_rows"])
+        self.factory: str = manifest["factory"]
+        self.is_exact: bool = bool(manifest["is_exact"])
+        self.search_params: dict[str, int] = dict(manifest.get("search_params", {}))
+        self.recall_at_10: float | None = manifest.get("recall_at_10")
+        self.store_fingerprint: str = manifest["embedding_store"]["fingerprint"]
+
+    def __repr__(self) -> str:
+        return (
+            f"FaissIndex({str(self.path)!r}, factory={self.factory!r}, metric={self.metric!r}, "
+            f"n_rows={self.n_rows}, dim={self.dim}, recall_at_10={self.recall_at_10})"
+        )
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def search_positions(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest store positions of each query.
+
+        Parameters
+        ----------
+        vectors : ndarray of shape (n_queries, dim)
+        k : int
+            Neighbours per query (>= 1).
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries, k), float32
+            Inner products (descending) or squared L2 distances (ascending); ``-inf``/``+inf`` where missing.
+        positions : ndarray of shape (n_queries, k), int64
+            Store positions; ``-1`` where missing.
+        """
+        _check_k(k, "FaissIndex.search")
+        queries = _as_queries(vectors, self.dim, f"the index {self.path}")
+        if queries.shape[0] == 0:
+            return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
+        scores, positions = self.faiss_index.search(queries, k)
+        positions = positions.astype(np.int64, copy=False)
+        missing = positions < 0
+        if missing.any():
+            scores[missing] = -np.inf if self.metric == "ip" else np.inf
+        return scores, positions
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest pool ids of each query.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries, k), float32
+            As :meth:`search_positions`.
+        ids : ndarray of shape (n_queries, k)
+            Pool ids: int64 with ``-1`` where missing, or object (str) with ``None`` where missing.
+        """
+        scores, positions = self.search_positions(vectors, k)
+        return scores, self.ids_at(positions)
+
+    def kneighbors(self, X: np.ndarray, n_neighbors: int = 5, return_distance: bool = True):
+        """scikit-learn-style neighbours: ascending distances and store positions.
+
+        Distances are ``1 - inner product`` for ``metric="ip"`` (the cosine
+        distance on normalised vectors) and the Euclidean distance
+        ``sqrt(max(d, 0))`` for ``metric="l2"``; ``inf`` where missing.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries, n_neighbors), float32
+            Only when ``return_distance``.
+        positions : ndarray of shape (n_queries, n_neighbors), int64
+        """
+        scores, positions = self.search_positions(X, n_neighbors)
+        if not return_distance:
+            return positions
+        if self.metric == "ip":
+            distances = (1.0 - scores).astype(np.float32, copy=False)
+        else:
+            distances = np.sqrt(np.maximum(scores, 0.0)).astype(np.float32, copy=False)
+        return distances, positions
+
+    def ids(self) -> np.ndarray:
+        """All pool ids in position order (int64, or object array of str)."""
+        return ids_to_numpy(self._id_column)
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """Pool ids at ``positions`` (any shape); ``-1`` positions give ``-1`` (int ids) or ``None`` (str ids)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        missing = positions < 0
+        flat = np.where(missing, 0, positions).reshape(-1)
+        if flat.size and flat.max() >= self.n_rows:
+            raise ParameterError(f"positions must lie in [-1, {self.n_rows}) for the index {self.path}; got {flat.max()}.")
+        taken = self._id_column.take(pa.array(flat, type=pa.int64()))
+        if pa.types.is_integer(self._id_column.type):
+            out = taken.to_numpy().astype(np.int64, copy=False).reshape(positions.shape).copy()
+            out[missing] = -1
+        else:
+            out = np.empty(flat.size, dtype=object)
+            out[:] = taken.to_pylist()
+            out = out.reshape(positions.shape)
+            out[missing] = None
+        return out
+
+    def check_store(self, store: EmbeddingStore) -> None:
+        """Check ``store`` is the one this index was built from (same width, rows and fingerprint)."""
+        if store.dim != self.dim:
+            raise DimensionMismatchError(f"The embedding store {store.path} has dim {store.dim} but the index {self.path} has dim {self.dim}.")
+        if store.n_rows != self.n_rows:
+            raise ArtifactError(f"The embedding store {store.path} has {store.n_rows} rows but the index {self.path} has {self.n_rows}.")
+        if store.fingerprint != self.store_fingerprint:
+            raise ArtifactError(
+                f"The index {self.path} was built from an embedding store with fingerprint {self.store_fingerprint}, "
+                f"not from {store.path} (fingerprint {store.fingerprint})."
+            )
+
+
+def open_index(path: str | Path, *, verify: bool = False, store: EmbeddingStore | None = None) -> FaissIndex:
+    """Open a finished index artefact.
+
+    Parameters
+    ----------
+    path : str or Path
+        The index directory.
+    verify : bool, default False
+        Re-check the checksums of ``index.faiss`` and ``ids.arrow`` first.
+    store : EmbeddingStore, optional
+        When given, check it is the store the index was built from (:meth:`FaissIndex.check_store`).
+
+    Raises
+    ------
+    ArtifactError
+        Missing, incomplete, corrupt or inconsistent artefact (e.g. id map and index of different lengths).
+    DimensionMismatchError
+        ``store`` has another width.
+    """
+    import faiss
+
+    path = Path(path)
+    manifest = read_manifest(path, "index")
+    for name in (INDEX_FILE, IDS_FILE):
+        if not (path / name).is_file():
+            raise ArtifactError(f"The index {path} lacks {name}.")
+    if verify:
+        _verify_files(path, manifest)
+    try:
+        index = faiss.read_index(str(path / INDEX_FILE))
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path / INDEX_FILE} is not a readable FAISS index: {exc}") from exc
+    table = read_stream_shard(path / IDS_FILE)
+    if "id" not in table.column_names:
+        raise ArtifactError(f"{path / IDS_FILE} has no 'id' column.")
+    if table.num_rows != index.ntotal:
+        raise ArtifactError(f"{path / IDS_FILE} maps {table.num_rows} positions but {path / INDEX_FILE} holds {index.ntotal} vectors.")
+    if index.ntotal != manifest["n_rows"] or index.d != manifest["dim"]:
+        raise ArtifactError(
+            f"{path / INDEX_FILE} holds {index.ntotal} vectors of dim {index.d}; the manifest says {manifest['n_rows']} of dim {manifest['dim']}."
+        )
+    _set_search_params(index, manifest.get("search_params", {}))
+    opened = FaissIndex(path, manifest, index, table.column("id"))
+    if store is not None:
+        opened.check_store(store)
+    return opened
+
+
+def _verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    for name, checksum in manifest.get("files", {}).items():
+        algo, _, expected = checksum.partition(":")
+        actual = hash_file(path / name)
+        if actual != expected:
+            raise ArtifactError(f"{path / name} is corrupt or truncated: its {algo} checksum is {actual}, the manifest says {expected}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------------
+
+
+def build_index(
+    store: EmbeddingStore,
+    out: str | Path,
+    *,
+    index_type: str = "auto",
+    metric: IndexMetric | None = None,
+    memory_budget_bytes: int | None = None,
+    train_size: int | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    seed: int = 0,
+    recall_sample: int = 1000,
+    block_rows: int | None = None,
+    overwrite: bool = False,
+) -> FaissIndex:
+    """Build a FAISS index over ``store`` into the directory ``out``.
+
+    Trains (when the index type needs it) on a seeded sample of rows, adds the
+    store block by block, writes ``index.faiss`` and ``ids.arrow``, measures
+    recall@10 against :func:`exact_search` on held-out rows, and writes the
+    manifest last. A directory that already holds this very index is reused.
+
+    Parameters
+    ----------
+    store : EmbeddingStore
+        The vectors to index (at least one row).
+    out : str or Path
+        The index directory.
+    index_type : str, default "auto"
+        ``"auto"`` (:func:`choose_index_factory`), ``"flat"``, or any ``faiss.index_factory`` string.
+    metric : {"ip", "l2"}, optional
+        Default ``"ip"`` when the store is normalised, else ``"l2"``.
+    memory_budget_bytes : int, optional
+        Budget for ``"auto"`` (default: ``THRESHER_MEMORY_BUDGET``, 4 GiB).
+    train_size : int, optional
+        Training rows for index types that train (default ``clip(50 nlist, 10,000, 1,000,000)``,
+        at most the rows left after reserving up to 10% for the recall sample). Unused by Flat and HNSW.
+    nprobe : int, optional
+        IVF lists probed per query (default ``max(16, nlist / 32)``, at most nlist). Used by IVF indexes only.
+    ef_search : int, optional
+        HNSW search depth (default 128). Used by HNSW indexes only.
+    seed : int, default 0
+        Seeds the training and recall samples.
+    recall_sample : int, default 1000
+        Held-out rows used as queries to measure recall@10 (0 skips it).
+    block_rows : int, optional
+        Rows added (and exact-searched) at once (default ``THRESHER_BLOCK_ROWS``).
+    overwrite : bool, default False
+        Replace an index directory holding another artefact of thresher's.
+
+    Returns
+    -------
+    FaissIndex
+    """
+    import faiss
+
+    if not isinstance(store, EmbeddingStore):
+        raise parameter_error(_OWNER, "store", "an EmbeddingStore (thresher.stores.open_embedding_store)", type(store).__name__)
+    if store.n_rows == 0:
+        raise parameter_error(_OWNER, "store", "an embedding store with at least one row", f"{store.path} with 0 rows")
+    if metric is None:
+        metric = "ip" if store.normalized else "l2"
+    _check_metric(metric, _OWNER)
+    for name, value, minimum in (("train_size", train_size, 1), ("nprobe", nprobe, 1), ("ef_search", ef_search, 1), ("block_rows", block_rows, 1)):
+        if value is not None:
+            _check_int(value, name, _OWNER, minimum=minimum)
+    _check_int(recall_sample, "recall_sample", _OWNER, minimum=0)
+    _check_int(seed, "seed", _OWNER, minimum=0)
+    factory = _resolve_factory(index_type, store, metric, memory_budget_bytes)
+    index = _new_index(faiss, factory, store.dim, metric)
+    train_size = _resolve_train_size(faiss, index, train_size, store.n_rows, recall_sample)
+    search_params = _resolve_search_params(faiss, index, nprobe, ef_search)
+    params = {
+        "factory": factory,
+        "metric": metric,
+        "train_size": train_size,
+        "search_params": search_params,
+        "seed": seed,
+        "recall_sample": recall_sample,
+    }
+    fingerprint = fingerprint_of("index", INDEX_VERSION, params, [store.fingerprint])
+    out = Path(out)
+    if prepare_output_dir(out, "index", fingerprint, overwrite=overwrite) == "complete":
+        return open_index(out, store=store)
+
+    train_positions, recall_positions = _sample_positions(store.n_rows, train_size, recall_sample, seed)
+    started = time.perf_counter()
+    if train_size:
+        _train(faiss, index, store, train_positions, seed)
+    trained = time.perf_counter()
+    _add_blocks(index, store, block_rows, factory)
+    build_seconds = time.perf_counter() - started
+    _set_search_params(index, search_params)
+
+    with atomic_path(out / INDEX_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
+    _write_id_map(store, out / IDS_FILE)
+
+    opened = FaissIndex(out, _provisional_manifest(params, store, index), index, _id_column(store))
+    recall, k_eval = _measure_recall(opened, store, recall_positions, block_rows)
+    body = {
+        **params,
+        "n_rows": int(index.ntotal),
+        "dim": store.dim,
+        "is_exact": bool(_is_flat(faiss, index)),
+        "embedding_store": {"path": str(store.path.resolve()), "fingerprint": store.fingerprint},
+        "train_seconds": round(trained - started, 3),
+        "build_seconds": round(build_seconds, 3),
+        "recall_at_10": recall,
+        "recall_k": k_eval,
+        "recall_n_queries": int(len(recall_positions)),
+        "id_type": str(opened._id_column.type),
+        "files": {name: f"xxh3_128:{hash_file(out / name)}" for name in (INDEX_FILE, IDS_FILE)},
+    }
+    manifest = write_manifest(out, "index", fingerprint=fingerprint, body=body)
+    return FaissIndex(out, manifest, index, read_stream_shard(out / IDS_FILE).column("id"))
+
+
+def _sample_positions(n_rows: int, train_size: int, recall_sample: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint sorted samples of store positions: the training rows, then the held-out recall queries."""
+    n_recall = min(recall_sample, n_rows - train_size)
+    if train_size + n_recall == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    sample = as_generator(seed, _OWNER).choice(n_rows, size=train_size + n_recall, replace=False)
+    return np.sort(sample[:train_size]), np.sort(sample[train_size:])
+
+
+def _add_blocks(index: Any, store: EmbeddingStore, block_rows: int | None, factory: str) -> None:
+    """Add the store to the index block by block; labels are store positions (0, 1, ... in order)."""
+    for block in store.iter_blocks(block_rows, dtype=np.float32):
+        try:
+            index.add(block.vectors)
+        except RuntimeError as exc:
+            raise parameter_error(_OWNER, "index_type", f"an index that accepts plain add() ({_first_line(exc)})", factory) from None
+
+
+def _resolve_factory(index_type: str, store: EmbeddingStore, metric: str, memory_budget_bytes: int | None) -> str:
+    if not isinstance(index_type, str) or not index_type.strip():
+        raise parameter_error(_OWNER, "index_type", "'auto', 'flat' or a faiss.index_factory string", index_type)
+    if index_type == "auto":
+        if memory_budget_bytes is None:
+            from thresher.config import runtime_config
+
+            memory_budget_bytes = runtime_config().memory_budget_bytes
+        return choose_index_factory(store.n_rows, store.dim, metric=metric, memory_budget_bytes=memory_budget_bytes)
+    if index_type.lower() == "flat":
+        return "Flat"
+    return index_type.strip()
+
+
+def _new_index(faiss: Any, factory: str, dim: int, metric: str) -> Any:
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    try:
+        return faiss.index_factory(dim, factory, faiss_metric)
+    except RuntimeError as exc:
+        raise parameter_error(_OWNER, "index_type", f"a faiss.index_factory string valid for dim {dim} ({_first_line(exc)})", factory) from None
+
+
+def _resolve_train_size(faiss: Any, index: Any, train_size: int | None, n_rows: int, recall_sample: int) -> int:
+    if index.is_trained:
+        return 0
+    if train_size is not None:
+        if train_size > n_rows:
+            raise parameter_error(_OWNER, "train_size", f"at most the store's {n_rows} rows", train_size)
+        return train_size
+    nlist = _ivf(faiss, index).nlist if _ivf(faiss, index) is not None else 0
+    target = min(max(TRAIN_PER_LIST * nlist, MIN_TRAIN_ROWS), MAX_TRAIN_ROWS)
+    # keep up to 10% of a small store out of training so recall is measured on unseen rows
+    return max(1, min(target, n_rows - min(recall_sample, n_rows // 10)))
+
+
+def _resolve_search_params(faiss: Any, index: Any, nprobe: int | None, ef_search: int | None) -> dict[str, int]:
+    ivf = _ivf(faiss, index)
+    if ivf is not None:
+        if nprobe is not None and nprobe > ivf.nlist:
+            raise parameter_error(_OWNER, "nprobe", f"at most the index's nlist = {ivf.nlist}", nprobe)
+        return {"nprobe": nprobe if nprobe is not None else min(ivf.nlist, max(MIN_NPROBE, ivf.nlist // NPROBE_FRACTION))}
+    if _hnsw(faiss, index) is not None:
+        return {"efSearch": ef_search if ef_search is not None else DEFAULT_EF_SEARCH}
+    return {}
+
+
+def _set_search_params(index: Any, search_params: dict[str, int]) -> None:
+    import faiss
+
+    space = faiss.ParameterSpace()
+    for name, value in search_params.items():
+        space.set_index_parameter(index, name, value)
+
+
+def _ivf(faiss: Any, index: Any) -> Any:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _hnsw(faiss: Any, index: Any) -> Any:
+    inner = faiss.downcast_index(index)
+    return inner if hasattr(inner, "hnsw") else None
+
+
+def _is_flat(faiss: Any, index: Any) -> bool:
+    return isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+
+
+def _train(faiss: Any, index: Any, store: EmbeddingStore, positions: np.ndarray, seed: int) -> None:
+    ivf = _ivf(faiss, index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+    _skip_polysemous_training(faiss, index)
+    sample = store.take(positions, dtype=np.float32)
+    try:
+        index.train(sample)
+    except RuntimeError as exc:
+        raise parameter_error(_OWNER, "train_size", f"enough rows to train the index ({_first_line(exc)})", len(positions)) from None
+
+
+def _skip_polysemous_training(faiss: Any, index: Any) -> None:
+    """Turn off the polysemous code ordering that ``index_factory`` enables for PQ indexes.
+
+    It only permutes codebook entries so that Hamming distances between codes
+    mean something (Douze, Jégou & Perronnin, ECCV 2016); thresher never
+    filters by Hamming distance, the search results are the same, and the
+    annealing makes training many times slower.
+    """
+    parts = [faiss.downcast_index(index)]
+    if isinstance(parts[0], faiss.IndexPreTransform):
+        parts.append(faiss.downcast_index(parts[0].index))
+    ivf = _ivf(faiss, index)
+    if ivf is not None:
+        parts.append(faiss.downcast_index(ivf))
+    for part in parts:
+        if hasattr(part, "do_polysemous_training"):
+            part.do_polysemous_training = False
+
+
+def _id_column(store: EmbeddingStore) -> pa.ChunkedArray:
+    columns = [store.shard_table(i).column("id") for i in range(store.n_shards)]
+    return pa.chunked_array([chunk for column in columns for chunk in column.chunks], type=columns[0].type)
+
+
+def _write_id_map(store: EmbeddingStore, path: Path) -> None:
+    column = _id_column(store)
+    schema = pa.schema([pa.field("id", column.type, nullable=False)])
+    write_stream_shard(path, pa.Table.from_arrays([column], schema=schema))
+
+
+def _provisional_manifest(params: dict[str, Any], store: EmbeddingStore, index: Any) -> dict[str, Any]:
+    return {
+        **params,
+        "n_rows": int(index.ntotal),
+        "dim": store.dim,
+        "is_exact": False,
+        "embedding_store": {"fingerprint": store.fingerprint},
+    }
+
+
+def _measure_recall(
+    index: FaissIndex, store: EmbeddingStore, query_positions: np.ndarray, block_rows: int | None
+) -> tuple[float | None, int]:
+    """Recall@k (k = min(10, n_rows - 1)) of ``index`` against exact search, each query's own row excluded.
+
+    Queries are store rows, so both result lists would start with the query
+    itself; dropping it measures how well the index finds the *other* neighbours.
+    """
+    k = min(RECALL_K, store.n_rows - 1)
+    if k < 1 or len(query_positions) == 0:
+        return None, max(k, 0)
+    queries = store.take(query_positions, dtype=np.float32)
+    _, approx = index.search_positions(queries, k + 1)
+    _, exact = exact_search(store, queries, k + 1, metric=index.metric, block_rows=block_rows)
+    return float(recall_excluding_self(approx, exact, query_positions, k)), k
+
+
+def recall_excluding_self(approx: np.ndarray, exact: np.ndarray, query_positions: np.ndarray, k: int) -> float:
+    """Mean of ``|A ∩ E| / k`` over queries, where A and E are the first ``k`` positions other than the query's own.
+
+    Parameters
+    ----------
+    approx, exact : ndarray of shape (n_queries, >= k + 1), int64
+        Positions returned by the index under test and by exact search.
+    query_positions : ndarray of shape (n_queries,)
+        The store position of each query.
+    k : int
+    """
+    hits = 0
+    for own, found, truth in zip(query_positions.tolist(), approx.tolist(), exact.tolist()):
+        found_k = [p for p in found if p != own and p >= 0][:k]
+        truth_k = [p for p in truth if p != own and p >= 0][:k]
+        hits += len(set(found_k) & set(truth_k)) / max(1, len(truth_k))
+    return hits / len(query_positions)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_int(value: Any, name: str, owner: str, *, minimum: int) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise parameter_error(owner, name, f"an int >= {minimum}", value)
+
+
+def _check_k(k: Any, owner: str) -> None:
+    _check_int(k, "k", owner, minimum=1)
+
+
+def _check_metric(metric: Any, owner: str) -> None:
+    if metric not in _METRICS:
+        raise parameter_error(owner, "metric", "'ip' or 'l2'", metric)
+
+
+def _as_queries(vectors: Any, dim: int, where: str) -> np.ndarray:
+    """Queries as a C-contiguous float32 (n, dim) array, checked against ``dim`` and for finiteness."""
+    queries = np.asarray(vectors)
+    if queries.ndim != 2:
+        raise InputDataError(f"Queries must be a 2-D array of shape (n_queries, dim); got shape {queries.shape}.")
+    if queries.dtype.kind not in "fiu":
+        raise InputDataError(f"Queries must be numeric; got dtype {queries.dtype}.")
+    if queries.shape[1] != dim:
+        raise DimensionMismatchError(f"The queries have dim {queries.shape[1]} but {where} has dim {dim}.")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    finite = np.isfinite(queries).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise InputDataError(f"Query row {bad} is not finite (NaN or inf in float32).")
+    return queries
+
+
+def _first_line(exc: BaseException) -> str:
+    """The human part of a FAISS C++ error ("Error in <signature> at <file>:<line>: <message>")."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    match = re.search(r"\.(?:cpp|h):\d+: (.*)$", text)
+    return match.group(1) if match else text
