@@ -117,7 +117,7 @@ def index(embeddings, out, index_type, metric, memory_budget, nprobe, seed, over
 @click.option("--verify", is_flag=True, help="Re-check every shard's checksum.")
 def inspect(path, n_rows, as_json, verify) -> None:
     """Say what an artefact is: its manifest, counts, and a few rows."""
-    from thresher.inspect import describe_artifact
+    from thresher.describe import describe_artifact
 
     click.echo(describe_artifact(Path(path), n_rows=n_rows, as_json=as_json, verify=verify))
 

@@ -53,7 +53,7 @@ def _index(path: Path, m: dict[str, Any], n_rows: int) -> list[str]:
     return [
         f"  {m.get('factory')} over {m.get('n_rows')} vectors of dim {m.get('dim')}, metric {m.get('metric')}",
         f"  recall@10 vs exact search {m.get('recall_at_10')}  search params {json.dumps(m.get('search_params', {}))}",
-        f"  built from {m.get('store_path')} (fingerprint {m.get('store_fingerprint')}) in {m.get('build_seconds')} s",
+        f"  built from {m.get('embedding_store', {}).get('path')} (fingerprint {m.get('embedding_store', {}).get('fingerprint')}) in {m.get('build_seconds')} s",
     ]
 
 

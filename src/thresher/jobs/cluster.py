@@ -138,3 +138,17 @@ def cores_per_worker(client: Any) -> dict[str, int]:
         for a in addresses:
             out[a] = max(1, host_cores.get(a, 1) // len(addresses))
     return out
+
+
+def dask_map(client: Any, *, retries: int = 2) -> Any:
+    """A ``map``-like function that runs each call as a Dask task and returns results in input order.
+
+    Stores take such a function to parallelise per-partition work without
+    knowing about Dask.
+    """
+
+    def run(fn: Any, items: Any) -> list[Any]:
+        futures = client.map(fn, list(items), retries=retries, pure=False)
+        return client.gather(futures)
+
+    return run

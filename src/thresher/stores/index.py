@@ -795,12 +795,28 @@ def _measure_recall(
         return None, max(k, 0)
     queries = store.take(query_positions, dtype=np.float32)
     _, approx = index.search_positions(queries, k + 1)
-    _, exact = exact_search(store, queries, k + 1, metric=index.metric, block_rows=block_rows)
-    return float(recall_excluding_self(approx, exact, query_positions, k)), k
+    exact_scores, exact = exact_search(store, queries, k + 1, metric=index.metric, block_rows=block_rows)
+    return float(recall_excluding_self(approx, exact, query_positions, k, store=store, queries=queries,
+                                       exact_scores=exact_scores, metric=index.metric)), k
 
 
-def recall_excluding_self(approx: np.ndarray, exact: np.ndarray, query_positions: np.ndarray, k: int) -> float:
+def recall_excluding_self(
+    approx: np.ndarray,
+    exact: np.ndarray,
+    query_positions: np.ndarray,
+    k: int,
+    *,
+    store: Any = None,
+    queries: np.ndarray | None = None,
+    exact_scores: np.ndarray | None = None,
+    metric: IndexMetric = "ip",
+) -> float:
     """Mean of ``|A ∩ E| / k`` over queries, where A and E are the first ``k`` positions other than the query's own.
+
+    With ``store``, ``queries`` and ``exact_scores`` given, the measure is
+    tie-aware: a found neighbour also counts when its true score equals that of
+    the k-th exact neighbour (within 1e-5), so a pool with duplicate rows does
+    not lower the recall of an exact index that ordered equal scores differently.
 
     Parameters
     ----------
@@ -810,11 +826,25 @@ def recall_excluding_self(approx: np.ndarray, exact: np.ndarray, query_positions
         The store position of each query.
     k : int
     """
-    hits = 0
-    for own, found, truth in zip(query_positions.tolist(), approx.tolist(), exact.tolist()):
+    hits = 0.0
+    for q, (own, found, truth) in enumerate(zip(query_positions.tolist(), approx.tolist(), exact.tolist())):
         found_k = [p for p in found if p != own and p >= 0][:k]
-        truth_k = [p for p in truth if p != own and p >= 0][:k]
-        hits += len(set(found_k) & set(truth_k)) / max(1, len(truth_k))
+        keep = [j for j, p in enumerate(truth) if p != own and p >= 0][:k]
+        truth_k = [truth[j] for j in keep]
+        if not truth_k:
+            continue
+        matched = set(found_k) & set(truth_k)
+        if store is not None and queries is not None and exact_scores is not None and len(matched) < len(truth_k):
+            kth = float(exact_scores[q][keep[-1]])
+            others = [p for p in found_k if p not in matched]
+            vectors = store.take(np.asarray(others, dtype=np.int64))
+            if metric == "ip":
+                good = vectors @ queries[q] >= kth - 1e-5
+            else:
+                good = ((vectors - queries[q]) ** 2).sum(1) <= kth + 1e-5 * max(1.0, abs(kth))
+            hits += (len(matched) + int(good.sum())) / len(truth_k)
+        else:
+            hits += len(matched) / len(truth_k)
     return hits / len(query_positions)
 
 

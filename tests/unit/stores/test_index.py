@@ -455,3 +455,14 @@ def test_directory_holding_another_artefact_is_refused(make_store, tmp_path):
     with pytest.raises(ArtifactError):
         build_index(store, foreign, overwrite=True)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_exact_index_recall_is_one_on_a_pool_full_of_duplicates(make_store, tmp_path):
+    # duplicates make equal scores that FAISS and exact search may order differently: recall must not count those as misses
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(60, 16)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    vectors = base[rng.integers(0, 60, size=600)]
+    store = make_store(vectors, normalized=True)
+    index = build_index(store, tmp_path / "flat", index_type="flat", recall_sample=200)
+    assert index.manifest["recall_at_10"] == pytest.approx(1.0)

