@@ -1,0 +1,328 @@
+"""RDS+: task-targeted data selection by cosine similarity (Ivison et al. 2025, arXiv 2503.01807).
+
+Pool and target-task (query) examples are embedded with the model that will
+be finetuned, position-weighted mean pooling; each pool example is scored by
+its cosine similarity to the task's query examples:
+
+    score_t(x) = max_{q in Q_t} cos(x, q)        (aggregation="max", the paper's)
+    score_t(x) = mean_{q in Q_t} cos(x, q)       (aggregation="mean")
+
+One task: the top ``budget`` by score. Several tasks: each task ranks the
+pool by its score, then tasks take turns (task 1's best remaining, task 2's
+best remaining, …) until ``budget`` unique examples are chosen; an example
+already chosen spends that task's turn. Ties go to the lower pool position.
+
+Exactness at scale. The pool is streamed in blocks; each block is scored
+against all queries with one float32 matrix product, and a per-task top-k
+(k = budget, enough for any round-robin) is kept and merged as a reduction,
+so memory is bounded by the block size and never N x Q. Float32 BLAS results
+depend on block shape and thread count, which would make the selection
+depend on the partitioning; so the score of record is exact: for each row,
+only the queries whose float32 score lies within 2δ of the row's float32
+maximum (δ a rigorous bound on the float32 error, (dim + 2)·2^-24 with a
+safety factor) are re-scored in float64 with a fixed summation order, and
+the maximum of those is the row's score. The true argmax is always among
+them, so the score equals the float64 brute-force definition and is the same
+whatever the blocks, partitions, workers or threads. The mean needs one
+float64 dot product with the mean query direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from thresher.exceptions import DimensionMismatchError, InputDataError, ParameterError, parameter_error
+from thresher.selectors._base import BaseSelector, PoolLike, Selection
+from thresher.selectors.topk import TopK
+
+Aggregation = Literal["max", "mean"]
+
+#: bytes of float32 scores (block rows x queries) held at once when the block size is chosen automatically
+SCORE_BLOCK_BYTES = 64 << 20
+
+
+def exact_dot_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of two (n, d) float64 arrays with a fixed summation order (deterministic)."""
+    return np.multiply(np.ascontiguousarray(a), np.ascontiguousarray(b)).sum(axis=1)
+
+
+def normalize_rows(x: np.ndarray, *, what: str, positions: np.ndarray | None = None) -> np.ndarray:
+    """Float64 rows scaled to unit length; a non-finite or zero row is refused, naming it."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.sqrt(exact_dot_rows(x, x))
+    bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        where = row if positions is None else int(positions[row])
+        kind = "a zero vector" if np.isfinite(norms[row]) else "not finite (NaN or inf)"
+        raise InputDataError(f"Row {where} of {what} is {kind}: cosine similarity is undefined for it.")
+    return x / norms[:, None]
+
+
+class RDSScorer:
+    """Exact per-task scores of pool blocks against target-task query embeddings.
+
+    Parameters
+    ----------
+    targets : mapping of task name to array of shape (n_queries_t, dim)
+        Query embeddings per task, in the order tasks take turns.
+    aggregation : "max" or "mean"
+    """
+
+    def __init__(self, targets: Mapping[str, Any], *, aggregation: Aggregation = "max"):
+        if aggregation not in ("max", "mean"):
+            raise parameter_error("RDSPlus", "aggregation", "'max' or 'mean'", aggregation)
+        if not isinstance(targets, Mapping) or len(targets) == 0:
+            raise ParameterError("RDSPlus needs at least one target task: pass targets={'task': query_embeddings}.")
+        self.tasks = [str(t) for t in targets]
+        self.aggregation = aggregation
+        queries, groups = [], []
+        for t, (task, q) in enumerate(targets.items()):
+            q = np.asarray(q)
+            if q.ndim == 1:
+                q = q[None, :]
+            if q.ndim != 2 or q.shape[0] == 0:
+                raise InputDataError(f"Target task {task!r} has no query examples (got an array of shape {q.shape}).")
+            queries.append(normalize_rows(q, what=f"the queries of task {task!r}"))
+            groups.append(np.full(len(q), t, dtype=np.int64))
+        dims = {q.shape[1] for q in queries}
+        if len(dims) != 1:
+            widths = {task: q.shape[1] for task, q in zip(self.tasks, queries)}
+            raise DimensionMismatchError(f"Target tasks have queries of different widths: {widths}.")
+        self.dim = dims.pop()
+        self.q64 = np.ascontiguousarray(np.concatenate(queries))
+        self.q32 = self.q64.astype(np.float32)
+        self.group_of_query = np.concatenate(groups)
+        self.slices = [slice(int(s), int(s) + len(q)) for s, q in zip(np.cumsum([0] + [len(q) for q in queries[:-1]]), queries)]
+        self.mean_directions = np.stack([q.mean(axis=0) for q in queries])
+        # |fl32(x.q) - x.q| <= gamma_(d+2) for unit vectors (inputs rounded to float32, then a float32 dot product)
+        unit = 2.0**-24
+        self.delta = 1.5 * (self.dim + 2) * unit / (1 - (self.dim + 2) * unit)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.q64)
+
+    def check_dim(self, dim: int, where: str) -> None:
+        if dim != self.dim:
+            raise DimensionMismatchError(f"The pool ({where}) has vectors of width {dim} but the target queries have width {self.dim}: embed both with the same model.")
+
+    def score_block(self, vectors: np.ndarray, positions: np.ndarray | None = None, *, want_max_any: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Exact scores of a block of pool rows.
+
+        Returns
+        -------
+        scores : ndarray of float64, shape (n_rows, n_tasks)
+        max_any : ndarray of float64, shape (n_rows,), or None
+            Max cosine to any query of any task (for decontamination), when asked.
+        """
+        x64 = normalize_rows(vectors, what="the pool", positions=positions)
+        x32 = x64.astype(np.float32)
+        s32 = x32 @ self.q32.T
+        task_max = self._exact_group_max(s32, x64, self.group_of_query, self.n_tasks) if (self.aggregation == "max" or want_max_any) else None
+        if self.aggregation == "max":
+            scores = task_max
+        else:
+            scores = np.stack([exact_dot_rows(x64, np.broadcast_to(d, x64.shape)) for d in self.mean_directions], axis=1)
+        max_any = task_max.max(axis=1) if want_max_any else None
+        return scores, max_any
+
+    def _exact_group_max(self, s32: np.ndarray, x64: np.ndarray, group_of_query: np.ndarray, n_groups: int) -> np.ndarray:
+        approx_max = np.full((len(x64), n_groups), -np.inf, dtype=np.float32)
+        for g, sl in enumerate(self.slices):
+            approx_max[:, g] = s32[:, sl].max(axis=1)
+        rows, cols = np.nonzero(s32 >= approx_max[:, group_of_query] - np.float32(2 * self.delta))
+        exact = exact_dot_rows(x64[rows], self.q64[cols])
+        out = np.full((len(x64), n_groups), -np.inf)
+        np.maximum.at(out, (rows, group_of_query[cols]), exact)
+        return out
+
+    def default_block_rows(self) -> int:
+        return int(max(256, min(65_536, SCORE_BLOCK_BYTES // (4 * max(1, self.n_queries)))))
+
+
+def round_robin(rankings: Sequence[np.ndarray], budget: int, quotas: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-task rankings (positions, best first) by taking turns until ``budget`` unique picks.
+
+    An already chosen example spends the task's turn. With ``quotas``, a task
+    stops taking turns once it has picked its quota.
+
+    Returns
+    -------
+    positions : ndarray of int64, shape (n_picked,)
+    task : ndarray of int64, shape (n_picked,)
+        Index of the task that picked each row.
+    """
+    n_tasks = len(rankings)
+    depth = max((len(r) for r in rankings), default=0)
+    if quotas is None:
+        # proposals in turn order (round 0: task 0, task 1, …; round 1: …); a proposal is a pick iff it is the
+        # first occurrence of that position, since every earlier occurrence was itself picked or a repeat
+        proposals = np.full((depth, n_tasks), -1, dtype=np.int64)
+        for t, r in enumerate(rankings):
+            proposals[: len(r), t] = r
+        flat = proposals.reshape(-1)
+        valid = np.flatnonzero(flat >= 0)
+        _, first = np.unique(flat[valid], return_index=True)
+        picks = np.sort(valid[first])[:budget]
+        return flat[picks], picks % n_tasks
+    taken: set[int] = set()
+    picked, by = [], []
+    counts = [0] * n_tasks
+    for r in range(depth):
+        for t in range(n_tasks):
+            if len(picked) == budget:
+                break
+            if counts[t] >= quotas[t] or r >= len(rankings[t]):
+                continue
+            p = int(rankings[t][r])
+            if p not in taken:
+                taken.add(p)
+                picked.append(p)
+                by.append(t)
+                counts[t] += 1
+        if len(picked) == budget:
+            break
+    return np.asarray(picked, dtype=np.int64), np.asarray(by, dtype=np.int64)
+
+
+class RDSPlus(BaseSelector):
+    """Task-targeted selection by max cosine similarity, round-robin across tasks (Ivison et al. 2025).
+
+    Parameters
+    ----------
+    aggregation : "max" or "mean", default "max"
+        How a pool example's similarities to one task's queries combine.
+    decontaminate : float or None, default None
+        Exclude pool examples whose cosine to any target example is at least
+        this (near-copies of the evaluation data).
+    block_rows : int or None
+        Pool rows scored at once (default: sized so one block's float32 scores take 64 MiB).
+    seed : int, default 0
+        Recorded for provenance; RDS+ itself is deterministic.
+
+    Examples
+    --------
+    >>> sel = RDSPlus().select(pool, budget=10_000, targets={"gsm8k": q1, "mmlu": q2})  # doctest: +SKIP
+    >>> sel.ids, sel.score, sel.columns["task"]                                          # doctest: +SKIP
+    """
+
+    name = "rds_plus"
+
+    def __init__(self, *, aggregation: Aggregation = "max", decontaminate: float | None = None, block_rows: int | None = None, seed: int = 0):
+        self.aggregation = aggregation
+        self.decontaminate = decontaminate
+        self.block_rows = block_rows
+        self.seed = seed
+
+    def _validate_params(self) -> None:
+        if self.aggregation not in ("max", "mean"):
+            raise parameter_error("RDSPlus", "aggregation", "'max' or 'mean'", self.aggregation)
+        if self.decontaminate is not None and (isinstance(self.decontaminate, bool) or not isinstance(self.decontaminate, (int, float)) or not -1 <= self.decontaminate <= 1):
+            raise parameter_error("RDSPlus", "decontaminate", "None or a cosine threshold in [-1, 1]", self.decontaminate)
+        if self.block_rows is not None and (isinstance(self.block_rows, bool) or not isinstance(self.block_rows, (int, np.integer)) or self.block_rows < 1):
+            raise parameter_error("RDSPlus", "block_rows", "None or an int >= 1", self.block_rows)
+
+    def scorer(self, targets: Mapping[str, Any]) -> RDSScorer:
+        return RDSScorer(targets, aggregation=self.aggregation)
+
+    def score_partition(self, blocks: Iterator[Any], scorer: RDSScorer, k: int, exclude: np.ndarray | None = None) -> tuple[TopK, dict[str, int]]:
+        """The per-partition step: stream blocks, keep each task's best ``k``. Jobs map this over partitions."""
+        top = TopK(k, scorer.n_tasks)
+        counts = {"n_scored": 0, "n_excluded": 0, "n_decontaminated": 0}
+        for block in blocks:
+            positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
+            scores, max_any = scorer.score_block(block.vectors, positions, want_max_any=self.decontaminate is not None)
+            dropped = np.zeros(len(positions), dtype=bool)
+            if exclude is not None and len(exclude):
+                hit = np.searchsorted(exclude, positions)
+                dropped |= (hit < len(exclude)) & (exclude[np.minimum(hit, len(exclude) - 1)] == positions)
+                counts["n_excluded"] += int(dropped.sum())
+            if max_any is not None:
+                contaminated = (max_any >= self.decontaminate) & ~dropped
+                counts["n_decontaminated"] += int(contaminated.sum())
+                dropped |= contaminated
+            scores[dropped] = -np.inf
+            top.update(scores, positions)
+            counts["n_scored"] += len(positions)
+        return top, counts
+
+    def finish(self, pool: PoolLike, top: TopK, scorer: RDSScorer, counts: Mapping[str, int], *, budget: int, quotas: Mapping[str, int] | None = None) -> Selection:
+        """The driver's step: round-robin over the merged per-task rankings, then per-task scores of the picks."""
+        rankings = top.finish()
+        quota_list = None
+        if quotas is not None:
+            unknown = sorted(set(quotas) - set(scorer.tasks))
+            if unknown:
+                raise ParameterError(f"The 'quotas' parameter of RDSPlus names tasks that are not targets: {unknown}; the targets are {scorer.tasks}.")
+            quota_list = [int(quotas.get(t, 0)) for t in scorer.tasks]
+            if any(q < 0 for q in quota_list) or sum(quota_list) < budget:
+                raise ParameterError(f"The 'quotas' of RDSPlus must be >= 0 and add up to at least the budget ({budget}); got {dict(quotas)}.")
+        available = len(np.unique(np.concatenate([p for _, p in rankings]))) if rankings else 0
+        if available < budget:
+            raise ParameterError(
+                f"RDSPlus can pick only {available} rows after exclusions but the budget is {budget}: lower the budget."
+            )
+        positions, task_index = round_robin([p for _, p in rankings], budget, quota_list)
+        task_scores, _ = scorer.score_block(pool.take(positions), positions)
+        picked_score = task_scores[np.arange(len(positions)), task_index]
+        all_ids = pool.ids()
+        ids = all_ids[positions] if len(positions) else all_ids[:0]
+        tasks = np.asarray(scorer.tasks, dtype=object)[task_index]
+        summary = {
+            "tasks": scorer.tasks,
+            "per_task_selected": {t: int((task_index == i).sum()) for i, t in enumerate(scorer.tasks)},
+            "score_quantiles": _quantiles(picked_score),
+            "per_task_score_quantiles": {t: _quantiles(picked_score[task_index == i]) for i, t in enumerate(scorer.tasks)},
+            **{k: int(v) for k, v in counts.items()},
+        }
+        return Selection(
+            positions=positions,
+            ids=ids,
+            selector=self.name,
+            params={**self.get_params(), "tasks": scorer.tasks, "quotas": dict(quotas) if quotas else None},
+            score=picked_score,
+            columns={"task": tasks, "task_scores": task_scores},
+            seed=self.seed,
+            summary=summary,
+        )
+
+    def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, targets: Mapping[str, Any] | None = None,
+                quotas: Mapping[str, int] | None = None, exclude: Sequence[int] | np.ndarray | None = None) -> Selection:
+        if targets is None:
+            raise ParameterError("RDSPlus.select needs targets={'task': query_embeddings, …}.")
+        scorer = self.scorer(targets)
+        scorer.check_dim(pool.dim, "its embeddings")
+        excluded = None if exclude is None else np.unique(np.asarray(exclude, dtype=np.int64))
+        top, counts = self.score_partition(pool.iter_blocks(self.block_rows or scorer.default_block_rows()), scorer, budget, excluded)
+        return self.finish(pool, top, scorer, counts, budget=budget, quotas=quotas)
+
+
+def brute_force_rds(pool: np.ndarray, targets: Mapping[str, np.ndarray], budget: int, *, aggregation: Aggregation = "max") -> tuple[np.ndarray, np.ndarray]:
+    """The definition, in memory: every pool × query cosine in float64 (fixed summation order), per-task
+    max (or mean), per-task ranking by score then position, round-robin. For tests and small pools only."""
+    x = normalize_rows(pool, what="the pool")
+    rankings = []
+    for q in targets.values():
+        qn = normalize_rows(np.atleast_2d(q), what="queries")
+        if aggregation == "max":
+            sims = np.stack([exact_dot_rows(x, np.broadcast_to(v, x.shape)) for v in qn], axis=1)
+            s = sims.max(axis=1)
+        else:
+            s = exact_dot_rows(x, np.broadcast_to(qn.mean(axis=0), x.shape))
+        rankings.append(np.lexsort((np.arange(len(x)), -s)))
+    return round_robin(rankings, budget)
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float] | None:
+    if len(values) == 0:
+        return None
+    q = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
+    return {k: round(float(v), 6) for k, v in zip(("min", "p25", "median", "p75", "max"), q)}
