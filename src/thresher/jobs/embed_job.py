@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from thresher.exceptions import InputDataError
 from thresher.fingerprint import fingerprint_of, hash_file
@@ -37,8 +38,10 @@ EMBED_JOB_VERSION = 1
 
 def embed_fingerprint(pool: Any, text: Any, spec: Any, dtype: str) -> str:
     """Identity of a store: the pool's content, how texts are built, the encoder, the dtype and the partitioning."""
+    # where the model lies on this machine and which device runs it do not change what is computed
+    encoder = {k: v for k, v in spec.to_dict().items() if k not in ("model_path", "device")}
     params = {
-        "encoder": spec.to_dict(),
+        "encoder": encoder,
         "text": text.describe(),
         "dtype": dtype,
         "partitions": [p.stop - p.start for p in pool.partitions],
@@ -59,7 +62,10 @@ def embed_partition(pool: Any, partition: int, text: Any, spec: Any, out: str, d
     table = pool.read_partition(partition, columns=text.required_columns)
     texts = text.build(table, source=pool.partitions[partition].source)
     result = cached_encoder(spec).encode(texts)
-    info = write_embedding_shard(out, partition, table.column("id").combine_chunks(), result.vectors, dtype=dtype)
+    hashes = np.fromiter((xxhash.xxh64_intdigest(t.encode("utf-8")) for t in texts), dtype=np.uint64, count=len(texts))
+    info = write_embedding_shard(
+        out, partition, table.column("id").combine_chunks(), result.vectors, dtype=dtype, extra_columns={"text_hash": hashes}
+    )
     record = {
         "shard": asdict(info),
         "dim": int(result.vectors.shape[1]),

@@ -42,9 +42,19 @@ def embedding_schema(id_type: pa.DataType, dim: int, dtype: StoreDtype) -> pa.Sc
 
 
 def write_embedding_shard(
-    directory: str | Path, index: int, ids: pa.Array | Sequence[Any], vectors: np.ndarray, *, dtype: StoreDtype = "float32"
+    directory: str | Path,
+    index: int,
+    ids: pa.Array | Sequence[Any],
+    vectors: np.ndarray,
+    *,
+    dtype: StoreDtype = "float32",
+    extra_columns: dict[str, Any] | None = None,
 ) -> ShardInfo:
     """Write one shard of ``vectors`` (n, dim) with their pool ``ids``, atomically.
+
+    ``extra_columns`` (name -> array of length n) are stored beside them, such
+    as the embed job's ``text_hash`` (xxh64 of each embedded text), which
+    exact-duplicate removal uses.
 
     Non-finite vectors are refused with the id of the first bad row: they would
     poison every similarity computed from the store.
@@ -64,6 +74,8 @@ def write_embedding_shard(
     flat = pa.array(np.ascontiguousarray(stored).reshape(-1), type=_ARROW_DTYPES[dtype])
     column = pa.FixedSizeListArray.from_arrays(flat, dim)
     table = pa.Table.from_arrays([ids, column], schema=embedding_schema(ids.type, dim, dtype))
+    for name, values in (extra_columns or {}).items():
+        table = table.append_column(name, pa.array(values))
     path = Path(directory) / shard_name(index)
     write_stream_shard(path, table)
     return ShardInfo.of(path, len(ids))
@@ -203,12 +215,23 @@ class EmbeddingStore:
         if block_rows < 1:
             raise ParameterError(f"The 'block_rows' parameter of EmbeddingStore.iter_blocks must be >= 1; got {block_rows}.")
         for i in range(self.n_shards):
-            vectors = self.shard_embeddings(i)
-            ids = self.shard_ids(i)
-            base = int(self.shard_offsets[i])
-            for lo in range(0, len(ids), block_rows):
-                hi = min(lo + block_rows, len(ids))
-                yield EmbeddingBlock(base + lo, ids[lo:hi], np.asarray(vectors[lo:hi], dtype=dtype))
+            yield from self.iter_shard_blocks(i, block_rows, dtype=dtype)
+
+    def iter_shard_blocks(self, shard: int, block_rows: int, *, dtype: Any = np.float32) -> Iterator[EmbeddingBlock]:
+        """Stream one shard in blocks (a job's partition); positions stay global store positions."""
+        vectors = self.shard_embeddings(shard)
+        ids = self.shard_ids(shard)
+        base = int(self.shard_offsets[shard])
+        for lo in range(0, len(ids), block_rows):
+            hi = min(lo + block_rows, len(ids))
+            yield EmbeddingBlock(base + lo, ids[lo:hi], np.asarray(vectors[lo:hi], dtype=dtype))
+
+    def shard_column(self, shard: int, name: str) -> np.ndarray:
+        """Another column of a shard as numpy (e.g. ``text_hash``); names the shard if it is absent."""
+        table = self.shard_table(shard)
+        if name not in table.column_names:
+            raise ArtifactError(f"Shard {self.path / self.shards[shard].file} has no column {name!r} (it has {table.column_names}).")
+        return table.column(name).to_numpy()
 
     def take(self, positions: Sequence[int] | np.ndarray, *, dtype: Any = np.float32) -> np.ndarray:
         """Vectors at the given store positions, in the given order."""
