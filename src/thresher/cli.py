@@ -122,6 +122,75 @@ def inspect(path, n_rows, as_json, verify) -> None:
     click.echo(describe_artifact(Path(path), n_rows=n_rows, as_json=as_json, verify=verify))
 
 
+def _parse_budget(value: str) -> int | float:
+    if value.lower() == "all":
+        return 1.0
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"must be a count (10000), a fraction of the pool (0.1) or 'all'; got {value!r}") from None
+
+
+def _parse_pairs(values: tuple[str, ...], what: str, cast=str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise click.BadParameter(f"{what} must look like NAME=VALUE; got {item!r}")
+        if name in out:
+            raise click.BadParameter(f"{what} names {name!r} twice")
+        try:
+            out[name] = cast(value)
+        except ValueError:
+            raise click.BadParameter(f"{what} {item!r} has a value that is not a {cast.__name__}") from None
+    return out
+
+
+@main.group()
+def select() -> None:
+    """Select rows of a pool with a selector and write curated shards."""
+
+
+@select.command("rds")
+@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store.")
+@click.option("--targets", "targets", multiple=True, required=True, help="TASK=PATH: query examples of a task (data file or embedding store); repeat per task, in turn order.")
+@click.option("--budget", required=True, help="Rows to select: a count, a fraction of the pool, or 'all'.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--aggregation", type=click.Choice(["max", "mean"]), default="max", show_default=True)
+@click.option("--quota", "quotas", multiple=True, help="TASK=N: at most N rows picked by that task (repeatable).")
+@click.option("--dedup", is_flag=True, help="Drop exact-duplicate texts before selection.")
+@click.option("--decontaminate", type=float, default=None, help="Drop pool rows with cosine >= this to any target example.")
+@click.option("--target-text", default=None, help="Text template for target files (default: the pool's).")
+@click.option("--target-text-column", default=None)
+@click.option("--target-messages-column", default=None)
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", is_flag=True)
+@_cluster_options
+def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, dedup, decontaminate, target_text, target_text_column,
+               target_messages_column, overwrite, quiet, scheduler, workers, slurm, local) -> None:
+    """RDS+: pick the pool rows most similar to target-task examples, round-robin across tasks (Ivison et al. 2025)."""
+    from thresher.pipeline.select import select_rds as run
+
+    if target_text is not None and "\\" in target_text:
+        target_text = codecs.decode(target_text, "unicode_escape")
+    curated = run(
+        pool_embeddings, _parse_pairs(targets, "--targets"), out, budget=_parse_budget(budget), aggregation=aggregation,
+        quotas=_parse_pairs(quotas, "--quota", int) or None, dedup=dedup, decontaminate=decontaminate, target_text=target_text,
+        target_text_column=target_text_column, target_messages_column=target_messages_column, scheduler=scheduler,
+        workers=workers, slurm=slurm, local=local, overwrite=overwrite, progress=not quiet,
+    )
+    summary = curated.manifest["summary"]
+    click.echo(f"selected {curated.n_rows} of {curated.manifest['n_pool']} rows into {curated.path}")
+    for task, count in summary["per_task_selected"].items():
+        q = summary["per_task_score_quantiles"].get(task) or {}
+        click.echo(f"  {task}: {count} rows, score min {q.get('min')} median {q.get('median')} max {q.get('max')}")
+    click.echo(f"  exact duplicates removed {summary.get('n_exact_duplicates_removed', 0)}, decontaminated {summary.get('n_decontaminated', 0)}")
+
+
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True)

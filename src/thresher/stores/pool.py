@@ -329,7 +329,7 @@ def open_pool(
     names = _id_names([url for url, _ in files])
     plans = [_plan_file(url, fmt, options, partition_rows) for url, fmt in files]
     schema = _pool_schema(plans)
-    _check_id_column(id_column, schema, plans[0].source)
+    id_column = _check_id_column(id_column, schema, plans[0].source)
     partitions: list[PoolPartition] = []
     for plan in plans:
         for start, stop, byte_start, byte_stop in plan.ranges:
@@ -407,19 +407,18 @@ def _column_names(schema: pa.Schema, id_column: str | None) -> list[str]:
     return [name for name in schema.names if not (name == "id" and id_column == "id")]
 
 
-def _check_id_column(id_column: str | None, schema: pa.Schema, where: str) -> None:
+def _check_id_column(id_column: str | None, schema: pa.Schema, where: str) -> str | None:
+    """The id column to use: the one named, else a column called ``id`` when the data has one, else None (derived ids)."""
     if id_column is None:
-        if "id" in schema.names:
-            raise InputDataError(
-                f"{where} has a column named 'id', which would clash with the pool's generated ids; "
-                "pass id_column='id' to use it as the pool's ids, or rename it."
-            )
-        return
+        if "id" not in schema.names:
+            return None
+        id_column = "id"
     if id_column not in schema.names:
         raise InputDataError(f"The id column {id_column!r} is not in {where}; it has columns {schema.names}.")
     kind = schema.field(id_column).type
     if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise InputDataError(f"The id column {id_column!r} of {where} holds {kind} values; ids must be integers or strings.")
+    return id_column
 
 
 def _id_type(kind: pa.DataType) -> pa.DataType:
@@ -1067,7 +1066,7 @@ def _open_dataset(source: Any, *, id_column: str | None, partition_rows: int, sp
     dataset = _select_split(source, split)
     name = split or "data"
     schema = dataset.features.arrow_schema
-    _check_id_column(id_column, schema, "the dataset")
+    id_column = _check_id_column(id_column, schema, "the dataset")
     if len(dataset) == 0:
         raise InputDataError("The dataset is empty: it holds no rows.")
     ranges = _row_ranges(len(dataset), partition_rows)
@@ -1158,7 +1157,7 @@ def _open_saved_dataset(root: str, options: dict[str, Any], *, id_column: str | 
     fingerprint = _saved_fingerprint(source, options, id_column, name)
     dataset = _load_saved_dataset(source, _options_key(options), fingerprint)
     schema = dataset.features.arrow_schema
-    _check_id_column(id_column, schema, source)
+    id_column = _check_id_column(id_column, schema, source)
     if len(dataset) == 0:
         raise _empty(source)
     partitions = [

@@ -416,11 +416,10 @@ def test_id_column_int_and_string(tmp_path):
     assert table.column("k").to_pylist() == [r["k"] for r in rows]  # the id column stays a pool column too
 
 
-def test_a_column_named_id(tmp_path):
+def test_a_column_named_id_is_the_id_unless_another_is_named(tmp_path):
     path = tmp_path / "a.jsonl"
     write_jsonl(path, [{"id": 7, "text": "a"}, {"id": 3, "text": "b"}])
-    with pytest.raises(InputDataError, match="id_column='id'"):
-        open_pool(path)
+    assert read_all(open_pool(path)).column("id").to_pylist() == [7, 3]
     pool = open_pool(path, id_column="id")
     assert pool.column_names == ["text"]
     table = read_all(pool)

@@ -1,0 +1,103 @@
+"""Selection stages: embedding store (+ inputs) → selector → curated shards."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RDS_STAGE_VERSION = 1
+
+
+def exact_duplicate_positions(store: Any) -> np.ndarray:
+    """Positions of rows whose embedded text already appeared at a lower position (from ``text_hash``; 8 bytes a row)."""
+    hashes = np.concatenate([store.shard_column(i, "text_hash") for i in range(store.n_shards)]) if store.n_shards else np.empty(0, np.uint64)
+    _, first = np.unique(hashes, return_index=True)
+    keep = np.zeros(len(hashes), dtype=bool)
+    keep[first] = True
+    return np.flatnonzero(~keep)
+
+
+def select_rds(
+    pool_embeddings: str | Path,
+    targets: Mapping[str, Any],
+    out: str | Path,
+    *,
+    budget: int | float,
+    aggregation: str = "max",
+    quotas: Mapping[str, int] | None = None,
+    dedup: bool = False,
+    decontaminate: float | None = None,
+    target_text: str | None = None,
+    target_text_column: str | None = None,
+    target_messages_column: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    slurm: Any = None,
+    client: Any = None,
+    local: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Select pool rows for target tasks with RDS+ and write them as curated shards.
+
+    Parameters
+    ----------
+    pool_embeddings : path
+        The pool's embedding store (its manifest says how the pool was embedded
+        and where the pool's rows are).
+    targets : mapping of task name to a data file, an embedding store, or an array (n, dim)
+        Query examples per task, in turn order. Files are embedded with the
+        pool store's own encoder (model, pooling, layer).
+    budget : int or float
+        Rows to select, or a fraction of the pool.
+    quotas : mapping of task to count, optional
+        Per-task caps for the round-robin (they must add up to at least the budget).
+    dedup : bool
+        Drop exact-duplicate texts before selection (the first occurrence stays).
+    decontaminate : float, optional
+        Drop pool rows whose cosine to any target example is at least this.
+
+    Returns
+    -------
+    thresher.stores.CuratedShards
+    """
+    from thresher.fingerprint import fingerprint_of
+    from thresher.jobs.cluster import dask_client, dask_map
+    from thresher.jobs.score_job import score_store
+    from thresher.pipeline.targets import load_targets
+    from thresher.selectors._base import resolve_budget
+    from thresher.selectors.rds import RDSPlus
+    from thresher.stores.curated import write_curated
+    from thresher.stores.embedding_store import open_embedding_store
+    from thresher.stores.pool import reopen_pool
+
+    store = open_embedding_store(pool_embeddings)
+    selector = RDSPlus(aggregation=aggregation, decontaminate=decontaminate)
+    selector._validate_params()
+    n_budget = resolve_budget(budget, store.n_rows, "RDSPlus")
+    arrays, target_fps = load_targets(targets, store, text=target_text, text_column=target_text_column, messages_column=target_messages_column)
+    scorer = selector.scorer(arrays)
+    scorer.check_dim(store.dim, str(store.path))
+    exclude = exact_duplicate_positions(store) if dedup else None
+
+    params = {**selector.get_params(), "budget": n_budget, "quotas": dict(quotas) if quotas else None, "dedup": dedup, "targets": list(arrays)}
+    fingerprint = fingerprint_of("rds_plus", RDS_STAGE_VERSION, params, [store.fingerprint, *target_fps.values()])
+
+    def run(dask: Any) -> Any:
+        top, counts = score_store(store, selector, scorer, n_budget, client=dask, exclude=exclude)
+        selection = selector.finish(store, top, scorer, counts, budget=n_budget, quotas=quotas)
+        summary = {**selection.summary, "n_exact_duplicates_removed": 0 if exclude is None else int(len(exclude))}
+        return write_curated(
+            out, pool=reopen_pool(store.manifest["pool"]), positions=selection.positions, columns=selection.selection_columns(),
+            expected_ids=selection.ids, selector=selector.name, params=params, fingerprint=fingerprint, seed=selector.seed,
+            inputs={"pool_embeddings": store.fingerprint, **{f"target:{t}": fp for t, fp in target_fps.items()}},
+            summary=summary, overwrite=overwrite, map_fn=dask_map(dask) if dask is not None else map,
+        )
+
+    if local or client is not None:
+        return run(client)
+    with dask_client(scheduler, workers=workers, slurm=slurm, quiet=not progress) as dask:
+        return run(dask)

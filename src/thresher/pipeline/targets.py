@@ -1,0 +1,90 @@
+"""Target-task examples for targeted selection, embedded exactly as the pool was.
+
+RDS+ compares pool and query embeddings, which only means something when
+both come from the same model, pooling and layer: targets given as files are
+embedded with the encoder recorded in the pool store's manifest, and targets
+given as a store must carry the same encoder settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thresher.exceptions import InputDataError, ParameterError
+from thresher.fingerprint import hash_bytes
+
+_ENCODER_KEYS = ("model", "backend", "pooling", "layer", "normalize", "max_length", "padding_side", "gguf_file")
+
+
+def load_targets(
+    targets: Mapping[str, Any],
+    store: Any,
+    *,
+    text: str | None = None,
+    text_column: str | None = None,
+    messages_column: str | None = None,
+    chat_format: str | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Resolve each task's queries to an array of embeddings, with a fingerprint per task.
+
+    A task's value may be an array (n, dim), an embedding-store directory, or
+    a data file (anything :func:`thresher.stores.open_pool` reads), whose rows
+    are turned into text by the given options or, by default, the way the
+    pool's texts were built.
+    """
+    from thresher.stores.embedding_store import open_embedding_store
+
+    if not targets:
+        raise ParameterError("No target tasks were given: pass at least one, e.g. --targets gsm8k=tasks/gsm8k.jsonl.")
+    arrays, fingerprints = {}, {}
+    for task, value in targets.items():
+        if isinstance(value, np.ndarray):
+            arrays[task] = value
+            fingerprints[task] = hash_bytes(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+        elif (Path(str(value)) / "manifest.json").is_file():
+            target_store = open_embedding_store(value)
+            _check_same_encoder(store, target_store.manifest.get("encoder", {}), f"the target store {value}")
+            arrays[task] = target_store.to_numpy()
+            fingerprints[task] = target_store.fingerprint
+        else:
+            arrays[task], fingerprints[task] = _embed_file(task, value, store, text, text_column, messages_column, chat_format)
+        if len(arrays[task]) == 0:
+            raise InputDataError(f"Target task {task!r} has no examples ({value}).")
+    return arrays, fingerprints
+
+
+def _embed_file(task, source, store, text, text_column, messages_column, chat_format) -> tuple[np.ndarray, str]:
+    from thresher.embeddings.encoders import EncoderSpec, cached_encoder
+    from thresher.fingerprint import fingerprint_of
+    from thresher.pipeline.text import TextBuilder
+    from thresher.stores.pool import open_pool
+
+    pool_text = store.manifest.get("text") or {}
+    if text is None and text_column is None and messages_column is None:
+        text, text_column, messages_column = pool_text.get("template"), pool_text.get("text_column"), pool_text.get("messages_column")
+    builder = TextBuilder(text, text_column=text_column, messages_column=messages_column,
+                          chat_format=chat_format or pool_text.get("chat_format") or "tulu")
+    pool = open_pool(str(source))
+    missing = [c for c in builder.required_columns if c not in pool.column_names]
+    if missing:
+        raise InputDataError(f"Target file {source} of task {task!r} has no column {missing[0]!r} needed for its text; it has {pool.column_names}.")
+    spec = EncoderSpec.from_dict(store.manifest["encoder"])
+    encoder = cached_encoder(spec)
+    parts = []
+    for i in range(pool.n_partitions):
+        table = pool.read_partition(i, columns=builder.required_columns)
+        parts.append(encoder.encode(builder.build(table, source=str(source))).vectors)
+    vectors = np.concatenate(parts) if parts else np.empty((0, store.dim), np.float32)
+    return vectors, fingerprint_of("embed_targets", 1, {"text": builder.describe(), "encoder": spec.to_dict()}, [pool.fingerprint])
+
+
+def _check_same_encoder(store: Any, encoder: dict[str, Any], where: str) -> None:
+    mine = store.manifest.get("encoder", {})
+    diffs = {k: (mine.get(k), encoder.get(k)) for k in _ENCODER_KEYS if mine.get(k) != encoder.get(k)}
+    if diffs:
+        detail = ", ".join(f"{k}: pool {a!r} vs target {b!r}" for k, (a, b) in diffs.items())
+        raise ParameterError(f"The pool store {store.path} and {where} were embedded differently ({detail}); embed the targets with the pool's model, pooling and layer.")
