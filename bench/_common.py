@@ -54,8 +54,25 @@ def mixed_texts(n: int) -> list[str]:
     return texts
 
 
+def _anon_rss(pid: int) -> int | None:
+    """Anonymous resident memory of a process (heap, arrays), excluding file-backed pages such as memory-mapped shards,
+    which the kernel can drop and re-read at will."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 class PeakMemory:
-    """Peak resident memory of this process and all its children, sampled every 50 ms."""
+    """Peak anonymous resident memory of this process and all its children, sampled every 50 ms.
+
+    Memory-mapped store shards are file-backed page cache, not allocations; counting
+    them (plain RSS) would charge a streaming reader for the page cache.
+    """
 
     def __init__(self) -> None:
         import psutil
@@ -71,7 +88,8 @@ class PeakMemory:
         total = 0
         for p in [self._proc, *self._proc.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                anon = _anon_rss(p.pid)
+                total += anon if anon is not None else p.memory_info().rss
             except psutil.Error:
                 pass
         return total

@@ -19,7 +19,7 @@ def _score_shard(store_path: str, shard: int, selector: Any, scorer: Any, k: int
     from thresher.stores.embedding_store import open_embedding_store
 
     store = open_embedding_store(store_path)
-    return selector.score_partition(store.iter_shard_blocks(shard, block_rows), scorer, k, exclude)
+    return selector.score_partition(store.iter_shard_blocks(shard, block_rows), scorer, k, store.take, exclude)
 
 
 def _merge(a: tuple[Any, dict[str, int]], b: tuple[Any, dict[str, int]]) -> tuple[Any, dict[str, int]]:

@@ -49,17 +49,31 @@ def exact_dot_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.multiply(np.ascontiguousarray(a), np.ascontiguousarray(b)).sum(axis=1)
 
 
+def exact_cosine_rows(x: np.ndarray, unit_q: np.ndarray) -> np.ndarray:
+    """The score of record: cos(x_i, q_i) = (x_i . q_i) / |x_i| in float64, fixed summation order.
+
+    ``x`` rows are pool vectors as stored (float32 or float16, any norm);
+    ``unit_q`` rows are float64 unit query directions.
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    return exact_dot_rows(x64, unit_q) / np.sqrt(exact_dot_rows(x64, x64))
+
+
 def normalize_rows(x: np.ndarray, *, what: str, positions: np.ndarray | None = None) -> np.ndarray:
     """Float64 rows scaled to unit length; a non-finite or zero row is refused, naming it."""
     x = np.asarray(x, dtype=np.float64)
     norms = np.sqrt(exact_dot_rows(x, x))
+    _check_norms(norms, what, positions)
+    return x / norms[:, None]
+
+
+def _check_norms(norms: np.ndarray, what: str, positions: np.ndarray | None) -> None:
     bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         where = row if positions is None else int(positions[row])
         kind = "a zero vector" if np.isfinite(norms[row]) else "not finite (NaN or inf)"
         raise InputDataError(f"Row {where} of {what} is {kind}: cosine similarity is undefined for it.")
-    return x / norms[:, None]
 
 
 class RDSScorer:
@@ -79,73 +93,115 @@ class RDSScorer:
             raise ParameterError("RDSPlus needs at least one target task: pass targets={'task': query_embeddings}.")
         self.tasks = [str(t) for t in targets]
         self.aggregation = aggregation
-        queries, groups = [], []
-        for t, (task, q) in enumerate(targets.items()):
+        queries = []
+        for task, q in targets.items():
             q = np.asarray(q)
             if q.ndim == 1:
                 q = q[None, :]
             if q.ndim != 2 or q.shape[0] == 0:
                 raise InputDataError(f"Target task {task!r} has no query examples (got an array of shape {q.shape}).")
             queries.append(normalize_rows(q, what=f"the queries of task {task!r}"))
-            groups.append(np.full(len(q), t, dtype=np.int64))
         dims = {q.shape[1] for q in queries}
         if len(dims) != 1:
             widths = {task: q.shape[1] for task, q in zip(self.tasks, queries)}
             raise DimensionMismatchError(f"Target tasks have queries of different widths: {widths}.")
         self.dim = dims.pop()
-        self.q64 = np.ascontiguousarray(np.concatenate(queries))
+        if aggregation == "max":
+            directions = queries
+        else:
+            # mean_q cos(x, q) = (x / |x|) . mean_q(q): one direction per task, not of unit length
+            directions = [q.mean(axis=0, keepdims=True) for q in queries]
+        self.n_queries = sum(len(q) for q in queries)
+        self.q64 = np.ascontiguousarray(np.concatenate(directions))
         self.q32 = self.q64.astype(np.float32)
-        self.group_of_query = np.concatenate(groups)
-        self.slices = [slice(int(s), int(s) + len(q)) for s, q in zip(np.cumsum([0] + [len(q) for q in queries[:-1]]), queries)]
-        self.mean_directions = np.stack([q.mean(axis=0) for q in queries])
-        # |fl32(x.q) - x.q| <= gamma_(d+2) for unit vectors (inputs rounded to float32, then a float32 dot product)
+        self.all_q64 = np.ascontiguousarray(np.concatenate(queries))
+        self.all_q32 = self.all_q64.astype(np.float32)
+        self.slices = _slices([len(d) for d in directions])
+        self.all_slices = _slices([len(self.all_q64)])
+        # Float32 scores x32n.q32 (x normalised in float32) differ from the float64 cosine by at most
+        # (1.5 d + 4) u for unit vectors (norm, division and input rounding, then a length-d dot product);
+        # twice that is the margin, so a row's true best query is always among its re-scored candidates.
         unit = 2.0**-24
-        self.delta = 1.5 * (self.dim + 2) * unit / (1 - (self.dim + 2) * unit)
+        self.delta = float(2 * (1.5 * self.dim + 4) * unit)
 
     @property
     def n_tasks(self) -> int:
         return len(self.tasks)
 
-    @property
-    def n_queries(self) -> int:
-        return len(self.q64)
-
     def check_dim(self, dim: int, where: str) -> None:
         if dim != self.dim:
             raise DimensionMismatchError(f"The pool ({where}) has vectors of width {dim} but the target queries have width {self.dim}: embed both with the same model.")
 
-    def score_block(self, vectors: np.ndarray, positions: np.ndarray | None = None, *, want_max_any: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Exact scores of a block of pool rows.
+    def _prepare(self, vectors: np.ndarray, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(vectors, dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+        _check_norms(norms, "the pool", positions)
+        return x, x / norms.astype(np.float32)[:, None]
+
+    def approx_block(
+        self, vectors: np.ndarray, positions: np.ndarray | None = None, *, eligible: np.ndarray | None = None, decontaminate: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Float32 scores of a block (within ``delta`` of the exact ones), and the decontamination flags.
 
         Returns
         -------
-        scores : ndarray of float64, shape (n_rows, n_tasks)
-        max_any : ndarray of float64, shape (n_rows,), or None
-            Max cosine to any query of any task (for decontamination), when asked.
+        approx : ndarray of float64, shape (n_rows, n_tasks)
+            -inf for rows that are not eligible or are contaminated.
+        contaminated : ndarray of bool, shape (n_rows,), or None
+            Rows whose exact cosine to some query of some task is >= ``decontaminate``.
         """
-        x64 = normalize_rows(vectors, what="the pool", positions=positions)
-        x32 = x64.astype(np.float32)
-        s32 = x32 @ self.q32.T
-        task_max = self._exact_group_max(s32, x64, self.group_of_query, self.n_tasks) if (self.aggregation == "max" or want_max_any) else None
-        if self.aggregation == "max":
-            scores = task_max
-        else:
-            scores = np.stack([exact_dot_rows(x64, np.broadcast_to(d, x64.shape)) for d in self.mean_directions], axis=1)
-        max_any = task_max.max(axis=1) if want_max_any else None
-        return scores, max_any
+        x, x32n = self._prepare(vectors, positions)
+        s32t = self.q32 @ x32n.T  # (n_queries, n_rows): each task's scores are contiguous rows
+        eligible = np.ones(len(x), dtype=bool) if eligible is None else eligible.copy()
+        contaminated = None
+        if decontaminate is not None:
+            s_all = s32t if self.aggregation == "max" else self.all_q32 @ x32n.T
+            contaminated = (self._exact_max(s_all, x, self.all_q64, decontaminate, eligible) >= decontaminate) & eligible
+            eligible &= ~contaminated
+        approx = np.stack([s32t[sl].max(axis=0) for sl in self.slices], axis=1).astype(np.float64)
+        approx[~eligible] = -np.inf
+        return approx, contaminated
 
-    def _exact_group_max(self, s32: np.ndarray, x64: np.ndarray, group_of_query: np.ndarray, n_groups: int) -> np.ndarray:
-        approx_max = np.full((len(x64), n_groups), -np.inf, dtype=np.float32)
-        for g, sl in enumerate(self.slices):
-            approx_max[:, g] = s32[:, sl].max(axis=1)
-        rows, cols = np.nonzero(s32 >= approx_max[:, group_of_query] - np.float32(2 * self.delta))
-        exact = exact_dot_rows(x64[rows], self.q64[cols])
-        out = np.full((len(x64), n_groups), -np.inf)
-        np.maximum.at(out, (rows, group_of_query[cols]), exact)
+    def exact_scores(self, vectors: np.ndarray, positions: np.ndarray | None = None, *, task: int | None = None) -> np.ndarray:
+        """The scores of record: exact float64 cosines, max (or mean) per task.
+
+        Returns shape (n_rows, n_tasks), or (n_rows,) for one ``task``.
+        """
+        x, x32n = self._prepare(vectors, positions)
+        everyone = np.ones(len(x), dtype=bool)
+        tasks = range(self.n_tasks) if task is None else [task]
+        columns = [self._exact_max(self.q32[self.slices[t]] @ x32n.T, x, self.q64[self.slices[t]], -np.inf, everyone) for t in tasks]
+        return np.stack(columns, axis=1) if task is None else columns[0]
+
+    def _exact_max(self, s32t: np.ndarray, x: np.ndarray, q64: np.ndarray, floor: float, eligible: np.ndarray) -> np.ndarray:
+        """Exact max cosine over the queries behind ``s32t``'s rows (float32 scores, queries x pool rows),
+        for eligible pool rows that can reach ``floor``.
+
+        Only queries whose float32 score is within 2 delta of the row's float32
+        maximum are re-scored: the true maximum is always among them.
+        """
+        out = np.full(len(x), -np.inf)
+        approx = s32t.max(axis=0)
+        live = np.flatnonzero(eligible & (approx >= floor - 2 * self.delta))
+        if len(live) == 0:
+            return out
+        if s32t.shape[0] == 1:
+            rows, cols = live, np.zeros(len(live), dtype=np.int64)
+        else:
+            sub = s32t[:, live]
+            cols, r = np.nonzero(sub >= approx[live] - np.float32(2 * self.delta))
+            rows = live[r]
+        exact = exact_cosine_rows(x[rows], q64[cols])
+        np.maximum.at(out, rows, exact)
         return out
 
     def default_block_rows(self) -> int:
-        return int(max(256, min(65_536, SCORE_BLOCK_BYTES // (4 * max(1, self.n_queries)))))
+        return int(max(256, min(65_536, SCORE_BLOCK_BYTES // (4 * max(1, len(self.q32))))))
+
+
+def _slices(lengths: Sequence[int]) -> list[slice]:
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def round_robin(rankings: Sequence[np.ndarray], budget: int, quotas: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -233,26 +289,40 @@ class RDSPlus(BaseSelector):
     def scorer(self, targets: Mapping[str, Any]) -> RDSScorer:
         return RDSScorer(targets, aggregation=self.aggregation)
 
-    def score_partition(self, blocks: Iterator[Any], scorer: RDSScorer, k: int, exclude: np.ndarray | None = None) -> tuple[TopK, dict[str, int]]:
-        """The per-partition step: stream blocks, keep each task's best ``k``. Jobs map this over partitions."""
-        top = TopK(k, scorer.n_tasks)
+    def score_partition(
+        self, blocks: Iterator[Any], scorer: RDSScorer, k: int, take: Any, exclude: np.ndarray | None = None
+    ) -> tuple[TopK, dict[str, int]]:
+        """The per-partition step: each task's exact best ``k`` rows of the partition. Jobs map this over partitions.
+
+        Streams ``blocks`` keeping, per task, every row whose float32 score is
+        within 2 delta of the running k-th best (a superset of the exact top k),
+        then re-scores only those rows exactly (``take(positions)`` fetches
+        their vectors) and keeps the exact best k.
+        """
+        approx_top = TopK(k, scorer.n_tasks, margin=2 * scorer.delta)
         counts = {"n_scored": 0, "n_excluded": 0, "n_decontaminated": 0}
         for block in blocks:
             positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
-            scores, max_any = scorer.score_block(block.vectors, positions, want_max_any=self.decontaminate is not None)
-            dropped = np.zeros(len(positions), dtype=bool)
+            eligible = np.ones(len(positions), dtype=bool)
             if exclude is not None and len(exclude):
                 hit = np.searchsorted(exclude, positions)
-                dropped |= (hit < len(exclude)) & (exclude[np.minimum(hit, len(exclude) - 1)] == positions)
-                counts["n_excluded"] += int(dropped.sum())
-            if max_any is not None:
-                contaminated = (max_any >= self.decontaminate) & ~dropped
+                eligible &= ~((hit < len(exclude)) & (exclude[np.minimum(hit, len(exclude) - 1)] == positions))
+                counts["n_excluded"] += int((~eligible).sum())
+            approx, contaminated = scorer.approx_block(block.vectors, positions, eligible=eligible, decontaminate=self.decontaminate)
+            if contaminated is not None:
                 counts["n_decontaminated"] += int(contaminated.sum())
-                dropped |= contaminated
-            scores[dropped] = -np.inf
-            top.update(scores, positions)
+            approx_top.update(approx, positions)
             counts["n_scored"] += len(positions)
-        return top, counts
+        exact_top = TopK(k, scorer.n_tasks)
+        chunk = scorer.default_block_rows()
+        for t in range(scorer.n_tasks):
+            candidates = approx_top.candidates(t)
+            for lo in range(0, len(candidates), chunk):
+                positions = candidates[lo : lo + chunk]
+                scores = np.full((len(positions), scorer.n_tasks), -np.inf)
+                scores[:, t] = scorer.exact_scores(take(positions), positions, task=t)
+                exact_top.update(scores, positions)
+        return exact_top, counts
 
     def finish(self, pool: PoolLike, top: TopK, scorer: RDSScorer, counts: Mapping[str, int], *, budget: int, quotas: Mapping[str, int] | None = None) -> Selection:
         """The driver's step: round-robin over the merged per-task rankings, then per-task scores of the picks."""
@@ -271,7 +341,7 @@ class RDSPlus(BaseSelector):
                 f"RDSPlus can pick only {available} rows after exclusions but the budget is {budget}: lower the budget."
             )
         positions, task_index = round_robin([p for _, p in rankings], budget, quota_list)
-        task_scores, _ = scorer.score_block(pool.take(positions), positions)
+        task_scores = scorer.exact_scores(pool.take(positions), positions)
         picked_score = task_scores[np.arange(len(positions)), task_index]
         all_ids = pool.ids()
         ids = all_ids[positions] if len(positions) else all_ids[:0]
@@ -301,22 +371,21 @@ class RDSPlus(BaseSelector):
         scorer = self.scorer(targets)
         scorer.check_dim(pool.dim, "its embeddings")
         excluded = None if exclude is None else np.unique(np.asarray(exclude, dtype=np.int64))
-        top, counts = self.score_partition(pool.iter_blocks(self.block_rows or scorer.default_block_rows()), scorer, budget, excluded)
+        top, counts = self.score_partition(pool.iter_blocks(self.block_rows or scorer.default_block_rows()), scorer, budget, pool.take, excluded)
         return self.finish(pool, top, scorer, counts, budget=budget, quotas=quotas)
 
 
 def brute_force_rds(pool: np.ndarray, targets: Mapping[str, np.ndarray], budget: int, *, aggregation: Aggregation = "max") -> tuple[np.ndarray, np.ndarray]:
     """The definition, in memory: every pool × query cosine in float64 (fixed summation order), per-task
     max (or mean), per-task ranking by score then position, round-robin. For tests and small pools only."""
-    x = normalize_rows(pool, what="the pool")
+    x = np.asarray(pool)
+    normalize_rows(x, what="the pool")  # the same refusals as the selector
     rankings = []
     for q in targets.values():
         qn = normalize_rows(np.atleast_2d(q), what="queries")
-        if aggregation == "max":
-            sims = np.stack([exact_dot_rows(x, np.broadcast_to(v, x.shape)) for v in qn], axis=1)
-            s = sims.max(axis=1)
-        else:
-            s = exact_dot_rows(x, np.broadcast_to(qn.mean(axis=0), x.shape))
+        directions = qn if aggregation == "max" else qn.mean(axis=0, keepdims=True)
+        sims = np.stack([exact_cosine_rows(x, np.broadcast_to(v, x.shape)) for v in directions], axis=1)
+        s = sims.max(axis=1)
         rankings.append(np.lexsort((np.arange(len(x)), -s)))
     return round_robin(rankings, budget)
 

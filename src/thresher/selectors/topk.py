@@ -14,12 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _trim(scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of (scores, positions), unordered; exact at ties (lowest positions win)."""
+def _trim(scores: np.ndarray, positions: np.ndarray, k: int, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of (scores, positions), unordered; exact at ties (lowest positions win).
+
+    With ``margin`` > 0, everything within ``margin`` of the k-th best score is
+    kept too: the scores are approximations, and any row whose true score could
+    reach the true k-th best must survive.
+    """
     n = len(scores)
     if n <= k:
         return scores, positions
     kth = np.partition(scores, n - k)[n - k]
+    if margin > 0:
+        keep = np.flatnonzero(scores >= kth - margin)
+        return scores[keep], positions[keep]
     above = np.flatnonzero(scores > kth)
     ties = np.flatnonzero(scores == kth)
     need = k - len(above)
@@ -45,6 +53,7 @@ class TopK:
 
     k: int
     n_columns: int
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
         self.scores = [np.empty(0, np.float64) for _ in range(self.n_columns)]
@@ -56,19 +65,24 @@ class TopK:
         for c in range(self.n_columns):
             col = scores[:, c]
             ok = col > -np.inf
-            col_s, col_p = _trim(col[ok], positions[ok], self.k)
+            col_s, col_p = _trim(col[ok], positions[ok], self.k, self.margin)
             self.scores[c] = np.concatenate([self.scores[c], col_s])
             self.positions[c] = np.concatenate([self.positions[c], col_p])
             if len(self.scores[c]) > 2 * self.k:
-                self.scores[c], self.positions[c] = _trim(self.scores[c], self.positions[c], self.k)
+                self.scores[c], self.positions[c] = _trim(self.scores[c], self.positions[c], self.k, self.margin)
 
     def merge(self, other: TopK) -> TopK:
-        out = TopK(self.k, self.n_columns)
+        out = TopK(self.k, self.n_columns, self.margin)
         for c in range(self.n_columns):
             s = np.concatenate([self.scores[c], other.scores[c]])
             p = np.concatenate([self.positions[c], other.positions[c]])
-            out.scores[c], out.positions[c] = _trim(s, p, self.k)
+            out.scores[c], out.positions[c] = _trim(s, p, self.k, self.margin)
         return out
+
+    def candidates(self, column: int) -> np.ndarray:
+        """Positions held for ``column`` (all survivors, margin included), in position order."""
+        s, p = _trim(self.scores[column], self.positions[column], self.k, self.margin)
+        return np.sort(p)
 
     def finish(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per column: (scores, positions) of the best k, best first."""
