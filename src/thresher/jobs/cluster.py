@@ -122,7 +122,7 @@ def make_slurm_cluster(config: str | Path | dict[str, Any]) -> Any:
             raise ParameterError(f"The SLURM config {path} must be a mapping of SLURMCluster arguments.")
     try:
         return SLURMCluster(**config)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ParameterError(f"Bad SLURM config: {exc}") from exc
 
 
