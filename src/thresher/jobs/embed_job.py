@@ -86,11 +86,40 @@ def _set_torch_threads(threads: dict[str, int] | None) -> None:
         n = threads.get(get_worker().address)
     except ValueError:
         return
+    _tune_allocator()
     if n:
         import torch
 
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
+
+
+_ALLOCATOR_TUNED = False
+
+
+def _tune_allocator() -> None:
+    """Let glibc reuse large freed blocks in this worker process instead of unmapping them.
+
+    Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also
+    turns off glibc's dynamic mmap threshold: every batch's activations (each
+    batch a different shape) are then mmapped and unmapped afresh, measured here
+    to make MiniLM encoding 1.5x slower. Raising both thresholds restores the
+    speed (and then some); it only affects this worker process.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 256 << 20)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def _completed(out: Path, partition: int, rows: int) -> dict[str, Any] | None:
