@@ -152,3 +152,21 @@ def dask_map(client: Any, *, retries: int = 2) -> Any:
         return client.gather(futures)
 
     return run
+
+
+def run_on_cluster(
+    job: Any,
+    *,
+    client: Any = None,
+    local: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    slurm: Any = None,
+    quiet: bool = False,
+) -> Any:
+    """Call ``job(client)`` where the caller asked: on the given client, in this process
+    (``local``: ``job(None)``), or on a cluster connected (and closed) for the call."""
+    if local or client is not None:
+        return job(client)
+    with dask_client(scheduler, workers=workers, slurm=slurm, quiet=quiet) as dask:
+        return job(dask)

@@ -69,7 +69,7 @@ def embed(
     thresher.stores.EmbeddingStore
     """
     from thresher.embeddings.encoders import EncoderSpec
-    from thresher.jobs.cluster import dask_client
+    from thresher.jobs.cluster import run_on_cluster
     from thresher.jobs.embed_job import run_embed_job
     from thresher.pipeline.text import TextBuilder
     from thresher.stores.pool import open_pool
@@ -94,10 +94,10 @@ def embed(
     )
     opened = open_pool(pool, format=format, id_column=id_column, partition_rows=partition_rows, split=split)
     _check_columns(opened, builder)
-    if local or client is not None:
-        return run_embed_job(opened, builder, spec, out, client=client, dtype=dtype, overwrite=overwrite, progress=progress)
-    with dask_client(scheduler, workers=workers, slurm=slurm, quiet=not progress) as dask:
-        return run_embed_job(opened, builder, spec, out, client=dask, dtype=dtype, overwrite=overwrite, progress=progress)
+    return run_on_cluster(
+        lambda dask: run_embed_job(opened, builder, spec, out, client=dask, dtype=dtype, overwrite=overwrite, progress=progress),
+        client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress,
+    )
 
 
 def _check_columns(pool: Any, builder: Any) -> None:

@@ -65,7 +65,7 @@ def select_rds(
     thresher.stores.CuratedShards
     """
     from thresher.fingerprint import fingerprint_of
-    from thresher.jobs.cluster import dask_client, dask_map
+    from thresher.jobs.cluster import dask_map, run_on_cluster
     from thresher.jobs.score_job import score_store
     from thresher.pipeline.targets import load_targets
     from thresher.selectors._base import resolve_budget
@@ -97,7 +97,4 @@ def select_rds(
             summary=summary, overwrite=overwrite, map_fn=dask_map(dask) if dask is not None else map,
         )
 
-    if local or client is not None:
-        return run(client)
-    with dask_client(scheduler, workers=workers, slurm=slurm, quiet=not progress) as dask:
-        return run(dask)
+    return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
