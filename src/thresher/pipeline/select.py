@@ -98,3 +98,66 @@ def select_rds(
         )
 
     return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
+
+
+B3_STAGE_VERSION = 1
+
+
+def pool_column(store: Any, column: str) -> np.ndarray:
+    """One pool column, in store order, read partition by partition (e.g. a label or source per row)."""
+    from thresher.exceptions import InputDataError
+    from thresher.stores.pool import reopen_pool
+
+    pool = reopen_pool(store.manifest["pool"])
+    if column not in pool.column_names:
+        raise InputDataError(f"Column {column!r} is not in the pool of {store.path}; it has columns {pool.column_names}.")
+    parts = [pool.read_partition(i, columns=[column]).column(column).to_numpy(zero_copy_only=False) for i in range(pool.n_partitions)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=object)
+
+
+def select_batches(
+    pool_embeddings: str | Path,
+    out: str | Path,
+    *,
+    index: str | Path | None = None,
+    batch_size: int = 1024,
+    community_size: int = 32,
+    rank_window: tuple[int, int] = (30, 130),
+    n_hard_negatives: int = 0,
+    group_column: str | None = None,
+    drop_last: bool = True,
+    budget: int | float = 1.0,
+    seed: int = 0,
+    overwrite: bool = False,
+):
+    """B3 batch mining over a store, written as curated shards in batch order (see :class:`BatchMiner`).
+
+    ``index`` is a thresher FAISS index over the same store (its teacher
+    ranks); without one, exact search is used, which suits small pools only.
+    """
+    from thresher.exceptions import ArtifactError
+    from thresher.fingerprint import fingerprint_of
+    from thresher.selectors.batch_mining import BatchMiner
+    from thresher.stores.curated import write_curated
+    from thresher.stores.embedding_store import open_embedding_store
+    from thresher.stores.index import open_index
+    from thresher.stores.pool import reopen_pool
+
+    store = open_embedding_store(pool_embeddings)
+    neighbors = None
+    if index is not None:
+        if not Path(index).exists():
+            raise ArtifactError(f"The index {index} does not exist: build it with `thresher index --embeddings {store.path} --out {index}`.")
+        neighbors = open_index(index, store=store)
+    miner = BatchMiner(batch_size=batch_size, community_size=community_size, rank_window=tuple(rank_window),
+                       n_hard_negatives=n_hard_negatives, drop_last=drop_last, seed=seed)
+    groups = pool_column(store, group_column) if group_column else None
+    selection = miner.select(store, budget=budget, neighbors=neighbors, groups=groups)
+    params = {**selection.params, "budget": budget, "group_column": group_column}
+    inputs = {"pool_embeddings": store.fingerprint, **({"index": neighbors.manifest["fingerprint"]} if neighbors else {})}
+    fingerprint = fingerprint_of("b3", B3_STAGE_VERSION, params, list(inputs.values()))
+    return write_curated(
+        out, pool=reopen_pool(store.manifest["pool"]), positions=selection.positions, columns=selection.selection_columns(),
+        expected_ids=selection.ids, selector=miner.name, params=params, fingerprint=fingerprint, seed=seed, inputs=inputs,
+        summary=selection.summary, rows_per_shard=max(batch_size, (50_000 // batch_size) * batch_size), overwrite=overwrite,
+    )

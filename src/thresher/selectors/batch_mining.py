@@ -1,0 +1,254 @@
+"""B3 batch mining: batches rich in in-batch negatives (Thirukovalluru et al. 2025, arXiv 2505.11293).
+
+Contrastive training takes its negatives from the batch. B3 builds batches
+whose members are strong negatives for each other:
+
+1. A teacher embedding ranks, for every example, all others by similarity
+   (here through the FAISS index, or exact search for small pools).
+2. The top ``p`` ranks are skipped (likely false negatives), ranks
+   ``[p, p + m)`` become edges (reference: p = 30, m = 100); only reciprocal
+   pairs are kept: an undirected, unweighted sparse graph (never N x N dense).
+3. METIS partitions the graph into ``floor(N / K)`` parts; parts are cut into
+   communities of exactly K (overflow regrouped deterministically, no row
+   repeated — the reference pads with duplicate positions by mistake).
+4. A batch is ``batch_size / K`` whole communities; community order and batch
+   order are shuffled with the seed; an incomplete last batch is dropped
+   unless asked otherwise.
+
+The output is in batch order with ``batch``, ``community`` and ``position``
+(within the batch) columns: a trainer streams it without shuffling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from thresher.exceptions import InputDataError, ParameterError, parameter_error
+from thresher.selectors._base import BaseSelector, PoolLike, Selection
+
+OWNER = "BatchMiner"
+
+
+def window_neighbors(pool: PoolLike, neighbors: Any, p: int, m: int, *, block_rows: int = 8192) -> np.ndarray:
+    """For each pool row, the positions at teacher ranks ``[p, p + m)`` (self excluded), shape (n_rows, m), -1 where missing.
+
+    ``neighbors`` is an object with ``search_positions(vectors, k)`` (a thresher
+    FAISS index) or None for exact inner-product search over the pool.
+    """
+    from thresher.stores.index import exact_search
+
+    from thresher.selectors._base import ArrayPool
+
+    k = p + m + 1
+    searched = pool.vectors if isinstance(pool, ArrayPool) else pool
+    out = np.full((pool.n_rows, m), -1, dtype=np.int64)
+    for block in pool.iter_blocks(block_rows):
+        positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
+        if neighbors is None:
+            _, found = exact_search(searched, block.vectors, k, metric="ip")
+        else:
+            _, found = neighbors.search_positions(block.vectors, k)
+        out[positions] = _drop_self(found, positions)[:, p : p + m]
+    return out
+
+
+def _drop_self(found: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Remove each row's own position from its neighbour list (or its last entry when self is absent)."""
+    is_self = found == positions[:, None]
+    has_self = is_self.any(axis=1)
+    drop = np.where(has_self, is_self.argmax(axis=1), found.shape[1] - 1)
+    keep = np.ones_like(found, dtype=bool)
+    keep[np.arange(len(found)), drop] = False
+    return found[keep].reshape(len(found), found.shape[1] - 1)
+
+
+def reciprocal_graph(window: np.ndarray) -> Any:
+    """The undirected graph of reciprocal window pairs, as a symmetric scipy CSR matrix of ones (no self loops)."""
+    from scipy import sparse
+
+    n = len(window)
+    rows = np.repeat(np.arange(n, dtype=np.int64), window.shape[1])
+    cols = window.reshape(-1)
+    ok = (cols >= 0) & (cols != rows)
+    directed = sparse.csr_matrix((np.ones(int(ok.sum()), dtype=np.int8), (rows[ok], cols[ok])), shape=(n, n))
+    directed.data[:] = 1  # repeated pairs collapse to one edge
+    both = directed.multiply(directed.T).tocsr()
+    both.eliminate_zeros()
+    both.sort_indices()
+    return both
+
+
+def metis_parts(graph: Any, n_parts: int) -> np.ndarray:
+    """METIS k-way partition of ``graph`` (scipy CSR) into ``n_parts`` parts; part id per node."""
+    import pymetis
+
+    if n_parts <= 1:
+        return np.zeros(graph.shape[0], dtype=np.int64)
+    _, membership = pymetis.part_graph(n_parts, xadj=graph.indptr.astype(np.int64), adjncy=graph.indices.astype(np.int64))
+    return np.asarray(membership, dtype=np.int64)
+
+
+def equal_communities(parts: np.ndarray, community_size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Cut parts into communities of exactly ``community_size`` rows.
+
+    Each part, members in position order, gives as many whole communities as
+    it can; the overflow of all parts (in part, then position order) is cut
+    into further communities; fewer than ``community_size`` rows are left out.
+    Returns the communities (arrays of positions) and the left-out positions.
+    """
+    order = np.lexsort((np.arange(len(parts)), parts))
+    sorted_parts = parts[order]
+    bounds = np.flatnonzero(np.diff(sorted_parts)) + 1
+    communities, overflow = [], []
+    for members in np.split(order, bounds):
+        n_whole = len(members) // community_size
+        communities += [members[i * community_size : (i + 1) * community_size] for i in range(n_whole)]
+        overflow.append(members[n_whole * community_size :])
+    rest = np.concatenate(overflow) if overflow else np.empty(0, np.int64)
+    n_whole = len(rest) // community_size
+    communities += [rest[i * community_size : (i + 1) * community_size] for i in range(n_whole)]
+    return communities, rest[n_whole * community_size :]
+
+
+def mean_in_batch_similarity(pool: PoolLike, batches: Sequence[np.ndarray]) -> float:
+    """Mean cosine between distinct members of the same batch, averaged over batches."""
+    values = []
+    for members in batches:
+        if len(members) < 2:
+            continue
+        x = pool.take(np.sort(members)).astype(np.float64)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        s = x.sum(axis=0)
+        values.append((s @ s - len(x)) / (len(x) * (len(x) - 1)))
+    return float(np.mean(values)) if values else float("nan")
+
+
+class BatchMiner(BaseSelector):
+    """B3 batches: METIS communities of a teacher's reciprocal rank-window graph (Thirukovalluru et al. 2025).
+
+    Parameters
+    ----------
+    batch_size : int, default 1024
+        Rows per batch; a multiple of ``community_size``.
+    community_size : int, default 32
+    rank_window : (int, int), default (30, 130)
+        Teacher ranks ``[p, p + m)`` that become edges (p skipped as likely false negatives).
+    n_hard_negatives : int, default 0
+        Per row, this many ids sampled from its rank window, stored as ``hard_negatives``.
+    drop_last : bool, default True
+        Drop the last batch when it has fewer than ``batch_size / community_size`` communities.
+    seed : int, default 0
+        Shuffles community and batch order, and samples hard negatives.
+
+    ``select(pool, budget=1.0, neighbors=index, groups=None)``: ``neighbors`` is a
+    thresher FAISS index over the pool (None: exact search); ``groups`` a
+    per-row source label, so each batch comes from one source. The budget is
+    the share of the pool to batch (1.0 = all).
+    """
+
+    name = "b3"
+
+    def __init__(self, *, batch_size: int = 1024, community_size: int = 32, rank_window: tuple[int, int] = (30, 130),
+                 n_hard_negatives: int = 0, drop_last: bool = True, seed: int = 0):
+        self.batch_size = batch_size
+        self.community_size = community_size
+        self.rank_window = rank_window
+        self.n_hard_negatives = n_hard_negatives
+        self.drop_last = drop_last
+        self.seed = seed
+
+    def _validate_params(self) -> None:
+        for name in ("batch_size", "community_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise parameter_error(OWNER, name, "an int >= 1", value)
+        if self.batch_size % self.community_size:
+            raise ParameterError(
+                f"The 'batch_size' parameter of BatchMiner ({self.batch_size}) must be a multiple of 'community_size' ({self.community_size})."
+            )
+        window = tuple(self.rank_window) if isinstance(self.rank_window, (tuple, list)) else None
+        if window is None or len(window) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in window) or window[0] < 0 or window[1] <= window[0]:
+            raise parameter_error(OWNER, "rank_window", "a pair (p, p + m) of ints with 0 <= p < p + m", self.rank_window)
+        if isinstance(self.n_hard_negatives, bool) or not isinstance(self.n_hard_negatives, (int, np.integer)) or self.n_hard_negatives < 0:
+            raise parameter_error(OWNER, "n_hard_negatives", "an int >= 0", self.n_hard_negatives)
+
+    def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, neighbors: Any = None,
+                groups: Sequence[Any] | np.ndarray | None = None) -> Selection:
+        p, stop = int(self.rank_window[0]), int(self.rank_window[1])
+        m = stop - p
+        n = pool.n_rows
+        if n < self.batch_size:
+            raise ParameterError(f"The pool has {n} rows, fewer than one batch (batch_size={self.batch_size}).")
+        if stop >= n:
+            raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {n} rows; p + m must be < the pool size.")
+        if groups is not None and len(groups) != n:
+            raise InputDataError(f"'groups' has {len(groups)} labels for a pool of {n} rows.")
+        window = window_neighbors(pool, neighbors, p, m)
+        graph = reciprocal_graph(window)
+        group_labels = np.zeros(n, dtype=np.int64) if groups is None else np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+        communities: list[np.ndarray] = []
+        n_left_out = 0
+        for g in np.unique(group_labels):
+            members = np.flatnonzero(group_labels == g)
+            sub = graph[members][:, members]
+            parts = metis_parts(sub, len(members) // self.community_size)
+            found, rest = equal_communities(parts, self.community_size)
+            communities += [members[c] for c in found]
+            n_left_out += len(rest)
+        per_batch = self.batch_size // self.community_size
+        community_group = np.array([group_labels[c[0]] for c in communities], dtype=np.int64)
+        batches: list[list[int]] = []
+        n_dropped_communities = 0
+        for g in np.unique(community_group):
+            ids = np.flatnonzero(community_group == g)
+            ids = ids[rng.permutation(len(ids))]
+            for lo in range(0, len(ids), per_batch):
+                chunk = ids[lo : lo + per_batch]
+                if len(chunk) < per_batch and self.drop_last:
+                    n_dropped_communities += len(chunk)
+                    continue
+                batches.append(chunk.tolist())
+        batch_order = rng.permutation(len(batches))
+        batches = [batches[b] for b in batch_order]
+        n_keep_batches = min(len(batches), max(1, -(-budget // self.batch_size))) if budget < n else len(batches)
+        batches = batches[:n_keep_batches]
+        if not batches:
+            raise ParameterError(f"No complete batch of {self.batch_size} rows could be formed from {n} rows; lower batch_size or pass drop_last=False.")
+
+        positions = np.concatenate([communities[c] for batch in batches for c in batch])
+        batch_col = np.concatenate([np.full(sum(len(communities[c]) for c in batch), b) for b, batch in enumerate(batches)])
+        community_col = np.concatenate([np.full(len(communities[c]), c) for batch in batches for c in batch])
+        position_col = np.concatenate([np.arange(sum(len(communities[c]) for c in batch)) for batch in batches])
+        columns: dict[str, Any] = {"batch": batch_col, "community": community_col, "position": position_col}
+        ids = pool.ids()
+        if self.n_hard_negatives:
+            columns["hard_negatives"] = _hard_negatives(window[positions], self.n_hard_negatives, rng, ids)
+        b3_batches = [np.concatenate([communities[c] for c in batch]) for batch in batches]
+        shuffled = positions[rng.permutation(len(positions))]
+        random_batches = [shuffled[i : i + len(b)] for i, b in zip(np.cumsum([0] + [len(b) for b in b3_batches[:-1]]), b3_batches)]
+        summary = {
+            "n_rows": n,
+            "n_edges": int(graph.nnz // 2),
+            "n_isolated_rows": int((np.diff(graph.indptr) == 0).sum()),
+            "n_communities": len(communities),
+            "n_batches": len(batches),
+            "n_rows_batched": int(len(positions)),
+            "n_rows_left_out": int(n - len(positions)),
+            "n_rows_left_out_by_equalising": int(n_left_out),
+            "n_communities_dropped_with_last_batch": int(n_dropped_communities),
+            "mean_in_batch_similarity": mean_in_batch_similarity(pool, b3_batches),
+            "mean_in_batch_similarity_random": mean_in_batch_similarity(pool, random_batches),
+        }
+        return Selection(positions=positions, ids=ids[positions], selector=self.name,
+                         params={**self.get_params(), "rank_window": [p, stop]}, columns=columns, seed=self.seed, summary=summary)
+
+
+def _hard_negatives(window: np.ndarray, n_hard: int, rng: np.random.Generator, ids: np.ndarray) -> list[list[Any]]:
+    """Per row, ``n_hard`` ids drawn without replacement from its teacher rank window (top p already excluded)."""
+    keys = rng.random(window.shape)
+    keys[window < 0] = np.inf
+    picks = np.take_along_axis(window, np.argsort(keys, axis=1)[:, :n_hard], axis=1)
+    return [[ids[j] for j in row if j >= 0] for row in picks.tolist()]
