@@ -67,6 +67,7 @@ def write_curated(
     rows_per_shard: int | None = None,
     overwrite: bool = False,
     map_fn: Mapper = map,
+    extra_rows: pa.Table | None = None,
 ) -> CuratedShards:
     """Write the pool rows at ``positions`` (in rank order) with selection ``columns`` as curated shards.
 
@@ -88,6 +89,12 @@ def write_curated(
     map_fn : callable
         ``map``-like function used to run the per-partition staging step;
         jobs pass one that runs it on Dask.
+    extra_rows : pyarrow.Table, optional
+        Rows that are not pool rows (SMOTE's synthetic rows), written after the
+        selected pool rows with ranks ``n_selected``, ``n_selected + 1``, ….
+        It must hold every selection column of ``columns`` (``rank`` excepted)
+        and may hold pool columns; pool columns it lacks are null in its rows.
+        With it, every field of the shards is nullable.
     """
     out = Path(out)
     positions = np.asarray(positions, dtype=np.int64)
@@ -102,6 +109,7 @@ def write_curated(
     selection = _selection_table(columns, n_selected)
     if expected_ids is not None and len(expected_ids) != n_selected:
         raise ValueError(f"expected_ids has {len(expected_ids)} entries for {n_selected} positions")
+    extra = None if extra_rows is None else _extra_table(extra_rows, selection, pool)
 
     if prepare_output_dir(out, "curated", fingerprint, overwrite=overwrite) == "complete":
         return open_curated(out)
@@ -113,7 +121,7 @@ def write_curated(
 
     tasks = list(_stage_tasks(pool, positions, expected_ids, staging))
     staged = [p for p in map_fn(functools.partial(stage_partition, pool), tasks) if p is not None]
-    shards = _merge_staged(out, [Path(p) for p in staged], selection, rows_per_shard)
+    shards = _merge_staged(out, [Path(p) for p in staged], selection, rows_per_shard, extra)
     shutil.rmtree(staging, ignore_errors=True)
 
     body = {
@@ -127,6 +135,8 @@ def write_curated(
         "selection_columns": selection.column_names,
         "summary": dict(summary or {}),
     }
+    if extra is not None:
+        body["n_extra_rows"] = extra.num_rows
     write_manifest(out, "curated", fingerprint=fingerprint, body=body, shards=shards)
     return open_curated(out)
 
@@ -170,24 +180,74 @@ def _stage_tasks(pool: Any, positions: np.ndarray, expected_ids: np.ndarray | No
         )
 
 
-def _merge_staged(out: Path, staged: list[Path], selection: pa.Table, rows_per_shard: int) -> list[ShardInfo]:
+def _merge_staged(out: Path, staged: list[Path], selection: pa.Table, rows_per_shard: int, extra: pa.Table | None = None) -> list[ShardInfo]:
     tables = [read_stream_shard(p) for p in staged]
     rank_arrays = [t.column(_STAGE_RANK).to_numpy() for t in tables]
+    n_selected = selection.num_rows
+    n_total = n_selected + (0 if extra is None else extra.num_rows)
     shards = []
-    for j, lo in enumerate(range(0, selection.num_rows, rows_per_shard)):
-        hi = min(lo + rows_per_shard, selection.num_rows)
-        pieces = []
-        for table, ranks in zip(tables, rank_arrays):
-            a, b = np.searchsorted(ranks, [lo, hi])
-            if b > a:
-                pieces.append(table.slice(a, b - a))
-        merged = pa.concat_tables(pieces, promote_options="permissive").combine_chunks()
-        merged = merged.take(pc.sort_indices(merged.column(_STAGE_RANK))).drop_columns([_STAGE_RANK])
-        shard = _attach_selection(merged, selection.slice(lo, hi - lo))
+    for j, lo in enumerate(range(0, n_total, rows_per_shard)):
+        hi = min(lo + rows_per_shard, n_total)
+        shard = None
+        if lo < n_selected:
+            top = min(hi, n_selected)
+            pieces = []
+            for table, ranks in zip(tables, rank_arrays):
+                a, b = np.searchsorted(ranks, [lo, top])
+                if b > a:
+                    pieces.append(table.slice(a, b - a))
+            merged = pa.concat_tables(pieces, promote_options="permissive").combine_chunks()
+            merged = merged.take(pc.sort_indices(merged.column(_STAGE_RANK))).drop_columns([_STAGE_RANK])
+            shard = _attach_selection(merged, selection.slice(lo, top - lo))
+        if extra is not None:
+            shard = _append_extra(shard, extra, max(lo, n_selected) - n_selected, hi - max(lo, n_selected))
         path = out / shard_name(j)
         write_stream_shard(path, shard)
         shards.append(ShardInfo.of(path, shard.num_rows))
     return shards
+
+
+def _extra_table(extra_rows: pa.Table, selection: pa.Table, pool: Any) -> pa.Table:
+    """``extra_rows`` laid out as a curated shard of the pool: pool columns (null where absent), then selection columns.
+
+    The result's schema is the shards' schema (every field nullable); ranks continue after the selected rows.
+    """
+    if not isinstance(extra_rows, pa.Table):
+        raise ParameterError(f"The 'extra_rows' parameter of write_curated must be a pyarrow.Table; got {type(extra_rows).__name__}.")
+    wanted = [c for c in selection.column_names if c != RANK_COLUMN]
+    missing = [c for c in wanted if c not in extra_rows.column_names]
+    if missing:
+        raise ParameterError(f"The 'extra_rows' of write_curated lack the selection columns {missing}; they need all of {wanted}.")
+    pool_fields = [pa.field("id", pool.id_type)] + [pool.schema.field(c) for c in pool.column_names]
+    unknown = [c for c in extra_rows.column_names if c not in wanted and c != RANK_COLUMN and c not in {f.name for f in pool_fields}]
+    if unknown:
+        raise ParameterError(f"The 'extra_rows' of write_curated hold columns {unknown} that are neither selection columns {wanted} nor pool columns.")
+    n = extra_rows.num_rows
+    columns, fields = [], []
+    for f in pool_fields:
+        taken = f.name in extra_rows.column_names and f.name not in selection.column_names
+        columns.append(extra_rows.column(f.name).cast(f.type) if taken else pa.nulls(n, f.type))
+        fields.append(pa.field(f"{f.name}_pool" if f.name in selection.column_names else f.name, f.type))
+    ranks = pa.array(np.arange(selection.num_rows, selection.num_rows + n, dtype=np.int64))
+    for name in selection.column_names:
+        source = extra_rows.column(name) if name in extra_rows.column_names else ranks
+        kind = selection.column(name).type
+        kind = source.type if pa.types.is_null(kind) else kind  # an all-null selection column takes the extra rows' type
+        columns.append(source.cast(kind))
+        fields.append(pa.field(name, kind))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _append_extra(shard: pa.Table | None, extra: pa.Table, offset: int, length: int) -> pa.Table:
+    """Cast the pool rows of a shard to the shards' schema and append ``length`` extra rows from ``offset``."""
+    part = extra.slice(offset, max(0, length))
+    if shard is None:
+        return part
+    columns = [shard.column(f.name).cast(f.type) for f in extra.schema]
+    if shard.num_columns != len(columns):
+        raise ValueError(f"curated shard columns {shard.column_names} do not match the extra rows' {extra.column_names}")
+    pooled = pa.Table.from_arrays(columns, schema=extra.schema)
+    return pa.concat_tables([pooled, part]) if part.num_rows else pooled
 
 
 def _attach_selection(rows: pa.Table, selection: pa.Table) -> pa.Table:

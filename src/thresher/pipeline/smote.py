@@ -1,0 +1,188 @@
+"""The SMOTE stage: embedding store + a label column of the pool → SMOTE (+ under-sampling) → curated shards.
+
+The labels come from the pool itself (one column, read partition by
+partition; pool partitions are the store's shards, row for row). The kept
+pool rows are written first, in pool order, with all their pool columns plus
+``synthetic`` (false), ``parents`` (null), ``gap`` (null) and ``embedding``;
+then the synthetic rows, with ``synthetic`` true, ``parents`` (the base's and
+the neighbour's pool ids), ``gap``, their class in the label column,
+``embedding``, and nulls in the other pool columns (Chawla et al., JAIR 2002;
+see :mod:`thresher.selectors.smote`).
+
+Memory: the labels (one value per pool row), one class's vectors and FAISS
+index at a time, the synthetic rows, and the kept rows' embeddings (which the
+shards carry so the output is a self-contained training set in embedding space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+SMOTE_STAGE_VERSION = 1
+#: Selection columns the stage writes; the label column may not be one of them.
+SMOTE_COLUMNS = ("rank", "synthetic", "parents", "gap", "embedding")
+
+
+def read_label_partition(pool: Any, column: str, partition: int) -> np.ndarray:
+    """One pool partition's labels as numpy; a null label is refused, naming the row's id."""
+    from thresher.exceptions import InputDataError
+
+    table = pool.read_partition(partition, columns=[column])
+    values = table.column(column)
+    kind = values.type
+    if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind)
+            or pa.types.is_floating(kind) or pa.types.is_dictionary(kind)):
+        raise InputDataError(f"The label column {column!r} of the pool holds {kind}; labels must be ints, strings, bools or floats.")
+    if values.null_count:
+        row = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputDataError(
+            f"The label column {column!r} is null for the pool row id={table.column('id')[row].as_py()!r} "
+            f"({values.null_count} null labels in partition {partition}); every row needs a class."
+        )
+    if pa.types.is_dictionary(kind):
+        values = values.cast(kind.value_type)
+    return values.to_numpy(zero_copy_only=False)
+
+
+def read_labels(store: Any, column: str, map_fn: Callable[..., Any] = map) -> np.ndarray:
+    """The pool's ``column`` for every store row, in store order.
+
+    Raises
+    ------
+    InputDataError
+        The column is missing, holds nulls or unusable types.
+    ArtifactError
+        The pool's partitions no longer line up with the store's shards.
+    """
+    import functools
+
+    from thresher.exceptions import ArtifactError, InputDataError
+    from thresher.stores.pool import reopen_pool
+
+    pool = reopen_pool(store.manifest["pool"])
+    if column not in pool.column_names:
+        raise InputDataError(f"The pool has no label column {column!r}; it has columns {pool.column_names}.")
+    rows = [p.n_rows for p in pool.partitions]
+    if rows != [s.rows for s in store.shards]:
+        raise ArtifactError(f"The pool's partitions ({len(rows)}, {sum(rows)} rows) do not line up with the shards of {store.path}; re-run the embedding.")
+    parts = list(map_fn(functools.partial(read_label_partition, pool, column), range(pool.n_partitions)))
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def match_classes(mapping: Mapping[Any, Any] | None, classes: list[Any]) -> Mapping[Any, Any] | None:
+    """Map keys given as text (from the CLI or a JSON file) onto the classes they spell, e.g. "1" -> 1."""
+    if mapping is None or not isinstance(mapping, Mapping):
+        return mapping
+    by_text = {str(c): c for c in classes}
+    return {(k if k in classes else by_text.get(str(k), k)): v for k, v in mapping.items()}
+
+
+def _fixed_list(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1])
+
+
+def select_smote(
+    pool_embeddings: str | Path,
+    out: str | Path,
+    *,
+    labels: str,
+    sampling_strategy: Any = "auto",
+    undersample_majority: float | Mapping[Any, float] | None = None,
+    k_neighbors: int = 5,
+    neighbors: Any = "auto",
+    seed: int = 0,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    slurm: Any = None,
+    client: Any = None,
+    local: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Over-sample minority classes with SMOTE in embedding space (and under-sample the majority); write curated shards.
+
+    Parameters
+    ----------
+    pool_embeddings : path
+        The pool's embedding store.
+    out : path
+        Output curated-shard directory.
+    labels : str
+        The pool column holding each row's class.
+    sampling_strategy, undersample_majority, k_neighbors, neighbors, seed
+        As :class:`thresher.selectors.smote.SMOTE`; dict keys given as text ("1") match
+        the class they spell (1).
+    scheduler, workers, slurm, client, local
+        Where the per-partition reads run (``local``: in this process).
+
+    Returns
+    -------
+    thresher.stores.CuratedShards
+        Kept pool rows (pool order) then synthetic rows; the manifest's summary holds class
+        counts before and after, ``n_synthetic`` and ``n_undersampled``.
+    """
+    from thresher.exceptions import ArtifactError, ParameterError
+    from thresher.fingerprint import fingerprint_of
+    from thresher.jobs.cluster import dask_map, run_on_cluster
+    from thresher.selectors.smote import SMOTE, check_labels
+    from thresher.stores.curated import open_curated, write_curated
+    from thresher.stores.embedding_store import open_embedding_store
+    from thresher.stores.manifest import read_manifest
+    from thresher.stores.pool import reopen_pool
+
+    if not isinstance(labels, str) or not labels:
+        raise ParameterError(f"The 'labels' parameter of select_smote must name a pool column; got {labels!r}.")
+    if labels in SMOTE_COLUMNS:
+        raise ParameterError(f"The label column may not be named {labels!r}: SMOTE writes a column of that name ({list(SMOTE_COLUMNS)}).")
+    store = open_embedding_store(pool_embeddings)
+    selector = SMOTE(k_neighbors=k_neighbors, sampling_strategy=sampling_strategy, undersample_majority=undersample_majority,
+                     neighbors=neighbors, seed=seed)
+    selector._validate_params()
+
+    def run(dask: Any) -> Any:
+        map_fn = dask_map(dask) if dask is not None else map
+        y = check_labels(read_labels(store, labels, map_fn), store.n_rows)
+        classes = np.unique(y).tolist()
+        selector.sampling_strategy = match_classes(sampling_strategy, classes)
+        selector.undersample_majority = match_classes(undersample_majority, classes)
+        plan = selector.plan(y)
+        params = {**selector.describe_params(), "labels": labels,
+                  "n_new": {str(c): n for c, n in plan.n_new.items()}, "n_keep": {str(c): n for c, n in plan.n_keep.items()}}
+        fingerprint = fingerprint_of("smote", SMOTE_STAGE_VERSION, params, [store.fingerprint])
+        if not overwrite:
+            try:
+                if read_manifest(out, "curated").get("fingerprint") == fingerprint:
+                    return open_curated(out)
+            except ArtifactError:
+                pass  # absent or unfinished: write_curated decides
+        selection = selector.select(store, budget=1.0, labels=y)
+        pool = reopen_pool(store.manifest["pool"])
+        id_type = pool.id_type
+        n_kept, synthetic = len(selection), selection.synthetic
+        columns = {
+            "synthetic": pa.array(np.zeros(n_kept, dtype=bool)),
+            "parents": pa.nulls(n_kept, pa.list_(id_type, 2)),
+            "gap": pa.nulls(n_kept, pa.float32()),
+            "embedding": _fixed_list(selection.columns["embedding"]),
+        }
+        parents = selection.synthetic_parents
+        extra = pa.table({
+            "synthetic": pa.array(np.ones(len(synthetic), dtype=bool)),
+            "parents": pa.FixedSizeListArray.from_arrays(pa.array(parents.reshape(-1).tolist(), type=id_type), 2),
+            "gap": pa.array(synthetic.gap, type=pa.float32()),
+            "embedding": _fixed_list(synthetic.vectors),
+            labels: pa.array(synthetic.label.tolist()).cast(pool.schema.field(labels).type),
+        })
+        return write_curated(
+            out, pool=pool, positions=selection.positions, columns=columns, expected_ids=selection.ids, selector=selector.name,
+            params=params, fingerprint=fingerprint, seed=seed, inputs={"pool_embeddings": store.fingerprint},
+            summary={**selection.summary, "label_column": labels}, overwrite=overwrite, map_fn=map_fn, extra_rows=extra,
+        )
+
+    return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
