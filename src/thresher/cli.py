@@ -191,6 +191,81 @@ def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, dedup
     click.echo(f"  exact duplicates removed {summary.get('n_exact_duplicates_removed', 0)}, decontaminated {summary.get('n_decontaminated', 0)}")
 
 
+def _parse_sampling_strategy(value: str) -> Any:
+    """'auto' and the other names, a float (binary: minority / majority after), or a JSON object {"class": count}."""
+    if value.strip().startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"is not a valid JSON object ({exc.msg}); got {value!r}") from None
+        if not isinstance(parsed, dict):
+            raise click.BadParameter(f"must be a JSON object of class -> count; got {value!r}")
+        return parsed
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+@select.command("smote")
+@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store.")
+@click.option("--labels", required=True, help="The pool column holding each row's class.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--sampling-strategy", default="auto", show_default=True,
+              help="auto, 'not majority', minority, 'not minority', all; a float (binary: minority = it x majority); or JSON {\"class\": target count}.")
+@click.option("--undersample-majority", type=float, default=None, help="Keep this fraction, in (0, 1], of the majority class's rows.")
+@click.option("--k-neighbors", type=int, default=5, show_default=True, help="Same-class neighbours a synthetic row's second parent is drawn from.")
+@click.option("--neighbors", type=click.Choice(["auto", "exact"]), default="auto", show_default=True,
+              help="auto: exact FAISS search up to 100k rows a class, an approximate index above; exact: always exact.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", is_flag=True)
+@_cluster_options
+def select_smote(pool_embeddings, labels, out, sampling_strategy, undersample_majority, k_neighbors, neighbors, seed, overwrite, quiet,
+                 scheduler, workers, slurm, local) -> None:
+    """SMOTE: synthetic minority rows in embedding space, with majority under-sampling (Chawla et al., JAIR 2002)."""
+    from thresher.pipeline.smote import select_smote as run
+
+    curated = run(
+        pool_embeddings, out, labels=labels, sampling_strategy=_parse_sampling_strategy(sampling_strategy),
+        undersample_majority=undersample_majority, k_neighbors=k_neighbors, neighbors=neighbors, seed=seed, scheduler=scheduler,
+        workers=workers, slurm=slurm, local=local, overwrite=overwrite, progress=not quiet,
+    )
+    s = curated.manifest["summary"]
+    click.echo(f"wrote {curated.n_rows} rows into {curated.path}: {s['n_kept']} pool rows kept, {s['n_synthetic']} synthetic, "
+               f"{s['n_undersampled']} under-sampled away")
+    for c, before in s["class_counts_before"].items():
+        click.echo(f"  class {c}: {before} -> {s['class_counts_after'][c]} rows")
+
+
+@select.command("batches")
+@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store (the teacher's embeddings).")
+@click.option("--index", default=None, type=click.Path(file_okay=False), help="FAISS index over the store (default: exact search, small pools only).")
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option("--community-size", type=int, default=32, show_default=True)
+@click.option("--rank-window", default="30:130", show_default=True, help="Teacher ranks P:P+M that become graph edges.")
+@click.option("--hard-negatives", "n_hard_negatives", type=int, default=0, show_default=True, help="Hard-negative ids per row, from its rank window.")
+@click.option("--group-column", default=None, help="Pool column naming each row's source: a batch comes from one source.")
+@click.option("--keep-last", is_flag=True, help="Keep the last, incomplete batch instead of dropping it.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True)
+def select_batches(pool_embeddings, index, batch_size, community_size, rank_window, n_hard_negatives, group_column, keep_last, seed, out, overwrite) -> None:
+    """B3: batches of whole METIS communities of the teacher's rank-window graph (Thirukovalluru et al. 2025)."""
+    from thresher.pipeline.select import select_batches as run
+
+    try:
+        p, stop = (int(v) for v in rank_window.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"--rank-window must look like P:P+M (e.g. 30:130); got {rank_window!r}") from None
+    curated = run(pool_embeddings, out, index=index, batch_size=batch_size, community_size=community_size, rank_window=(p, stop),
+                  n_hard_negatives=n_hard_negatives, group_column=group_column, drop_last=not keep_last, seed=seed, overwrite=overwrite)
+    s = curated.manifest["summary"]
+    click.echo(f"{s['n_batches']} batches of {batch_size} ({s['n_rows_batched']} of {s['n_rows']} rows) into {curated.path}")
+    click.echo(f"  mean in-batch similarity {s['mean_in_batch_similarity']:.4f} vs random batches {s['mean_in_batch_similarity_random']:.4f}")
+    click.echo(f"  graph: {s['n_edges']} reciprocal edges, {s['n_isolated_rows']} isolated rows; left out {s['n_rows_left_out']} rows")
+
+
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True)
@@ -201,6 +276,52 @@ def demo(out, overwrite, quiet, scheduler, workers, slurm, local) -> None:
     from thresher.demo import run_demo
 
     run_demo(Path(out), overwrite=overwrite, progress=not quiet, scheduler=scheduler, workers=workers, slurm=slurm, local=local)
+
+
+@main.group()
+def plan() -> None:
+    """Per-epoch training plans (InfoBatch dynamic pruning) written as shards for trainers."""
+
+
+@plan.command("infobatch-init")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="State directory to create.")
+@click.option("--n-samples", type=int, required=True, help="Dataset size (samples are indices 0..n-1).")
+@click.option("--epochs", type=int, required=True, help="Total training epochs.")
+@click.option("--prune-ratio", type=float, default=0.5, show_default=True, help="Fraction of well-learned samples dropped per pruning epoch, in [0, 0.9].")
+@click.option("--delta", type=float, default=0.875, show_default=True, help="Annealing (full data) from epoch ceil(delta * epochs).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--initial-score", type=float, default=3.0, show_default=True, help="Score of samples not trained yet.")
+def plan_infobatch_init(out, n_samples, epochs, prune_ratio, delta, seed, initial_score) -> None:
+    """Create a fresh InfoBatch state (Qin et al., ICLR 2024)."""
+    from thresher.exceptions import ArtifactError
+    from thresher.selectors.infobatch import STATE_FILE, InfoBatch
+
+    if (Path(out) / STATE_FILE).exists():
+        raise ArtifactError(f"{out} already holds an InfoBatch state; choose another directory.")
+    ib = InfoBatch(n_samples=n_samples, epochs=epochs, prune_ratio=prune_ratio, delta=delta, seed=seed, initial_score=initial_score)
+    ib.save(out)
+    click.echo(f"InfoBatch state for {n_samples} samples, {epochs} epochs (annealing from epoch {ib.annealing_epoch}) in {out}")
+
+
+@plan.command("infobatch")
+@click.option("--scores", "state_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Saved InfoBatch state (updated in place).")
+@click.option("--epoch", type=int, required=True, help="Epoch to plan, in [0, epochs).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output plan directory (curated shards: index, weight, epoch, position).")
+@click.option("--losses", "loss_dirs", multiple=True, type=click.Path(exists=True, file_okay=False), help="Loss-shard directories (index, loss) to apply first (repeatable).")
+@click.option("--rows-per-shard", type=int, default=None, help="Rows per plan shard (default 1,000,000).")
+@click.option("--overwrite", is_flag=True)
+def plan_infobatch(state_dir, epoch, out, loss_dirs, rows_per_shard, overwrite) -> None:
+    """InfoBatch: apply fed-back losses, then write one epoch's plan (sample indices + loss weights) as shards."""
+    from thresher.pipeline.plan import update_state, write_plan
+
+    if loss_dirs:
+        update_state(state_dir, *loss_dirs)
+    curated = write_plan(state_dir, epoch, out, rows_per_shard=rows_per_shard, overwrite=overwrite)
+    s = curated.manifest["summary"]
+    threshold = "none (annealing)" if s["threshold"] is None else f"{s['threshold']:.6g}"
+    click.echo(f"epoch {s['epoch']}: kept {s['n_kept']} of {s['n_samples']} samples ({s['kept_fraction']:.1%}), "
+               f"threshold {threshold}, well-learned {s['n_well']} (kept {s['n_kept_well']}), "
+               f"saving so far {s['saving_so_far']:.1%} -> {curated.path}")
 
 
 if __name__ == "__main__":

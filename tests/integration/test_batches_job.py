@@ -31,21 +31,28 @@ def chat_store(tmp_path_factory):
 
 def test_b3_batches_from_the_index(chat_store):
     tmp, store = chat_store
-    cur = select_batches(store.path, tmp / "batches", index=tmp / "index", batch_size=64, community_size=16, rank_window=(3, 23),
+    cur = select_batches(store.path, tmp / "batches", index=tmp / "index", batch_size=32, community_size=8, rank_window=(3, 23),
                          n_hard_negatives=2, seed=0)
     table = cur.to_hf_dataset()
     batch = np.array(table["batch"])
-    assert np.all(np.diff(batch) >= 0) and np.all(np.bincount(batch) == 64)
+    assert np.all(np.diff(batch) >= 0) and np.all(np.bincount(batch) == 32)
     assert len(set(table["id"])) == len(table)
     s = cur.manifest["summary"]
-    assert s["mean_in_batch_similarity"] > s["mean_in_batch_similarity_random"] + 0.02
+    assert s["mean_in_batch_similarity"] > s["mean_in_batch_similarity_random"]
     vectors = store.take(store.positions_of(table["id"])).astype(np.float64)
     v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    per_batch = []
-    for b in np.unique(batch):
-        sims = v[batch == b] @ v[batch == b].T
-        per_batch.append((sims.sum() - np.trace(sims)) / (64 * 63))
-    assert np.mean(per_batch) == pytest.approx(s["mean_in_batch_similarity"], abs=1e-6)
+
+    def mean_similarity(labels):
+        values = []
+        for b in np.unique(labels):
+            sims = v[labels == b] @ v[labels == b].T
+            values.append((sims.sum() - np.trace(sims)) / (32 * 31))
+        return np.mean(values)
+
+    assert mean_similarity(batch) == pytest.approx(s["mean_in_batch_similarity"], abs=1e-6)
+    # clearly above chance: higher than every one of 30 random batchings of the same rows
+    rng = np.random.default_rng(0)
+    assert mean_similarity(batch) > max(mean_similarity(rng.permutation(batch)) for _ in range(30))
 
 
 def test_cli_grouped_batches_and_missing_index(chat_store):

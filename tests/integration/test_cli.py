@@ -12,7 +12,7 @@ from thresher.cli import main
 from thresher.stores import open_embedding_store, open_index
 
 
-@pytest.mark.parametrize("command", [[], ["embed"], ["index"], ["inspect"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["embed"], ["index"], ["inspect"], ["demo"], ["select"], ["select", "rds"], ["select", "smote"], ["select", "batches"], ["plan"], ["plan", "infobatch"], ["plan", "infobatch-init"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
