@@ -250,7 +250,10 @@ def select_smote(pool_embeddings, labels, out, sampling_strategy, undersample_ma
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True)
-def select_batches(pool_embeddings, index, batch_size, community_size, rank_window, n_hard_negatives, group_column, keep_last, seed, out, overwrite) -> None:
+@click.option("--quiet", is_flag=True)
+@_cluster_options
+def select_batches(pool_embeddings, index, batch_size, community_size, rank_window, n_hard_negatives, group_column, keep_last, seed, out,
+                   overwrite, quiet, scheduler, workers, slurm, local) -> None:
     """B3: batches of whole METIS communities of the teacher's rank-window graph (Thirukovalluru et al. 2025)."""
     from thresher.pipeline.select import select_batches as run
 
@@ -259,7 +262,8 @@ def select_batches(pool_embeddings, index, batch_size, community_size, rank_wind
     except ValueError:
         raise click.BadParameter(f"--rank-window must look like P:P+M (e.g. 30:130); got {rank_window!r}") from None
     curated = run(pool_embeddings, out, index=index, batch_size=batch_size, community_size=community_size, rank_window=(p, stop),
-                  n_hard_negatives=n_hard_negatives, group_column=group_column, drop_last=not keep_last, seed=seed, overwrite=overwrite)
+                  n_hard_negatives=n_hard_negatives, group_column=group_column, drop_last=not keep_last, seed=seed, overwrite=overwrite,
+                  scheduler=scheduler, workers=workers, slurm=slurm, local=local, progress=not quiet)
     s = curated.manifest["summary"]
     click.echo(f"{s['n_batches']} batches of {batch_size} ({s['n_rows_batched']} of {s['n_rows']} rows) into {curated.path}")
     click.echo(f"  mean in-batch similarity {s['mean_in_batch_similarity']:.4f} vs random batches {s['mean_in_batch_similarity_random']:.4f}")

@@ -29,10 +29,12 @@ def chat_store(tmp_path_factory):
     return tmp, store
 
 
-def test_b3_batches_from_the_index(chat_store):
+def test_b3_batches_from_the_index(chat_store, dask_client):
     tmp, store = chat_store
-    cur = select_batches(store.path, tmp / "batches", index=tmp / "index", batch_size=32, community_size=8, rank_window=(3, 23),
-                         n_hard_negatives=2, seed=0)
+    settings = dict(index=tmp / "index", batch_size=32, community_size=8, rank_window=(3, 23), n_hard_negatives=2, seed=0)
+    cur = select_batches(store.path, tmp / "batches", client=dask_client, **settings)
+    local = select_batches(store.path, tmp / "batches-local", local=True, **settings)
+    assert cur.to_table().equals(local.to_table())  # neighbour search on workers = in-process
     table = cur.to_hf_dataset()
     batch = np.array(table["batch"])
     assert np.all(np.diff(batch) >= 0) and np.all(np.bincount(batch) == 32)
@@ -58,7 +60,7 @@ def test_b3_batches_from_the_index(chat_store):
 def test_cli_grouped_batches_and_missing_index(chat_store):
     tmp, store = chat_store
     result = CliRunner().invoke(main, ["select", "batches", "--pool-embeddings", str(store.path), "--batch-size", "32",
-                                       "--community-size", "16", "--rank-window", "2:18", "--group-column", "source",
+                                       "--community-size", "16", "--rank-window", "2:18", "--group-column", "source", "--local", "--quiet",
                                        "--out", str(tmp / "grouped")])
     assert result.exit_code == 0, result.output
     assert "mean in-batch similarity" in result.output
@@ -67,4 +69,15 @@ def test_cli_grouped_batches_and_missing_index(chat_store):
         sources = {s for s, bb in zip(table.column("source").to_pylist(), table.column("batch").to_pylist()) if bb == b}
         assert len(sources) == 1
     with pytest.raises(ArtifactError, match="does not exist"):
-        select_batches(store.path, tmp / "x", index=tmp / "no-index", batch_size=32, community_size=16, rank_window=(2, 18))
+        select_batches(store.path, tmp / "x", index=tmp / "no-index", batch_size=32, community_size=16, rank_window=(2, 18), local=True)
+
+
+def test_sharded_windows_equal_the_whole_pool_search(chat_store, dask_client):
+    from thresher.jobs.neighbors_job import window_on_cluster
+    from thresher.selectors.batch_mining import window_neighbors
+    from thresher.stores import open_index
+
+    tmp, store = chat_store
+    whole = window_neighbors(store, open_index(tmp / "index"), 3, 20)
+    np.testing.assert_array_equal(window_on_cluster(store, tmp / "index", 3, 20, client=dask_client), whole)
+    assert store.n_shards > 1

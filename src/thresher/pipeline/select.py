@@ -129,13 +129,21 @@ def select_batches(
     budget: int | float = 1.0,
     seed: int = 0,
     overwrite: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    slurm: Any = None,
+    client: Any = None,
+    local: bool = False,
+    progress: bool = True,
 ):
     """B3 batch mining over a store, written as curated shards in batch order (see :class:`BatchMiner`).
 
     ``index`` is a thresher FAISS index over the same store (its teacher
     ranks); without one, exact search is used, which suits small pools only.
+    The neighbour search runs shard by shard on Dask (or in-process with
+    ``local``); the graph, METIS and batch assembly run on the driver.
     """
-    from thresher.exceptions import ArtifactError
+    from thresher.exceptions import ArtifactError, ParameterError
     from thresher.fingerprint import fingerprint_of
     from thresher.selectors.batch_mining import BatchMiner
     from thresher.stores.curated import write_curated
@@ -151,8 +159,17 @@ def select_batches(
         neighbors = open_index(index, store=store)
     miner = BatchMiner(batch_size=batch_size, community_size=community_size, rank_window=tuple(rank_window),
                        n_hard_negatives=n_hard_negatives, drop_last=drop_last, seed=seed)
+    miner._validate_params()
+    from thresher.jobs.cluster import run_on_cluster
+    from thresher.jobs.neighbors_job import window_on_cluster
+
+    p, stop = int(rank_window[0]), int(rank_window[1])
+    if stop >= store.n_rows:
+        raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {store.n_rows} rows; p + m must be < the pool size.")
+    window = run_on_cluster(lambda dask: window_on_cluster(store, index, p, stop - p, client=dask), client=client, local=local,
+                            scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
     groups = pool_column(store, group_column) if group_column else None
-    selection = miner.select(store, budget=budget, neighbors=neighbors, groups=groups)
+    selection = miner.select(store, budget=budget, neighbors=neighbors, groups=groups, window=window)
     params = {**selection.params, "budget": budget, "group_column": group_column}
     inputs = {"pool_embeddings": store.fingerprint, **({"index": neighbors.manifest["fingerprint"]} if neighbors else {})}
     fingerprint = fingerprint_of("b3", B3_STAGE_VERSION, params, list(inputs.values()))

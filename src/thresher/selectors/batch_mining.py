@@ -38,21 +38,25 @@ def window_neighbors(pool: PoolLike, neighbors: Any, p: int, m: int, *, block_ro
     ``neighbors`` is an object with ``search_positions(vectors, k)`` (a thresher
     FAISS index) or None for exact inner-product search over the pool.
     """
-    from thresher.stores.index import exact_search
+    return window_neighbors_of_blocks(pool, pool.iter_blocks(block_rows), neighbors, p, m)
 
+
+def window_neighbors_of_blocks(pool: PoolLike, blocks: Any, neighbors: Any, p: int, m: int) -> np.ndarray:
+    """:func:`window_neighbors` for the given blocks of ``pool`` only (a job's partition), rows in block order."""
     from thresher.selectors._base import ArrayPool
+    from thresher.stores.index import exact_search
 
     k = p + m + 1
     searched = pool.vectors if isinstance(pool, ArrayPool) else pool
-    out = np.full((pool.n_rows, m), -1, dtype=np.int64)
-    for block in pool.iter_blocks(block_rows):
+    parts = []
+    for block in blocks:
         positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
         if neighbors is None:
             _, found = exact_search(searched, block.vectors, k, metric="ip")
         else:
             _, found = neighbors.search_positions(block.vectors, k)
-        out[positions] = _drop_self(found, positions)[:, p : p + m]
-    return out
+        parts.append(_drop_self(found, positions)[:, p : p + m])
+    return np.concatenate(parts) if parts else np.empty((0, m), dtype=np.int64)
 
 
 def _drop_self(found: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -143,9 +147,10 @@ class BatchMiner(BaseSelector):
     seed : int, default 0
         Shuffles community and batch order, and samples hard negatives.
 
-    ``select(pool, budget=1.0, neighbors=index, groups=None)``: ``neighbors`` is a
-    thresher FAISS index over the pool (None: exact search); ``groups`` a
-    per-row source label, so each batch comes from one source. The budget is
+    ``select(pool, budget=1.0, neighbors=index, groups=None, window=None)``:
+    ``neighbors`` is a thresher FAISS index over the pool (None: exact search);
+    ``groups`` a per-row source label, so each batch comes from one source;
+    ``window`` the teacher rank windows when already computed (by a job). The budget is
     the share of the pool to batch (1.0 = all).
     """
 
@@ -176,7 +181,7 @@ class BatchMiner(BaseSelector):
             raise parameter_error(OWNER, "n_hard_negatives", "an int >= 0", self.n_hard_negatives)
 
     def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, neighbors: Any = None,
-                groups: Sequence[Any] | np.ndarray | None = None) -> Selection:
+                groups: Sequence[Any] | np.ndarray | None = None, window: np.ndarray | None = None) -> Selection:
         p, stop = int(self.rank_window[0]), int(self.rank_window[1])
         m = stop - p
         n = pool.n_rows
@@ -186,7 +191,10 @@ class BatchMiner(BaseSelector):
             raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {n} rows; p + m must be < the pool size.")
         if groups is not None and len(groups) != n:
             raise InputDataError(f"'groups' has {len(groups)} labels for a pool of {n} rows.")
-        window = window_neighbors(pool, neighbors, p, m)
+        if window is None:
+            window = window_neighbors(pool, neighbors, p, m)
+        elif window.shape != (n, m):
+            raise InputDataError(f"'window' must have shape (n_rows, m) = ({n}, {m}); got {window.shape}.")
         graph = reciprocal_graph(window)
         group_labels = np.zeros(n, dtype=np.int64) if groups is None else np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
         communities: list[np.ndarray] = []
