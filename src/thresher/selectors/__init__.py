@@ -4,8 +4,21 @@ Importing this package registers every selector in ``SELECTORS`` (name → class
 """
 
 from thresher.selectors._base import SELECTORS, ArrayPool, BaseSelector, Selection, resolve_budget
+from thresher.selectors.acquisition import Acquisition
 from thresher.selectors.batch_mining import BatchMiner
+from thresher.selectors.diversity import KCenterGreedy
 from thresher.selectors.rds import RDSPlus
 from thresher.selectors.smote import SMOTE
 
-__all__ = ["SELECTORS", "SMOTE", "ArrayPool", "BaseSelector", "BatchMiner", "RDSPlus", "Selection", "resolve_budget"]
+__all__ = [
+    "SELECTORS",
+    "SMOTE",
+    "Acquisition",
+    "ArrayPool",
+    "BaseSelector",
+    "BatchMiner",
+    "KCenterGreedy",
+    "RDSPlus",
+    "Selection",
+    "resolve_budget",
+]
