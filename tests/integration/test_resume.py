@@ -38,3 +38,19 @@ def test_killed_job_resumes_to_identical_store(tmp_path, make_text_pool):
     for shard in a.manifest["shards"]:
         assert (reference / shard["file"]).read_bytes() == (resumed / shard["file"]).read_bytes()
     assert not list(resumed.glob(".tmp-*")) and not list(resumed.glob(".*.done.json"))
+
+
+def test_second_writer_to_the_same_output_is_refused(tmp_path, make_text_pool):
+    pool = make_text_pool(tmp_path / "pool.jsonl", 200)
+    out = tmp_path / "emb"
+    first = subprocess.Popen(embed_command(pool, out), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".thresher-lock.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(embed_command(pool, out), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert "being written by another thresher job" in second.stderr and f"pid {first.pid}" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()

@@ -31,6 +31,7 @@ from thresher.stores.embedding_store import (
     shard_name,
     write_embedding_shard,
 )
+from thresher.stores.lock import locks_output
 from thresher.stores.manifest import ShardInfo, prepare_output_dir
 
 EMBED_JOB_VERSION = 1
@@ -138,6 +139,7 @@ def _completed(out: Path, partition: int, rows: int) -> dict[str, Any] | None:
     return record
 
 
+@locks_output("out")
 def run_embed_job(
     pool: Any,
     text: Any,

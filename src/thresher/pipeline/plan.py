@@ -28,6 +28,7 @@ from thresher.fingerprint import fingerprint_of, hash_bytes
 from thresher.selectors.infobatch import InfoBatch
 from thresher.stores.arrow_io import write_stream_shard
 from thresher.stores.curated import CuratedShards, open_curated, shard_name
+from thresher.stores.lock import locks_output
 from thresher.stores.manifest import ShardInfo, prepare_output_dir, write_manifest
 
 PLAN_STAGE_VERSION = 1
@@ -45,6 +46,7 @@ def _as_infobatch(ib_or_scores: InfoBatch | str | Path) -> InfoBatch:
     )
 
 
+@locks_output("out")
 def write_plan(
     ib_or_scores: InfoBatch | str | Path,
     epoch: int,

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from thresher.exceptions import InputDataError, ParameterError
 from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
+from thresher.stores.lock import locks_output
 from thresher.stores.manifest import ShardInfo, prepare_output_dir, read_manifest, verify_shards, write_manifest
 
 RANK_COLUMN = "rank"
@@ -51,6 +52,7 @@ class _StageTask:
     staging_dir: str
 
 
+@locks_output("out")
 def write_curated(
     out: str | Path,
     *,

@@ -47,6 +47,7 @@ from thresher.rng import as_generator
 from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
 from thresher.stores.atomic import atomic_path
 from thresher.stores.embedding_store import EmbeddingStore, ids_to_numpy
+from thresher.stores.lock import locks_output
 from thresher.stores.manifest import prepare_output_dir, read_manifest, write_manifest
 
 IndexMetric = Literal["ip", "l2"]
@@ -524,6 +525,7 @@ def _verify_files(path: Path, manifest: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+@locks_output("out")
 def build_index(
     store: EmbeddingStore,
     out: str | Path,

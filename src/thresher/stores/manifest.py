@@ -23,6 +23,7 @@ from typing import Any, Literal
 from thresher.exceptions import ArtifactError, IncompleteArtifactError
 from thresher.fingerprint import hash_file
 from thresher.stores.atomic import atomic_write_json, remove_temporaries
+from thresher.stores.lock import LOCK_NAME
 
 MANIFEST_NAME = "manifest.json"
 PARTIAL_NAME = ".thresher-partial.json"
@@ -137,7 +138,7 @@ def prepare_output_dir(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ArtifactError(f"Output path {directory} exists and is not a directory.")
-    if directory.is_dir() and any(directory.iterdir()):
+    if directory.is_dir() and any(p.name != LOCK_NAME for p in directory.iterdir()):
         state = _existing_state(directory, kind, fingerprint)
         if state in ("complete", "resume"):
             remove_temporaries(directory)
@@ -175,4 +176,10 @@ def _clear(directory: Path) -> None:
     """Remove what an overwrite replaces: only a directory thresher itself made is cleared."""
     if not ((directory / MANIFEST_NAME).exists() or (directory / PARTIAL_NAME).exists()):
         raise ArtifactError(f"Refusing to overwrite {directory}: it holds files thresher did not write.")
-    shutil.rmtree(directory)
+    for child in directory.iterdir():
+        if child.name == LOCK_NAME:  # held by the job doing the overwrite
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
