@@ -22,7 +22,7 @@ import xxhash
 from thresher.exceptions import InputDataError
 from thresher.fingerprint import fingerprint_of, hash_file
 from thresher.jobs.progress import RowProgress
-from thresher.stores.atomic import atomic_write_json
+from thresher.stores.atomic import atomic_write_json, remove_temporaries
 from thresher.stores.embedding_store import (
     EmbeddingStore,
     StoreDtype,
@@ -180,6 +180,7 @@ def run_embed_job(
     finally:
         bar.close()
 
+    remove_temporaries(out)  # a worker lost mid-write leaves its temporary file behind
     shards = [ShardInfo(**records[i]["shard"]) for i in range(len(pool.partitions))]
     dims = {records[i]["dim"] for i in records}
     store_dim = dims.pop()
