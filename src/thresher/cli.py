@@ -270,13 +270,45 @@ def select_batches(pool_embeddings, index, batch_size, community_size, rank_wind
     click.echo(f"  graph: {s['n_edges']} reciprocal edges, {s['n_isolated_rows']} isolated rows; left out {s['n_rows_left_out']} rows")
 
 
+@select.command("acquire")
+@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store.")
+@click.option("--predictions", required=True, type=click.Path(exists=True), help="Parquet/Arrow file or folder: id + probs (list<float> [C]) or samples (list<list<float>> [S][C]).")
+@click.option("--labeled", default=None, type=click.Path(exists=True), help="Parquet/jsonl/csv file with id and label of the labelled rows (never acquired; AnchorAL anchors).")
+@click.option("--score", type=click.Choice(["entropy", "bald", "margin", "least_confidence", "variation_ratio"]), default="bald", show_default=True)
+@click.option("--sampling", type=click.Choice(["topk", "softmax", "power", "softrank"]), default="power", show_default=True)
+@click.option("--beta", type=float, default=1.0, show_default=True, help="Inverse temperature of stochastic sampling.")
+@click.option("--anchoral", is_flag=True, help="Score only the AnchorAL sub-pool around per-class anchors (needs --labeled).")
+@click.option("--n-anchors", type=int, default=10, show_default=True)
+@click.option("--n-neighbors", type=int, default=50, show_default=True)
+@click.option("--subpool-size", type=int, default=10_000, show_default=True)
+@click.option("--index", default=None, type=click.Path(file_okay=False), help="FAISS index over the store for AnchorAL (default: exact search).")
+@click.option("--budget", required=True, type=int, help="Rows to acquire.")
+@click.option("--round", "round_", type=int, default=0, show_default=True, help="Round number, written with the rows.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True)
+def select_acquire(pool_embeddings, predictions, labeled, score, sampling, beta, anchoral, n_anchors, n_neighbors, subpool_size, index, budget,
+                   round_, seed, out, overwrite) -> None:
+    """Active learning: acquire the most informative rows by model uncertainty, optionally in an AnchorAL sub-pool (runs in-process)."""
+    from thresher.pipeline.acquire import select_acquire as run
+
+    curated = run(pool_embeddings, out, predictions=predictions, labeled=labeled, score=score, sampling=sampling, beta=beta, anchoral=anchoral,
+                  n_anchors=n_anchors, n_neighbors=n_neighbors, subpool_size=subpool_size, index=index, budget=budget, round=round_,
+                  seed=seed, overwrite=overwrite)
+    s = curated.manifest["summary"]
+    click.echo(f"round {s['round']}: acquired {s['n_selected']} of {s['n_candidates']} candidates ({s['n_pool']} pool rows, "
+               f"{s['n_labelled']} labelled) by {score}/{sampling} into {curated.path}")
+    if anchoral:
+        click.echo(f"  AnchorAL: {s['n_anchors']} anchors, sub-pool of {s['n_candidates']} rows")
+
+
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
 @_cluster_options
 def demo(out, overwrite, quiet, scheduler, workers, slurm, local) -> None:
-    """Run the main job on the bundled data and model: embed, index, inspect."""
+    """Run the main job on the bundled data and model: embed, index, RDS+ selection, inspect."""
     from thresher.demo import run_demo
 
     run_demo(Path(out), overwrite=overwrite, progress=not quiet, scheduler=scheduler, workers=workers, slurm=slurm, local=local)
