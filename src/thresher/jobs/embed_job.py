@@ -237,7 +237,7 @@ def _check_unique_ids(out: Path, shards: list[ShardInfo], pool: Any) -> None:
         ids = read_stream_shard(out / shard.file).column("id").to_numpy(zero_copy_only=False)
         hashes.append(pd.util.hash_array(np.asarray(ids, dtype=object) if ids.dtype.kind in "OU" else ids))
     all_hashes = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
-    uniq, first, counts = np.unique(all_hashes, return_index=True, return_counts=True)
+    uniq, counts = np.unique(all_hashes, return_counts=True)
     if (counts > 1).any():
         dup_hash = uniq[np.argmax(counts > 1)]
         position = int(np.flatnonzero(all_hashes == dup_hash)[0])

@@ -103,18 +103,6 @@ def select_rds(
 B3_STAGE_VERSION = 1
 
 
-def pool_column(store: Any, column: str) -> np.ndarray:
-    """One pool column, in store order, read partition by partition (e.g. a label or source per row)."""
-    from thresher.exceptions import InputDataError
-    from thresher.stores.pool import reopen_pool
-
-    pool = reopen_pool(store.manifest["pool"])
-    if column not in pool.column_names:
-        raise InputDataError(f"Column {column!r} is not in the pool of {store.path}; it has columns {pool.column_names}.")
-    parts = [pool.read_partition(i, columns=[column]).column(column).to_numpy(zero_copy_only=False) for i in range(pool.n_partitions)]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=object)
-
-
 def select_batches(
     pool_embeddings: str | Path,
     out: str | Path,
@@ -162,13 +150,14 @@ def select_batches(
     miner._validate_params()
     from thresher.jobs.cluster import run_on_cluster
     from thresher.jobs.neighbors_job import window_on_cluster
+    from thresher.pipeline.columns import read_labels
 
     p, stop = int(rank_window[0]), int(rank_window[1])
     if stop >= store.n_rows:
         raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {store.n_rows} rows; p + m must be < the pool size.")
     window = run_on_cluster(lambda dask: window_on_cluster(store, index, p, stop - p, client=dask), client=client, local=local,
                             scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
-    groups = pool_column(store, group_column) if group_column else None
+    groups = read_labels(store, group_column) if group_column else None
     selection = miner.select(store, budget=budget, neighbors=neighbors, groups=groups, window=window)
     params = {**selection.params, "budget": budget, "group_column": group_column}
     inputs = {"pool_embeddings": store.fingerprint, **({"index": neighbors.manifest["fingerprint"]} if neighbors else {})}
