@@ -42,12 +42,12 @@ def make_store(path: Path, rows: int) -> None:
     finalize_embedding_store(path, shards=shards, fingerprint=f"b3-{rows}", dim=DIM, dtype="float32", encoder={"normalize": True}, pool={})
 
 
-def variant_index(store_path: str, index_path: str) -> dict:
+def variant_index(store_path: str, index_path: str, index_type: str) -> dict:
     from thresher.stores import build_index, open_embedding_store
 
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        index = build_index(open_embedding_store(store_path), index_path, recall_sample=200)
+        index = build_index(open_embedding_store(store_path), index_path, index_type=index_type, recall_sample=200)
         seconds = time.perf_counter() - t0
     return {"seconds": seconds, "peak_bytes": mem.peak, "factory": index.factory, "recall": index.recall_at_10}
 
@@ -85,10 +85,11 @@ def main() -> None:
     parser.add_argument("--variant", choices=["index", "b3", "random"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
+    parser.add_argument("--index-type", default="auto", help="Index for the teacher ranks (auto, or a FAISS factory string).")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.variant == "index":
-        print(json.dumps(variant_index(args.store, args.index)))
+        print(json.dumps(variant_index(args.store, args.index, args.index_type)))
         return
     if args.variant == "b3":
         print(json.dumps(variant_b3(args.store, args.index)))
@@ -98,7 +99,7 @@ def main() -> None:
         return
     gib = 2**30
     lines = [
-        f"Command: `python bench/bench_b3.py --rows {' '.join(map(str, args.rows))}` ({machine_line()}).",
+        f"Command: `python bench/bench_b3.py --rows {' '.join(map(str, args.rows))} --index-type {args.index_type}` ({machine_line()}).",
         "",
         f"Generated pool of N × {DIM} unit vectors around 2,000 centres; batch {BATCH}, community {COMMUNITY}, rank window "
         f"{WINDOW[0]}:{WINDOW[1]}. B3 = neighbour search through the index, reciprocal graph, METIS, equalised communities, "
@@ -111,7 +112,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             store, index = Path(tmp) / "store", Path(tmp) / "index"
             make_store(store, rows)
-            ix = run_variant(SCRIPT, "--variant", "index", "--store", str(store), "--index", str(index))
+            ix = run_variant(SCRIPT, "--variant", "index", "--store", str(store), "--index", str(index), "--index-type", args.index_type)
             b3 = run_variant(SCRIPT, "--variant", "b3", "--store", str(store), "--index", str(index))
             rnd = run_variant(SCRIPT, "--variant", "random", "--store", str(store))
         lines.append(
