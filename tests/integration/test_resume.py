@@ -24,7 +24,8 @@ def test_killed_job_resumes_to_identical_store(tmp_path, make_text_pool):
 
     proc = subprocess.Popen(embed_command(pool, resumed), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not list(resumed.glob("part-*.arrow")) and time.monotonic() < deadline and proc.poll() is None:
+    # wait for a partition's completion marker (written right after its shard), then kill
+    while not list(resumed.glob(".part-*.done.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its cluster, as a machine crash would
     proc.wait()
