@@ -132,3 +132,21 @@ def machine_line() -> str:
     import psutil
 
     return f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+
+
+def write_generated_store(path: Path, rows: int, make_chunk, *, fingerprint: str, chunk_rows: int = 50_000) -> None:
+    """An embedding store of ``rows`` generated unit vectors, in 50k-row shards: ``make_chunk(rng, n)`` gives each shard's vectors."""
+    import numpy as np
+
+    from thresher.stores import finalize_embedding_store, write_embedding_shard
+
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shards, dim = [], None
+    for i, lo in enumerate(range(0, rows, chunk_rows)):
+        n = min(chunk_rows, rows - lo)
+        x = np.asarray(make_chunk(rng, n), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        dim = x.shape[1]
+        shards.append(write_embedding_shard(path, i, np.arange(lo, lo + n), x))
+    finalize_embedding_store(path, shards=shards, fingerprint=fingerprint, dim=dim, dtype="float32", encoder={"normalize": True}, pool={})

@@ -21,25 +21,22 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakMemory, machine_line, run_variant, update_benchmarks_md  # noqa: E402
+from _common import PeakMemory, machine_line, run_variant, update_benchmarks_md, write_generated_store  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DIM, BATCH, COMMUNITY, WINDOW = 384, 1024, 32, (30, 130)
 
 
 def make_store(path: Path, rows: int) -> None:
-    from thresher.stores import finalize_embedding_store, write_embedding_shard
+    centres: list[np.ndarray] = []
 
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(2000, DIM)).astype(np.float32)
-    shards = []
-    for i, lo in enumerate(range(0, rows, 50_000)):
-        n = min(50_000, rows - lo)
-        x = centres[rng.integers(0, len(centres), size=n)] + 0.8 * rng.normal(size=(n, DIM)).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        shards.append(write_embedding_shard(path, i, np.arange(lo, lo + n), x))
-    finalize_embedding_store(path, shards=shards, fingerprint=f"b3-{rows}", dim=DIM, dtype="float32", encoder={"normalize": True}, pool={})
+    def chunk(rng: np.random.Generator, n: int) -> np.ndarray:
+        if not centres:  # drawn first from the same generator, so the data set is fixed by the seed alone
+            centres.append(rng.normal(size=(2000, DIM)).astype(np.float32))
+        c = centres[0]
+        return c[rng.integers(0, len(c), size=n)] + 0.8 * rng.normal(size=(n, DIM)).astype(np.float32)
+
+    write_generated_store(path, rows, chunk, fingerprint=f"b3-{rows}")
 
 
 def variant_index(store_path: str, index_path: str, index_type: str) -> dict:

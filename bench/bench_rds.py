@@ -22,24 +22,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakMemory, machine_line, run_variant, update_benchmarks_md  # noqa: E402
+from _common import PeakMemory, machine_line, run_variant, update_benchmarks_md, write_generated_store  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DIM, N_TASKS, N_QUERIES, BUDGET = 384, 5, 1000, 10_000
 
 
 def make_store(path: Path, rows: int) -> None:
-    from thresher.stores import finalize_embedding_store, write_embedding_shard
-
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    shards, chunk = [], 50_000
-    for i, lo in enumerate(range(0, rows, chunk)):
-        n = min(chunk, rows - lo)
-        x = rng.normal(size=(n, DIM)).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        shards.append(write_embedding_shard(path, i, np.arange(lo, lo + n), x))
-    finalize_embedding_store(path, shards=shards, fingerprint=f"bench-{rows}", dim=DIM, dtype="float32", encoder={"normalize": True}, pool={})
+    write_generated_store(path, rows, lambda rng, n: rng.normal(size=(n, DIM)), fingerprint=f"bench-{rows}")
 
 
 def targets() -> dict[str, np.ndarray]:
