@@ -16,18 +16,18 @@ shards carry so the output is a self-contained training set in embedding space).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from thresher.pipeline.columns import read_labels
+
 SMOTE_STAGE_VERSION = 1
 #: Selection columns the stage writes; the label column may not be one of them.
 SMOTE_COLUMNS = ("rank", "synthetic", "parents", "gap", "embedding")
-
-from thresher.pipeline.columns import read_label_partition, read_labels  # noqa: E402,F401  (re-exported)
 
 
 
