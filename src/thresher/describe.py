@@ -25,8 +25,72 @@ def describe_artifact(path: Path, *, n_rows: int = 5, as_json: bool = False, ver
     lines = [f"{kind} artefact at {path}", f"  fingerprint {manifest['fingerprint']}  created {manifest.get('created_at')}"]
     if verify:
         lines.append(f"  verified: {len(manifest.get('shards', []))} shard checksums match")
-    lines += {"embeddings": _embeddings, "index": _index, "curated": _curated}.get(kind, lambda p, m, n: [])(path, manifest, n_rows)
+    lines += {"embeddings": _embeddings, "index": _index, "curated": _curated, "run": _run}.get(kind, lambda p, m, n: [])(path, manifest, n_rows)
+    lines += _lineage_lines(path, manifest)
     return "\n".join(lines)
+
+
+def lineage_chain(path: Path, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The chain of artefacts that made ``path``, newest first, back to the pool's files.
+
+    Follows the ``lineage`` a pipeline run records in each manifest (the step,
+    its fingerprint and its inputs' directories); for an index made outside a
+    run, its embedding store. Each link: step, kind, path, fingerprint, rows.
+    """
+    path = Path(path)
+    manifest = manifest if manifest is not None else read_manifest(path)
+    chain: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    todo = [(path, manifest)]
+    while todo:
+        here, m = todo.pop(0)
+        if str(here) in seen:
+            continue
+        seen.add(str(here))
+        lineage = m.get("lineage") or {}
+        chain.append({"step": lineage.get("step", m["artifact"]), "kind": m["artifact"], "path": str(here),
+                      "fingerprint": m.get("fingerprint"), "rows": m.get("n_rows")})
+        parents = []
+        if lineage.get("inputs"):
+            run = Path(lineage["run"])
+            parents = [run / i["dir"] for i in lineage["inputs"]]
+        elif m["artifact"] == "index" and m.get("embedding_store", {}).get("path"):
+            parents = [Path(m["embedding_store"]["path"])]
+        elif m["artifact"] == "curated" and lineage.get("run"):
+            parents = [Path(lineage["run"]) / "embeddings"]
+        for parent in parents:
+            try:
+                todo.append((parent, read_manifest(parent)))
+            except Exception as exc:  # a moved or deleted upstream artefact: say so, keep the rest
+                chain.append({"step": "?", "kind": "missing", "path": str(parent), "fingerprint": None, "rows": None, "error": str(exc)})
+        if m["artifact"] == "embeddings":
+            sources = sorted({str(p.get("source")) for p in (m.get("pool") or {}).get("partitions", [])})
+            chain.append({"step": "pool", "kind": "pool", "path": json.dumps(sources)[:300] if sources else None,
+                          "fingerprint": (m.get("pool") or {}).get("fingerprint"), "rows": m.get("n_rows")})
+    return chain
+
+
+def _lineage_lines(path: Path, manifest: dict[str, Any]) -> list[str]:
+    if manifest["artifact"] == "run":
+        return []
+    chain = lineage_chain(path, manifest)
+    if len(chain) < 2:
+        return []
+    lines = ["  lineage (newest first):"]
+    for link in chain:
+        fp = (link["fingerprint"] or "")[:16]
+        rows = f"{link['rows']:,} rows" if isinstance(link["rows"], int) else ""
+        lines.append(f"    {link['step']:<12} {link['kind']:<10} {rows:>14}  {fp}  {link['path']}" + (f"  ({link['error']})" if link.get("error") else ""))
+    return lines
+
+
+def _run(path: Path, m: dict[str, Any], n_rows: int) -> list[str]:
+    spec = m.get("spec", {})
+    lines = [f"  spec {spec.get('name') or ''}  output {path / m.get('output', '')}  report {m.get('report')}  events {m.get('events')}", "  steps:"]
+    for s in m.get("steps", []):
+        took = "cached" if s["cached"] else f"{s['seconds']:.1f} s"
+        lines.append(f"    {s['name']:<12} {s['step']:<9} {took:>9}  {s['rows_in']:>10,} → {s['rows_out']:>10,} rows  {s['dir']}")
+    return lines
 
 
 def _embeddings(path: Path, m: dict[str, Any], n_rows: int) -> list[str]:

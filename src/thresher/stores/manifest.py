@@ -12,12 +12,15 @@ directory that holds something else is never written over by accident.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as _dt
 import json
 import shutil
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from thresher.exceptions import ArtifactError, IncompleteArtifactError
@@ -29,9 +32,27 @@ MANIFEST_NAME = "manifest.json"
 PARTIAL_NAME = ".thresher-partial.json"
 FORMAT_VERSION = 1
 
-ArtifactKind = Literal["embeddings", "index", "curated"]
+ArtifactKind = Literal["embeddings", "index", "curated", "run"]
 
 _VERSIONED = ("thresher", "numpy", "pyarrow", "faiss-cpu", "torch", "transformers", "sentence-transformers", "dask", "datasets")
+
+
+_lineage: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("thresher_lineage", default=None)
+
+
+@contextlib.contextmanager
+def manifest_lineage(lineage: dict[str, Any] | None) -> Iterator[None]:
+    """Record ``lineage`` (the run, its resolved spec, the step and its inputs) in every manifest written in the block.
+
+    The pipeline runner wraps each step in one, so an artefact made by a run
+    says which spec and which upstream artefacts made it, without every stage
+    function having to pass it along.
+    """
+    token = _lineage.set(lineage)
+    try:
+        yield
+    finally:
+        _lineage.reset(token)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,9 @@ def write_manifest(
         "versions": library_versions(),
         **body,
     }
+    lineage = _lineage.get()
+    if lineage is not None and kind != "run":
+        manifest["lineage"] = lineage
     if shards is not None:
         manifest["shards"] = [asdict(s) for s in shards]
         manifest["n_rows"] = sum(s.rows for s in shards)

@@ -1,0 +1,497 @@
+"""Run a pipeline spec: embed → index → steps → curated shards (+ report), cached by fingerprint.
+
+Each artefact's fingerprint derives from its inputs' fingerprints, the step's
+name and version, and its parameters (:func:`thresher.fingerprint.fingerprint_of`),
+so the whole chain of fingerprints is known before any work starts: the
+embeddings' from the pool's content and the encoder, every later step's from
+the one before it. A step whose directory already holds an artefact of that
+fingerprint is reused; changing a late step's parameters reruns only that step
+and the ones after it, and embeddings are recomputed only when the pool or the
+encoder changes.
+
+Run directory::
+
+    <out>/manifest.json      written last: the resolved spec, every step's record, the output
+    <out>/events.jsonl       the event log (run/step start and end, per-partition progress with ETA)
+    <out>/embeddings/        the embedding store
+    <out>/index/             the FAISS index (when the spec has one)
+    <out>/steps/NN-<name>/   one curated artefact per step; each sees the rows the step before kept
+    <out>/report.html        the HTML report (when enabled)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thresher.exceptions import ParameterError
+from thresher.fingerprint import fingerprint_of, hash_file
+from thresher.pipeline.spec import (
+    BatchesStep,
+    PipelineSpec,
+    RDSStep,
+    SemDedupStep,
+    SMOTEStep,
+    SpecError,
+    check_budget,
+    load_spec,
+    source_index,
+    step_name,
+    upper_bound_before,
+)
+
+RUN_VERSION = 1
+INDEX_STEP_VERSION = 1
+STEP_VERSIONS = {"semdedup": 1, "rds": 1, "smote": 1, "batches": 1}
+EVENTS_NAME = "events.jsonl"
+REPORT_NAME = "report.html"
+
+
+@dataclass
+class StepPlan:
+    """One step of a run as planned: where it writes, its fingerprint, whether it is cached, and what it should cost."""
+
+    name: str
+    step: str
+    dir: str
+    fingerprint: str
+    cached: bool
+    expected_rows: str
+    memory_per_worker: str
+    spec: Any = None
+
+
+@dataclass
+class StepRecord:
+    """One step of a run as done (stored in the run manifest)."""
+
+    name: str
+    step: str
+    dir: str
+    fingerprint: str
+    cached: bool
+    rows_in: int
+    rows_out: int
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    path: Path
+    steps: list[StepRecord]
+    output: Path
+    report: Path | None
+
+
+def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], dict[str, Any]]:
+    """Fingerprints, cache state, expected sizes and memory of every step, without doing any work.
+
+    Reads the pool once (its content hash and row count) — the same pass the embed job makes.
+    """
+    from thresher.jobs.embed_job import embed_fingerprint
+
+    pool, builder, encoder = _embed_inputs(spec)
+    n_rows = pool.n_rows
+    if n_rows == 0:
+        raise SpecError(f"pool {spec.pool.path}: it has no rows.")
+    _check_budgets(spec, n_rows)
+    fp_embed = embed_fingerprint(pool, builder, encoder, spec.embedding.dtype)
+    plans = [StepPlan("embed", "embed", "embeddings", fp_embed, _manifest_fp(out / "embeddings") == fp_embed,
+                      f"{n_rows:,} rows × dim", _embed_memory(spec), None)]
+    fp_index = None
+    if spec.index is not None:
+        fp_index = fingerprint_of("index", INDEX_STEP_VERSION, spec.index.model_dump(mode="json"), [fp_embed])
+        plans.append(StepPlan("index", "index", "index", fp_index, _lineage_fp(out / "index") == fp_index,
+                              f"{n_rows:,} vectors ({spec.index.type})", "the index's size (see `thresher inspect`)", None))
+    step_fps: list[str] = []
+    for i, step in enumerate(spec.steps):
+        src = source_index(spec, i)
+        inputs = [fp_embed if src is None else step_fps[src]] + ([fp_index] if isinstance(step, BatchesStep) and not step.exact and fp_index else [])
+        fp = fingerprint_of(step.step, STEP_VERSIONS[step.step], _step_params(step), inputs)
+        step_fps.append(fp)
+        directory = f"steps/{i + 1:02d}-{step_name(step)}"
+        plans.append(StepPlan(step_name(step), step.step, directory, fp, _lineage_fp(out / directory) == fp,
+                              _expected_rows(spec, i, n_rows), _step_memory(step), step))
+    return plans, {"pool": pool, "builder": builder, "encoder": encoder, "n_rows": n_rows}
+
+
+def run_pipeline(
+    spec_path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    out: str | Path | None = None,
+    dry_run: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    slurm: str | None = None,
+    local: bool | None = None,
+    client: Any = None,
+    progress: bool = True,
+    echo: Any = print,
+) -> RunResult | list[StepPlan]:
+    """Run (or, with ``dry_run``, plan) the pipeline a spec file describes.
+
+    Parameters
+    ----------
+    spec_path : path
+        YAML or TOML spec (see :mod:`thresher.pipeline.spec`).
+    overrides : list of "KEY=VALUE"
+        Applied to the spec before validation (``rds.budget=5000``).
+    out : path, optional
+        The run directory (default: the spec's ``out``).
+    dry_run : bool
+        Print the plan — which steps run, which are cached, expected sizes and
+        memory per worker — and return it without doing any work.
+    scheduler, workers, slurm, local, client
+        Where the Dask work runs; each overrides the spec's ``cluster`` section.
+
+    Returns
+    -------
+    RunResult, or the list of StepPlan with ``dry_run``.
+    """
+    spec, resolved = load_spec(spec_path, overrides, out=str(out) if out is not None else None)
+    if spec.out is None:
+        raise SpecError(f"{spec_path}: no output directory: give 'out' in the spec or --out.")
+    run_dir = Path(spec.out)
+    plans, inputs = plan_run(spec, run_dir)
+    if dry_run:
+        echo(format_plan(plans, run_dir))
+        return plans
+    cluster = spec.cluster
+    options = {
+        "scheduler": scheduler if scheduler is not None else cluster.scheduler,
+        "workers": workers if workers is not None else cluster.workers,
+        "slurm": slurm if slurm is not None else cluster.slurm,
+        "local": local if local is not None else cluster.local,
+    }
+    from thresher.jobs.cluster import run_on_cluster
+    from thresher.jobs.events import EventLog, current_event_log, emit
+    from thresher.stores.lock import output_lock
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(run_dir):
+        (run_dir / "manifest.json").unlink(missing_ok=True)  # the run is incomplete until its manifest is rewritten
+        with EventLog(run_dir / EVENTS_NAME) as log, current_event_log(log):
+            emit("run_start", spec=str(spec_path), out=str(run_dir), steps=[p.name for p in plans],
+                 cached=[p.name for p in plans if p.cached])
+            started = time.perf_counter()
+            try:
+                records = run_on_cluster(
+                    lambda dask: _execute(spec, resolved, plans, inputs, run_dir, dask, progress, echo),
+                    client=client, local=options["local"], scheduler=options["scheduler"], workers=options["workers"],
+                    slurm=options["slurm"], quiet=not progress,
+                )
+            except BaseException as exc:
+                emit("run_error", error=f"{type(exc).__name__}: {exc}")
+                raise
+            output = run_dir / records[-1].dir
+            outputs = [r.dir for r in records if r.name in {step_name(spec.steps[i]) for i in spec.final_steps()}]
+            report = None
+            if spec.report.html:
+                report = _write_report(run_dir, spec, records)
+            _write_run_manifest(run_dir, resolved, records, plans, report, outputs)
+            emit("run_end", seconds=round(time.perf_counter() - started, 3), output=str(output))
+    return RunResult(run_dir, records, output, report)
+
+
+def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan], inputs: dict[str, Any], run_dir: Path,
+             dask: Any, progress: bool, echo: Any) -> list[StepRecord]:
+    from thresher.jobs.events import current_step, emit
+    from thresher.stores.manifest import manifest_lineage
+
+    records: list[StepRecord] = []
+    kept: dict[str, np.ndarray] = {}  # step name → store positions of the pool rows it output
+    store = None
+    n_rows = inputs["n_rows"]
+    for plan in plans:
+        subset, source = None, None
+        if plan.spec is not None:
+            i = spec.steps.index(plan.spec)
+            src = source_index(spec, i)
+            source = records[0] if src is None else next(r for r in records if r.name == step_name(spec.steps[src]))
+            subset = None if src is None else kept[source.name]
+        elif records:
+            source = records[0]
+        lineage = {
+            "run": str(run_dir), "spec": resolved, "step": plan.name, "step_kind": plan.step, "step_fingerprint": plan.fingerprint,
+            "inputs": ([{"step": source.name, "dir": source.dir, "fingerprint": source.fingerprint}] if source is not None else [])
+            + ([{"step": "index", "dir": "index", "fingerprint": next(p.fingerprint for p in plans if p.step == "index")}]
+               if plan.step == "batches" and spec.index is not None and not plan.spec.exact else []),
+        }
+        rows_in = n_rows if subset is None else len(subset)
+        started = time.perf_counter()
+        with current_step(plan.name), manifest_lineage(lineage):
+            emit("step_start", kind=plan.step, dir=plan.dir, cached=plan.cached, fingerprint=plan.fingerprint, rows_in=rows_in)
+            echo(f"[{plan.name}] {'cached' if plan.cached else 'running'} → {run_dir / plan.dir}")
+            if plan.step == "embed":
+                store = _run_embed(spec, inputs, run_dir / plan.dir, plan, dask, progress)
+                rows_out = store.n_rows
+            elif plan.step == "index":
+                rows_out = _run_index(spec, store, run_dir / plan.dir, plan)
+            else:
+                curated = _run_step(plan.spec, store, run_dir, plan, subset, dask, progress)
+                rows_out = curated.n_rows
+                if not isinstance(plan.spec, SMOTEStep):
+                    kept[plan.name] = _positions(store, curated)
+            seconds = round(time.perf_counter() - started, 3)
+            emit("step_end", rows_in=rows_in, rows_out=rows_out, seconds=seconds, cached=plan.cached)
+        records.append(StepRecord(plan.name, plan.step, plan.dir, plan.fingerprint, plan.cached, rows_in, rows_out, seconds))
+    return records
+
+
+def _run_embed(spec: PipelineSpec, inputs: dict[str, Any], out: Path, plan: StepPlan, dask: Any, progress: bool) -> Any:
+    from thresher.jobs.embed_job import run_embed_job
+    from thresher.stores.embedding_store import open_embedding_store
+
+    if plan.cached:
+        return open_embedding_store(out)
+    overwrite = _holds_other(out, plan.fingerprint, lineage=False)
+    kwargs = {"resources": spec.embedding.worker_resources} if spec.embedding.worker_resources else {}
+    return run_embed_job(inputs["pool"], inputs["builder"], inputs["encoder"], out, client=dask, dtype=spec.embedding.dtype,
+                         overwrite=overwrite, progress=progress, **kwargs)
+
+
+def _run_index(spec: PipelineSpec, store: Any, out: Path, plan: StepPlan) -> int:
+    from thresher.stores.index import build_index, open_index
+
+    if plan.cached:
+        return len(open_index(out))
+    ix = spec.index
+    index = build_index(store, out, index_type=ix.type, metric=ix.metric, nprobe=ix.nprobe, ef_search=ix.ef_search,
+                        train_size=ix.train_size, seed=ix.seed, overwrite=_holds_other(out, plan.fingerprint))
+    return len(index)
+
+
+def _run_step(step: Any, store: Any, run_dir: Path, plan: StepPlan, subset: np.ndarray | None, dask: Any, progress: bool) -> Any:
+    from thresher.stores.curated import open_curated
+
+    out = run_dir / plan.dir
+    if plan.cached:
+        return open_curated(out)
+    common = {"overwrite": _holds_other(out, plan.fingerprint), "client": dask, "local": dask is None, "progress": progress, "subset": subset}
+    if isinstance(step, SemDedupStep):
+        from thresher.pipeline.dedup import select_semdedup
+
+        return select_semdedup(store.path, out, n_clusters=step.clusters, eps=step.eps, sample_size=step.sample_size, seed=step.seed, **common)
+    if isinstance(step, RDSStep):
+        from thresher.pipeline.select import select_rds
+
+        return select_rds(
+            store.path, _rds_targets(step, run_dir), out, budget=step.budget, aggregation=step.aggregation, quotas=step.quotas,
+            dedup=step.dedup, decontaminate=step.decontaminate, target_text=step.target_text,
+            target_text_column=step.target_text_column, target_messages_column=step.target_messages_column, **common,
+        )
+    if isinstance(step, SMOTEStep):
+        from thresher.pipeline.smote import select_smote
+
+        return select_smote(store.path, out, labels=step.labels, sampling_strategy=step.sampling_strategy,
+                            undersample_majority=step.undersample_majority, k_neighbors=step.k_neighbors, seed=step.seed, **common)
+    if isinstance(step, BatchesStep):
+        from thresher.pipeline.select import select_batches
+
+        return select_batches(
+            store.path, out, index=None if step.exact else run_dir / "index", batch_size=step.batch_size,
+            community_size=step.community_size, rank_window=tuple(step.rank_window), n_hard_negatives=step.n_hard_negatives,
+            group_column=step.group_column, drop_last=step.drop_last, seed=step.seed, **common,
+        )
+    raise ParameterError(f"step kind {plan.step!r} has no runner")  # unreachable: the spec validates kinds
+
+
+def _rds_targets(step: RDSStep, run_dir: Path) -> dict[str, str]:
+    """Target files per task; one file with a task column is split into one file a task (kept in the run dir)."""
+    if isinstance(step.targets, dict):
+        return step.targets
+    if not step.target_task_column:
+        raise SpecError(f"step {step_name(step)}: targets is one file ({step.targets}); name its task column with target_task_column, or map tasks to files.")
+    from thresher.stores.atomic import atomic_write_bytes
+
+    path = Path(step.targets)
+    rows = _read_jsonl(path)
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for line, row in rows:
+        if step.target_task_column not in row:
+            raise SpecError(f"{path}:{line}: no {step.target_task_column!r} key (target_task_column) in this row.")
+        task = str(row[step.target_task_column])
+        tasks.setdefault(task, []).append({k: v for k, v in row.items() if k != step.target_task_column})
+    directory = run_dir / "targets" / step_name(step)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for task in sorted(tasks):
+        name = f"task-{len(files):03d}.jsonl"  # never a name taken from row content
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tasks[task]).encode("utf-8")
+        atomic_write_bytes(directory / name, data)
+        files[task] = str(directory / name)
+    return files
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"target file {path} cannot be read as UTF-8 JSON lines: {exc}") from exc
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise SpecError(f"{path}:{n}: not valid JSON: {exc.msg}.") from exc
+    if not rows:
+        raise SpecError(f"target file {path} has no rows.")
+    return rows
+
+
+def _positions(store: Any, curated: Any) -> np.ndarray:
+    ids = np.concatenate([t.column("id").to_numpy(zero_copy_only=False) for t in curated.tables()]) if curated.n_rows else np.empty(0, object)
+    return np.unique(store.positions_of(ids)).astype(np.int64)
+
+
+def _embed_inputs(spec: PipelineSpec) -> tuple[Any, Any, Any]:
+    from thresher.embeddings.encoders import EncoderSpec
+    from thresher.pipeline.text import TextBuilder
+    from thresher.stores.pool import open_pool
+
+    p, e = spec.pool, spec.embedding
+    text_column = p.text_column if (p.text or p.text_column or p.messages_column) else "text"
+    builder = TextBuilder(p.text, text_column=text_column, messages_column=p.messages_column, chat_format=p.chat_format)
+    encoder = EncoderSpec(model=e.model, pooling=e.pooling, layer=e.layer, normalize=e.normalize, max_length=e.max_length,
+                          batch_size=e.batch_size, device=e.device, dtype=e.model_dtype, padding_side=e.padding_side,
+                          gguf_file=e.gguf_file, trust_remote_code=e.trust_remote_code)
+    pool = open_pool(p.path, format=p.format, id_column=p.id_column, partition_rows=p.partition_rows, split=p.split)
+    missing = [c for c in builder.required_columns if c not in pool.column_names]
+    if missing:
+        raise SpecError(f"pool: column {missing[0]!r} needed for the text is not in {p.path}; the pool has columns {pool.column_names}.")
+    for i, step in enumerate(spec.steps):
+        column = getattr(step, "labels", None) or getattr(step, "group_column", None)
+        if column and column not in pool.column_names:
+            raise SpecError(f"steps[{i}] ({step_name(step)}): column {column!r} is not in the pool; it has {pool.column_names}.")
+    return pool, builder, encoder
+
+
+def _check_budgets(spec: PipelineSpec, n_rows: int) -> None:
+    for i, step in enumerate(spec.steps):
+        check_budget(spec, i, n_rows, f"steps[{i}] ({step_name(step)}) (the pool has {n_rows:,} rows)")
+
+
+def _step_params(step: Any) -> dict[str, Any]:
+    """A step's parameters for its fingerprint: target files by content, not by path."""
+    params = step.model_dump(mode="json", exclude={"name"})
+    if isinstance(step, RDSStep):
+        files = step.targets.values() if isinstance(step.targets, dict) else [step.targets]
+        params["target_hashes"] = sorted(_hash_target(f) for f in files)
+    return params
+
+
+def _hash_target(path: str) -> str:
+    p = Path(path)
+    if p.is_dir():  # an embedding store of targets: its manifest's fingerprint
+        from thresher.stores.manifest import read_manifest
+
+        return read_manifest(p)["fingerprint"]
+    if not p.is_file():
+        raise SpecError(f"target file {path} does not exist.")
+    return hash_file(p)
+
+
+def _manifest_fp(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "manifest.json").read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def _lineage_fp(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "manifest.json").read_text(encoding="utf-8")).get("lineage", {}).get("step_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _holds_other(directory: Path, fingerprint: str, *, lineage: bool = True) -> bool:
+    """True when the step's directory holds an artefact (or partial run) of an older version of this step: it is replaced."""
+    if not directory.is_dir():
+        return False
+    found = _lineage_fp(directory) if lineage else _manifest_fp(directory)
+    if (directory / "manifest.json").is_file():
+        return found != fingerprint
+    try:
+        marker = json.loads((directory / ".thresher-partial.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return any(directory.iterdir())
+    return lineage or marker.get("fingerprint") != fingerprint
+
+
+def _expected_rows(spec: PipelineSpec, i: int, n_rows: int) -> str:
+    step = spec.steps[i]
+    bound = upper_bound_before(spec, i, n_rows)
+    if isinstance(step, SemDedupStep):
+        return f"≤ {bound:,}"
+    if isinstance(step, RDSStep):
+        return f"{step.budget:,}" if isinstance(step.budget, int) else f"{step.budget:.0%} of ≤ {bound:,}"
+    if isinstance(step, SMOTEStep):
+        return f"≥ {bound:,} (minorities grown)" if step.undersample_majority is None else "classes balanced"
+    if isinstance(step, BatchesStep):
+        return f"≤ {bound // step.batch_size * step.batch_size:,} ({bound // step.batch_size:,} batches of {step.batch_size})"
+    return "?"
+
+
+def _embed_memory(spec: PipelineSpec) -> str:
+    e = spec.embedding
+    tokens = e.batch_size * (e.max_length or 256)
+    return f"model weights + ~{tokens * 4 * 4096 / 2**20:,.0f} MiB activations (batch {e.batch_size} × {e.max_length or 256} tokens)"
+
+
+def _step_memory(step: Any) -> str:
+    from thresher.config import runtime_config
+
+    rows = runtime_config().block_rows
+    if isinstance(step, SemDedupStep):
+        return f"~{rows * 1024 * 4 * 2 / 2**20:,.0f} MiB (a block × its cluster, float32) + the cluster's vectors"
+    if isinstance(step, BatchesStep):
+        return f"driver: ~{(step.rank_window[1] - step.rank_window[0]) * 8 * 1e6 / 2**30:.1f} GiB per million rows (rank windows + graph)"
+    return f"~{rows * 1024 * 4 * 2 / 2**20:,.0f} MiB (score blocks of {rows:,} rows)"
+
+
+def format_plan(plans: list[StepPlan], run_dir: Path) -> str:
+    """The dry-run table."""
+    header = ("step", "kind", "status", "expected rows", "memory per worker", "directory")
+    rows = [(p.name, p.step, "cached" if p.cached else "run", p.expected_rows, p.memory_per_worker, str(run_dir / p.dir)) for p in plans]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    todo = sum(not p.cached for p in plans)
+    return "\n".join([f"plan for {run_dir}: {todo} of {len(plans)} steps to run", *lines])
+
+
+def _write_report(run_dir: Path, spec: PipelineSpec, records: list[StepRecord]) -> Path:
+    from thresher.jobs.events import emit
+    from thresher.report import write_report
+
+    path = run_dir / REPORT_NAME
+    write_report(run_dir, path, columns=spec.report.columns, records=[asdict(r) for r in records])
+    emit("report", path=str(path))
+    return path
+
+
+def _write_run_manifest(run_dir: Path, resolved: dict[str, Any], records: list[StepRecord], plans: list[StepPlan], report: Path | None,
+                        outputs: list[str]) -> None:
+    from thresher.stores.manifest import write_manifest
+
+    fingerprint = fingerprint_of("run", RUN_VERSION, {}, [p.fingerprint for p in plans])
+    write_manifest(run_dir, "run", fingerprint=fingerprint, body={
+        "spec": resolved,
+        "steps": [asdict(r) for r in records],
+        "output": records[-1].dir,
+        "outputs": outputs,
+        "report": report.name if report is not None else None,
+        "events": EVENTS_NAME,
+    })

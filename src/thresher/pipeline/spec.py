@@ -1,0 +1,504 @@
+"""The pipeline spec: a YAML (or TOML) file validated into typed config.
+
+A spec names the pool, how it is embedded, the index, and a list of steps::
+
+    pool: {path: data/pool.jsonl, id_column: id, messages_column: messages}
+    embedding: {model: default}
+    index: {type: auto}
+    steps:
+      - {step: semdedup, clusters: 20, eps: 0.05}
+      - {step: rds, budget: 3000, targets: {travel: targets/travel.jsonl}}
+      - {step: batches, batch_size: 64, community_size: 8}
+
+Errors name the file, the line (YAML) and the key path at fault. Paths in
+the spec are relative to the spec file; ``bundled:NAME`` names a file shipped
+in ``thresher/data``. Command-line overrides (``--set rds.budget=500``) are
+applied before validation, so they are checked like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from thresher.exceptions import ParameterError
+
+SPEC_VERSION = 1
+BUNDLED_PREFIX = "bundled:"
+
+
+class SpecError(ParameterError):
+    """A spec that cannot run: names the file, line and key at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolSpec(_Strict):
+    """Where the pool is and how each row becomes text (see :func:`thresher.pipeline.embed.embed`)."""
+
+    path: str | list[str]
+    format: Literal["auto", "jsonl", "json", "parquet", "arrow", "csv", "hf_disk"] = "auto"
+    split: str | None = None
+    id_column: str | None = None
+    text: str | None = None
+    text_column: str | None = None
+    messages_column: str | None = None
+    chat_format: Literal["tulu", "plain"] = "tulu"
+    partition_rows: int | None = Field(default=None, gt=0)
+
+
+class EmbeddingSpec(_Strict):
+    """The encoder (see :class:`thresher.embeddings.EncoderSpec`) and the stored dtype."""
+
+    model: str = "default"
+    pooling: str | None = None
+    layer: int = -1
+    normalize: bool = True
+    max_length: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    device: str = "auto"
+    model_dtype: str = "auto"
+    padding_side: Literal["left", "right"] | None = None
+    gguf_file: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "float16"] = "float32"
+    worker_resources: dict[str, float] | None = None
+
+
+class IndexSpec(_Strict):
+    """The FAISS index (see :func:`thresher.stores.index.build_index`)."""
+
+    type: str = "auto"
+    metric: Literal["ip", "l2"] | None = None
+    nprobe: int | None = Field(default=None, gt=0)
+    ef_search: int | None = Field(default=None, gt=0)
+    train_size: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+
+class ClusterSpec(_Strict):
+    """Where the Dask work runs: an existing scheduler, SLURM, local worker processes, or in-process."""
+
+    scheduler: str | None = None
+    slurm: str | None = None
+    workers: int | None = Field(default=None, gt=0)
+    local: bool = False
+
+    @model_validator(mode="after")
+    def _one_place(self) -> ClusterSpec:
+        chosen = [k for k in ("scheduler", "slurm") if getattr(self, k)] + (["local"] if self.local else [])
+        if len(chosen) > 1:
+            raise ValueError(f"choose one of scheduler, slurm, local; got {', '.join(chosen)}")
+        return self
+
+
+class ReportSpec(_Strict):
+    """The HTML report written after the run."""
+
+    html: bool = True
+    columns: list[str] | None = None
+
+
+class _Step(_Strict):
+    """What every step has: an optional name (default: its kind) and the step whose rows it takes (default: the one before)."""
+
+    name: str | None = None
+    input: str | None = None
+
+
+class SemDedupStep(_Step):
+    """SemDeDup (Abbas et al. 2023): drop near-duplicates within k-means clusters."""
+
+    step: Literal["semdedup"]
+    clusters: int = Field(gt=0)
+    eps: float = Field(gt=0, lt=1)
+    sample_size: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+
+class RDSStep(_Step):
+    """RDS+ (Ivison et al. 2025): the pool rows closest to target-task examples, round-robin over tasks."""
+
+    step: Literal["rds"]
+    budget: int | float
+    targets: dict[str, str] | str
+    target_task_column: str | None = None
+    target_text: str | None = None
+    target_text_column: str | None = None
+    target_messages_column: str | None = None
+    aggregation: Literal["max", "mean"] = "max"
+    quotas: dict[str, int] | None = None
+    dedup: bool = False
+    decontaminate: float | None = Field(default=None, gt=0, le=1)
+
+    @field_validator("budget")
+    @classmethod
+    def _positive(cls, v: int | float) -> int | float:
+        if v <= 0 or (isinstance(v, float) and v > 1):
+            raise ValueError("must be a positive row count or a fraction in (0, 1]")
+        return v
+
+
+class SMOTEStep(_Step):
+    """SMOTE (Chawla et al. 2002) in embedding space, with optional random under-sampling of the majority."""
+
+    step: Literal["smote"]
+    labels: str
+    sampling_strategy: str | float | dict[str, int] = "auto"
+    undersample_majority: float | None = Field(default=None, gt=0, le=1)
+    k_neighbors: int = Field(default=5, gt=0)
+    seed: int = 0
+
+
+class BatchesStep(_Step):
+    """B3 batch mining (Wang et al. 2025): batches of whole communities of a teacher's rank-window graph."""
+
+    step: Literal["batches"]
+    batch_size: int = Field(default=1024, gt=0)
+    community_size: int = Field(default=32, gt=0)
+    rank_window: tuple[int, int] = (30, 130)
+    n_hard_negatives: int = Field(default=0, ge=0)
+    group_column: str | None = None
+    drop_last: bool = True
+    exact: bool = False
+    seed: int = 0
+
+
+STEP_MODELS: dict[str, type[_Strict]] = {"semdedup": SemDedupStep, "rds": RDSStep, "smote": SMOTEStep, "batches": BatchesStep}
+
+StepSpec = Annotated[SemDedupStep | RDSStep | SMOTEStep | BatchesStep, Field(discriminator="step")]
+
+
+class PipelineSpec(_Strict):
+    """A whole run: pool → embedding → index → steps → curated shards (+ report)."""
+
+    version: int = SPEC_VERSION
+    name: str | None = None
+    out: str | None = None
+    pool: PoolSpec
+    embedding: EmbeddingSpec = EmbeddingSpec()
+    index: IndexSpec | None = None
+    steps: list[StepSpec] = Field(default_factory=list)
+    cluster: ClusterSpec = ClusterSpec()
+    report: ReportSpec = ReportSpec()
+
+    def step_names(self) -> list[str]:
+        return [step_name(s) for s in self.steps]
+
+    def final_steps(self) -> list[int]:
+        """Steps no other step takes rows from: the run's outputs (the last one is the main output)."""
+        used = {source_index(self, i) for i in range(len(self.steps))}
+        return [i for i in range(len(self.steps)) if i not in used]
+
+
+def step_name(step: Any) -> str:
+    return step.name or step.step
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *, out: str | None = None) -> tuple[PipelineSpec, dict[str, Any]]:
+    """Read, override, validate and resolve a spec file.
+
+    Returns the typed spec (paths resolved to absolute paths) and its plain
+    dict form, the "resolved spec" stored in every artefact's manifest.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec file {path} cannot be read as UTF-8 text: {exc}") from exc
+    raw, lines = _parse(path, text)
+    raw = apply_overrides(raw, overrides, where=str(path))
+    if out is not None:
+        raw["out"] = out
+    spec = validate_spec(raw, where=str(path), lines=lines)
+    resolved = resolve_paths(spec, base=path.parent)
+    check_order(resolved, where=str(path))
+    return resolved, resolved.model_dump(mode="json")
+
+
+def validate_spec(raw: Any, *, where: str = "spec", lines: Mapping[tuple, int] | None = None) -> PipelineSpec:
+    """Validate a plain mapping into a :class:`PipelineSpec`; the first error names its key (and line)."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{where}: a spec must be a mapping with at least a 'pool' key; got {type(raw).__name__}.")
+    raw = dict(raw)
+    steps = raw.get("steps") or []
+    if not isinstance(steps, list):
+        raise SpecError(f"{_at(where, lines, ('steps',))}: 'steps' must be a list of steps.")
+    for i, step in enumerate(steps):
+        if not isinstance(step, Mapping) or "step" not in step:
+            raise SpecError(f"{_at(where, lines, ('steps', i))}: steps[{i}] must be a mapping with a 'step' key (one of {', '.join(STEP_MODELS)}).")
+        if step["step"] not in STEP_MODELS:
+            raise SpecError(f"{_at(where, lines, ('steps', i, 'step'))}: steps[{i}].step: unknown step {step['step']!r}; known steps: {', '.join(STEP_MODELS)}.")
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_first_error(exc, where, lines, steps)) from None
+    names = spec.step_names()
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise SpecError(f"{_at(where, lines, ('steps', i))}: two steps are named {name!r}; give one a distinct 'name'.")
+        if name in _SECTIONS:
+            raise SpecError(f"{_at(where, lines, ('steps', i))}: a step cannot be named {name!r} (a spec section has that name).")
+    if spec.version != SPEC_VERSION:
+        raise SpecError(f"{where}: spec version {spec.version} is not supported (this thresher reads version {SPEC_VERSION}).")
+    return spec
+
+
+def check_order(spec: PipelineSpec, *, where: str = "spec") -> None:
+    """Refuse step orders that cannot work, before any work starts."""
+    names = spec.step_names()
+    for i, step in enumerate(spec.steps):
+        label = f"{where}: steps[{i}] ({step_name(step)})"
+        if step.input is not None and step.input not in names[:i]:
+            known = ", ".join(names[:i]) or "none: it is the first step"
+            raise SpecError(f"{label}: input {step.input!r} is not an earlier step (earlier steps: {known}).")
+        src = source_index(spec, i)
+        if src is not None and isinstance(spec.steps[src], SMOTEStep):
+            raise SpecError(f"{label}: cannot take its rows from smote step {names[src]!r} — synthetic rows are not pool rows; "
+                            "take them from an earlier step with 'input', or make smote a final step.")
+        if isinstance(step, BatchesStep) and spec.index is None and not step.exact:
+            raise SpecError(f"{label}: batch mining needs the teacher's ranks from an index; add an 'index' section (or set exact: true for a small pool).")
+        if isinstance(step, BatchesStep) and step.batch_size % step.community_size:
+            raise SpecError(f"{label}: batch_size {step.batch_size} is not a multiple of community_size {step.community_size}.")
+        check_budget(spec, i, None, label)
+
+
+def check_budget(spec: PipelineSpec, i: int, n_pool: int | None, label: str) -> None:
+    """A step asking for more rows than can reach it is refused (with the pool's size once it is known)."""
+    step = spec.steps[i]
+    bound = upper_bound_before(spec, i, n_pool)
+    if bound is None:
+        return
+    if isinstance(step, RDSStep) and isinstance(step.budget, int) and step.budget > bound:
+        raise SpecError(f"{label}: budget {step.budget} is larger than the {bound} rows that at most reach this step.")
+    if isinstance(step, BatchesStep) and step.batch_size > bound:
+        raise SpecError(f"{label}: batch_size {step.batch_size} is larger than the {bound} rows that at most reach this step.")
+    if isinstance(step, SemDedupStep) and step.clusters > bound:
+        raise SpecError(f"{label}: {step.clusters} clusters for at most {bound} rows.")
+
+
+def source_index(spec: PipelineSpec, i: int) -> int | None:
+    """Index of the step whose output step ``i`` selects from (None: the whole pool)."""
+    step = spec.steps[i]
+    if step.input is not None:
+        return spec.step_names().index(step.input)
+    return i - 1 if i > 0 else None
+
+
+def upper_bound_before(spec: PipelineSpec, i: int, n_pool: int | None = None) -> int | None:
+    """The most rows that can reach step ``i`` (None: unknown before the pool is read)."""
+    src = source_index(spec, i)
+    return n_pool if src is None else upper_bound_after(spec, src, n_pool)
+
+
+def upper_bound_after(spec: PipelineSpec, i: int, n_pool: int | None = None) -> int | None:
+    """The most rows step ``i`` can output (None: unknown)."""
+    step = spec.steps[i]
+    bound = upper_bound_before(spec, i, n_pool)
+    if isinstance(step, RDSStep):
+        if isinstance(step.budget, int):
+            return step.budget if bound is None else min(bound, step.budget)
+        return None if bound is None else int(step.budget * bound)
+    if isinstance(step, BatchesStep):
+        return None if bound is None else bound // step.batch_size * step.batch_size
+    if isinstance(step, SMOTEStep):
+        return None
+    return bound
+
+
+def resolve_paths(spec: PipelineSpec, *, base: Path) -> PipelineSpec:
+    """Make every file path in the spec absolute (relative to the spec file; ``bundled:`` → the package data)."""
+    pool_paths = spec.pool.path if isinstance(spec.pool.path, list) else [spec.pool.path]
+    resolved_pool = [resolve_path(p, base) for p in pool_paths]
+    updates: dict[str, Any] = {"pool": spec.pool.model_copy(update={"path": resolved_pool if isinstance(spec.pool.path, list) else resolved_pool[0]})}
+    steps = []
+    for step in spec.steps:
+        if isinstance(step, RDSStep):
+            targets = {t: resolve_path(p, base) for t, p in step.targets.items()} if isinstance(step.targets, dict) else resolve_path(step.targets, base)
+            step = step.model_copy(update={"targets": targets})
+        steps.append(step)
+    updates["steps"] = steps
+    if spec.cluster.slurm:
+        updates["cluster"] = spec.cluster.model_copy(update={"slurm": resolve_path(spec.cluster.slurm, base)})
+    if spec.out is not None:
+        updates["out"] = str((base / spec.out).resolve()) if not Path(spec.out).is_absolute() else spec.out
+    return spec.model_copy(update=updates)
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """``bundled:NAME`` → the file in thresher/data; URLs stay; relative paths are taken from ``base``."""
+    if value.startswith(BUNDLED_PREFIX):
+        return str(bundled_path(value[len(BUNDLED_PREFIX):]))
+    if "://" in value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def bundled_path(name: str) -> Path:
+    """A data file shipped in ``thresher/data`` (demo pool, demo targets, example specs)."""
+    from importlib import resources
+
+    data = Path(str(resources.files("thresher") / "data"))
+    path = (data / name).resolve()
+    if path.parent != data.resolve() or not path.is_file():
+        shipped = sorted(p.name for p in data.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+        raise SpecError(f"{BUNDLED_PREFIX}{name}: no such bundled file; thresher ships {', '.join(shipped)}.")
+    return path
+
+
+_SECTIONS = ("version", "name", "out", "pool", "embedding", "index", "steps", "cluster", "report")
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str], *, where: str = "spec") -> dict[str, Any]:
+    """Apply ``KEY=VALUE`` overrides: ``embedding.batch_size=32``, ``rds.budget=500`` (a step by its name), ``steps.1.eps=0.1``.
+
+    Values are read as YAML scalars (``500`` is an int, ``0.1`` a float, ``null`` None).
+    """
+    raw = copy.deepcopy(dict(raw)) if isinstance(raw, Mapping) else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. rds.budget=5000.")
+        parts = key.strip().split(".")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {item!r}: the value is not valid YAML: {exc}") from exc
+        target: Any = raw
+        head = parts[0]
+        if head not in _SECTIONS:
+            index = _step_index(raw, head)
+            if index is None:
+                steps = [s.get("name") or s.get("step") for s in raw.get("steps") or [] if isinstance(s, Mapping)]
+                raise SpecError(f"--set {item!r}: {head!r} is neither a spec section ({', '.join(_SECTIONS)}) nor a step name ({', '.join(map(str, steps)) or 'no steps'}).")
+            target = raw["steps"][index]
+            parts = parts[1:]
+        for j, part in enumerate(parts[:-1]):
+            nxt = _child(target, part, item)
+            if nxt is None:
+                nxt = {}
+                _set(target, part, nxt, item)
+            target = nxt
+        if not parts:
+            raise SpecError(f"--set {item!r}: name a key inside the step, e.g. {head}.budget=...")
+        _set(target, parts[-1], parsed, item)
+    return raw
+
+
+def _step_index(raw: Mapping[str, Any], name: str) -> int | None:
+    for i, step in enumerate(raw.get("steps") or []):
+        if isinstance(step, Mapping) and (step.get("name") or step.get("step")) == name:
+            return i
+    return None
+
+
+def _child(target: Any, part: str, item: str) -> Any:
+    if isinstance(target, list):
+        try:
+            return target[int(part)]
+        except (ValueError, IndexError):
+            raise SpecError(f"--set {item!r}: {part!r} is not an index of a list of {len(target)}.") from None
+    if isinstance(target, dict):
+        return target.get(part)
+    raise SpecError(f"--set {item!r}: cannot set {part!r} inside a {type(target).__name__}.")
+
+
+def _set(target: Any, part: str, value: Any, item: str) -> None:
+    if isinstance(target, list):
+        try:
+            target[int(part)] = value
+            return
+        except (ValueError, IndexError):
+            raise SpecError(f"--set {item!r}: {part!r} is not an index of a list of {len(target)}.") from None
+    if not isinstance(target, dict):
+        raise SpecError(f"--set {item!r}: cannot set {part!r} inside a {type(target).__name__}.")
+    target[part] = value
+
+
+def _parse(path: Path, text: str) -> tuple[Any, dict[tuple, int]]:
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text), {}
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SpecError(f"{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    lines: dict[tuple, int] = {}
+    if node is not None:
+        _collect_lines(node, (), lines)
+    return raw, lines
+
+
+def _collect_lines(node: Any, key: tuple, out: dict[tuple, int]) -> None:
+    out[key] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            child = key + (k.value,)
+            out[child] = k.start_mark.line + 1
+            _collect_lines(v, child, out)
+            out[child] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _collect_lines(v, key + (i,), out)
+
+
+def _at(where: str, lines: Mapping[tuple, int] | None, key: tuple) -> str:
+    if not lines:
+        return where
+    for n in range(len(key), -1, -1):
+        line = lines.get(tuple(key[:n]))
+        if line is not None:
+            return f"{where}:{line}"
+    return where
+
+
+def _first_error(exc: ValidationError, where: str, lines: Mapping[tuple, int] | None, steps: list[Any]) -> str:
+    err = exc.errors()[0]
+    loc = list(err["loc"])
+    # pydantic names the union member tried for a step ("steps", 0, "rds", "budget"): drop that tag
+    if len(loc) >= 3 and loc[0] == "steps" and isinstance(loc[1], int) and loc[2] in STEP_MODELS:
+        loc.pop(2)
+    # ... and the member of a value's union it tried last ("pool", "path", "list[str]")
+    while loc and isinstance(loc[-1], str) and (loc[-1] in ("str", "int", "float", "bool") or "[" in loc[-1]):
+        loc.pop()
+    key = tuple(loc)
+    dotted = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+        section = loc[:-1]
+        allowed = _allowed_keys(section, steps)
+        if allowed:
+            message += f" (allowed: {', '.join(allowed)})"
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    return f"{_at(where, lines, key)}: {dotted or 'spec'}: {message}."
+
+
+def _allowed_keys(section: list[Any], steps: list[Any]) -> list[str]:
+    model: Any = PipelineSpec
+    if len(section) >= 2 and section[0] == "steps" and isinstance(section[1], int):
+        model = STEP_MODELS.get(steps[section[1]].get("step")) if section[1] < len(steps) else None
+        section = section[2:]
+    for part in section:
+        field = model.model_fields.get(part) if model is not None and hasattr(model, "model_fields") else None
+        ann = getattr(field, "annotation", None)
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []

@@ -1,0 +1,213 @@
+"""`thresher run spec.yaml`: a whole pipeline from a spec, cached by fingerprint, on a real LocalCluster."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from thresher.cli import main
+from thresher.describe import describe_artifact, lineage_chain
+from thresher.jobs.events import read_events
+from thresher.pipeline.runner import run_pipeline
+from thresher.pipeline.spec import SpecError, load_spec
+from thresher.stores.curated import open_curated
+from thresher.stores.embedding_store import open_embedding_store
+from thresher.stores.manifest import read_manifest
+
+N_POOL = 400
+
+
+@pytest.fixture(scope="module")
+def small_pool(tmp_path_factory) -> Path:
+    """The first rows of the bundled demo pool (real chat text with a label column)."""
+    from thresher.pipeline.spec import bundled_path
+
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    with gzip.open(bundled_path("demo_pool.jsonl.gz"), "rt", encoding="utf-8") as f:
+        lines = [next(f) for _ in range(N_POOL)]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def _spec(pool: Path, minilm_path: str, **changes) -> dict:
+    spec = {
+        "name": "test",
+        "pool": {"path": str(pool), "id_column": "id", "messages_column": "messages", "partition_rows": 150},
+        "embedding": {"model": minilm_path, "max_length": 64},
+        "index": {"type": "flat"},
+        "steps": [
+            {"step": "rds", "budget": 160, "targets": "bundled:demo_targets.jsonl", "target_task_column": "task"},
+            {"step": "smote", "name": "balanced", "input": "rds", "labels": "label", "k_neighbors": 2},
+            {"step": "batches", "input": "rds", "batch_size": 32, "community_size": 8, "rank_window": [1, 9]},
+        ],
+        "report": {"html": False},
+    }
+    spec.update(changes)
+    return spec
+
+
+def _write(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, small_pool, minilm_path, dask_client):
+    root = tmp_path_factory.mktemp("run")
+    spec = _write(root / "spec.yaml", _spec(small_pool, minilm_path))
+    result = run_pipeline(spec, out=root / "run", client=dask_client, progress=False, echo=lambda *_: None)
+    return root, spec, result
+
+
+def test_run_writes_every_step_and_a_run_manifest(first_run, small_pool, dask_client):
+    root, spec, result = first_run
+    run = read_manifest(root / "run", "run")
+    assert [s["name"] for s in run["steps"]] == ["embed", "index", "rds", "balanced", "batches"]
+    assert run["output"] == "steps/04-batches" and set(run["outputs"]) == {"steps/03-balanced", "steps/04-batches"}
+    assert run["spec"]["pool"]["path"] == str(small_pool)
+    store = open_embedding_store(root / "run" / "embeddings")
+    assert store.n_rows == N_POOL
+
+    # RDS+ over the whole pool equals the same stage run on its own with the same targets
+    from thresher.pipeline.select import select_rds
+
+    rows = [json.loads(line) for line in Path(load_spec(spec)[0].steps[0].targets).read_text(encoding="utf-8").splitlines()]
+    targets = {}
+    for task in sorted({r["task"] for r in rows}):
+        p = root / f"{task}.jsonl"
+        p.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows if r["task"] == task), encoding="utf-8")
+        targets[task] = p
+    alone = select_rds(store.path, targets, root / "alone", budget=160, client=dask_client, progress=False)
+    rds = open_curated(root / "run" / "steps" / "02-rds")
+    assert rds.to_table().column("id").to_pylist() == alone.to_table().column("id").to_pylist()
+
+    # the two steps fed by rds see exactly its rows: batches are whole, from rds only; smote's originals are rds rows
+    rds_ids = set(rds.to_table().column("id").to_pylist())
+    batches = open_curated(root / "run" / "steps" / "04-batches").to_table()
+    assert set(batches.column("id").to_pylist()) <= rds_ids
+    assert batches.num_rows == 160 // 32 * 32 and len(set(batches.column("id").to_pylist())) == batches.num_rows
+    balanced = open_curated(root / "run" / "steps" / "03-balanced").to_table()
+    synthetic = np.asarray(balanced.column("synthetic").to_pylist(), dtype=bool)
+    originals = [i for i, s in zip(balanced.column("id").to_pylist(), synthetic) if not s]
+    assert set(originals) <= rds_ids and synthetic.any()
+    for step in run["steps"]:
+        assert not step["cached"] and step["rows_out"] == read_manifest(root / "run" / step["dir"]).get("n_rows", step["rows_out"])
+    assert [s["rows_in"] for s in run["steps"][2:]] == [N_POOL, 160, 160]
+
+
+def test_every_artefact_records_the_spec_and_its_lineage_back_to_the_pool(first_run, small_pool):
+    root, spec, result = first_run
+    manifest = read_manifest(root / "run" / "steps" / "04-batches")
+    assert manifest["lineage"]["spec"]["steps"][2]["batch_size"] == 32
+    chain = lineage_chain(root / "run" / "steps" / "04-batches")
+    assert [link["step"] for link in chain] == ["batches", "rds", "index", "embed", "pool"]
+    assert chain[-1]["path"] and str(small_pool) in chain[-1]["path"]
+    text = describe_artifact(root / "run" / "steps" / "04-batches")
+    assert "lineage" in text and "02-rds" in text and "embeddings" in text
+    assert "steps:" in describe_artifact(root / "run")
+
+
+def test_event_log_has_steps_and_per_partition_progress_with_eta(first_run):
+    root, _, _ = first_run
+    events = read_events(root / "run" / "events.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    starts = [e["step"] for e in events if e["event"] == "step_start"]
+    assert starts == ["embed", "index", "rds", "balanced", "batches"]
+    assert len([e for e in events if e["event"] == "step_end"]) == 5
+    progress = [e for e in events if e["event"] == "progress" and e["step"] == "embed"]
+    assert len(progress) == 3  # one per partition of 150 rows
+    assert progress[-1]["rows_done"] == progress[-1]["rows_total"] == N_POOL and progress[-1]["eta_s"] == 0
+
+
+def test_changing_a_late_step_reuses_everything_before_it(first_run, dask_client):
+    root, spec, _ = first_run
+    shard = root / "run" / "embeddings" / "part-00000.arrow"
+    before = shard.stat().st_mtime_ns
+    rds_before = (root / "run" / "steps" / "02-rds" / "manifest.json").read_bytes()
+
+    plans = run_pipeline(spec, ["batches.seed=7"], out=root / "run", dry_run=True, echo=lambda *_: None)
+    assert [p.cached for p in plans] == [True, True, True, True, False]
+    result = run_pipeline(spec, ["batches.seed=7"], out=root / "run", client=dask_client, progress=False, echo=lambda *_: None)
+    assert [r.cached for r in result.steps] == [True, True, True, True, False]
+    assert shard.stat().st_mtime_ns == before
+    assert (root / "run" / "steps" / "02-rds" / "manifest.json").read_bytes() == rds_before
+    assert read_manifest(root / "run" / "steps" / "04-batches")["lineage"]["spec"]["steps"][2]["seed"] == 7
+    # a change upstream reruns what depends on it, and only that
+    plans = run_pipeline(spec, ["rds.budget=128"], out=root / "run", dry_run=True, echo=lambda *_: None)
+    assert [p.cached for p in plans] == [True, True, False, False, False]
+
+
+def test_cli_dry_run_prints_the_plan(tmp_path, small_pool, minilm_path):
+    spec = _write(tmp_path / "spec.yaml", _spec(small_pool, minilm_path))
+    result = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "run"), "--dry-run", "--set", "rds.budget=96"])
+    assert result.exit_code == 0, result.output
+    assert "5 of 5 steps to run" in result.output and "96" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_toml_spec_is_read_like_yaml(tmp_path, small_pool, minilm_path):
+    toml = tmp_path / "spec.toml"
+    toml.write_text(
+        f'name = "t"\n[pool]\npath = "{small_pool}"\nid_column = "id"\nmessages_column = "messages"\n'
+        f'[embedding]\nmodel = "{minilm_path}"\n[[steps]]\nstep = "rds"\nbudget = 10\ntargets = "bundled:demo_targets.jsonl"\ntarget_task_column = "task"\n',
+        encoding="utf-8",
+    )
+    spec, resolved = load_spec(toml)
+    assert spec.steps[0].budget == 10 and resolved["embedding"]["model"] == minilm_path
+
+
+BAD_SPECS = [
+    ("unknown step", lambda s: s["steps"].append({"step": "shuffle"}), r"spec.yaml:\d+: steps\[3\]\.step: unknown step 'shuffle'"),
+    ("missing pool", lambda s: s.pop("pool"), r"spec.yaml(:\d+)?: pool: required key is missing"),
+    ("missing key in a step", lambda s: s["steps"][0].pop("budget"), r"spec.yaml:\d+: steps\[0\]\.budget: required key is missing"),
+    ("unknown key", lambda s: s["embedding"].update(colour="red"), r"spec.yaml:\d+: embedding\.colour: unknown key \(allowed: model,"),
+    ("wrong type", lambda s: s["steps"][2].update(batch_size="big"), r"spec.yaml:\d+: steps\[2\]\.batch_size: Input should be a valid integer"),
+    ("batches without an index", lambda s: s.pop("index"), r"steps\[2\] \(batches\): batch mining needs the teacher's ranks from an index"),
+    ("a step after smote", lambda s: s["steps"][2].update(input="balanced"), r"cannot take its rows from smote step 'balanced'"),
+    ("input not an earlier step", lambda s: s["steps"][1].update(input="batches"), r"input 'batches' is not an earlier step"),
+    ("budget over what survives", lambda s: s["steps"][2].update(batch_size=256, community_size=8), r"batch_size 256 is larger than the 160 rows"),
+    ("budget over the pool", lambda s: s["steps"][0].update(budget=N_POOL + 1), rf"budget {N_POOL + 1} is larger than the {N_POOL} rows"),
+    ("negative budget", lambda s: s["steps"][0].update(budget=-3), r"steps\[0\]\.budget: Value error, must be a positive row count"),
+    ("zero budget", lambda s: s["steps"][0].update(budget=0), r"steps\[0\]\.budget: Value error"),
+    ("two steps of one name", lambda s: s["steps"][2].update(name="rds"), r"two steps are named 'rds'"),
+    ("label column not in the pool", lambda s: s["steps"][1].update(labels="colour"), r"column 'colour' is not in the pool"),
+    ("missing target file", lambda s: s["steps"][0].update(targets="nope.jsonl"), r"target file .*nope.jsonl does not exist"),
+    ("unknown bundled file", lambda s: s["steps"][0].update(targets="bundled:nope.jsonl"), r"bundled:nope.jsonl: no such bundled file"),
+    ("eps out of range", lambda s: s["steps"].insert(0, {"step": "semdedup", "clusters": 4, "eps": 1.5}), r"steps\[0\]\.eps: Input should be less than 1"),
+    ("two cluster places", lambda s: s.update(cluster={"scheduler": "tcp://x:1", "local": True}), r"choose one of scheduler, slurm, local"),
+]
+
+
+@pytest.mark.parametrize("case,change,message", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_bad_specs_are_refused_before_any_work(tmp_path, small_pool, minilm_path, case, change, message):
+    spec = _spec(small_pool, minilm_path)
+    change(spec)
+    path = _write(tmp_path / "spec.yaml", spec)
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    import re
+
+    assert re.search(message, result.output), result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_overrides_and_yaml_are_refused(tmp_path, small_pool, minilm_path):
+    path = _write(tmp_path / "spec.yaml", _spec(small_pool, minilm_path))
+    for argv, message in [
+        (["--set", "nosuch.budget=1"], "'nosuch' is neither a spec section"),
+        (["--set", "rds.budget"], "expected KEY=VALUE"),
+        (["--set", "rds=3"], "name a key inside the step"),
+    ]:
+        result = CliRunner().invoke(main, ["run", str(path), "--dry-run", *argv])
+        assert result.exit_code == 2 and message in result.output, result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("pool:\n  path: [a, b\nsteps: []\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", str(broken), "--dry-run"])
+    assert result.exit_code == 2 and "broken.yaml:" in result.output and "not valid YAML" in result.output
