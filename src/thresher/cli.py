@@ -302,13 +302,35 @@ def select_acquire(pool_embeddings, predictions, labeled, score, sampling, beta,
         click.echo(f"  AnchorAL: {s['n_anchors']} anchors, sub-pool of {s['n_candidates']} rows")
 
 
+@main.command("run")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec value, e.g. rds.budget=5000 or embedding.batch_size=32 (repeatable).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default: the spec's 'out').")
+@click.option("--dry-run", is_flag=True, help="Print the plan (steps to run, cached steps, expected sizes, memory per worker) and stop.")
+@click.option("--quiet", is_flag=True)
+@_cluster_options
+def run_spec(spec, overrides, out, dry_run, quiet, scheduler, workers, slurm, local) -> None:
+    """Run the pipeline a YAML/TOML SPEC describes: embed → index → steps → curated shards, reusing cached artefacts."""
+    from thresher.pipeline.runner import run_pipeline
+
+    result = run_pipeline(spec, overrides, out=out, dry_run=dry_run, scheduler=scheduler, workers=workers, slurm=slurm,
+                          local=local or None, progress=not quiet, echo=click.echo)
+    if dry_run:
+        return
+    for r in result.steps:
+        click.echo(f"  {r.name:<12} {'cached' if r.cached else f'{r.seconds:8.1f} s'}  {r.rows_in:>10,} → {r.rows_out:>10,} rows  {r.dir}")
+    click.echo(f"output: {result.output}")
+    if result.report is not None:
+        click.echo(f"report: {result.report}")
+
+
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
 @_cluster_options
 def demo(out, overwrite, quiet, scheduler, workers, slurm, local) -> None:
-    """Run the main job on the bundled data and model: embed, index, RDS+ selection, inspect."""
+    """Run the main job on the bundled data and model: the bundled spec (embed, index, SemDeDup, RDS+, SMOTE, B3) and its report."""
     from thresher.demo import run_demo
 
     run_demo(Path(out), overwrite=overwrite, progress=not quiet, scheduler=scheduler, workers=workers, slurm=slurm, local=local)

@@ -1,46 +1,41 @@
-"""The main job on the bundled defaults: the demo pool, the bundled model, an in-process cluster."""
+"""The main job on the bundled defaults: the bundled spec (thresher/data/demo.yaml) on the bundled pool and model.
+
+It runs the whole pipeline — embed 10,000 real conversations with
+all-MiniLM-L6-v2 on an in-process Dask cluster, index them, SemDeDup, RDS+
+for two target tasks, SMOTE on a rating label and B3 batches — and writes
+the curated shards, the run manifest, the event log and the HTML report.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
-from thresher.data import demo_pool_path, demo_targets_path
+from thresher.exceptions import ArtifactError
 
 
-def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True, **cluster: Any) -> dict[str, Path]:
-    """Embed the bundled chat pool with all-MiniLM-L6-v2, index it, select with RDS+ for two target tasks, and print what was made."""
+def demo_spec_path() -> Path:
+    from thresher.pipeline.spec import bundled_path
+
+    return bundled_path("demo.yaml")
+
+
+def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True, **cluster: Any):
+    """Run the bundled demo spec into ``out`` and print what it made; ``overwrite`` recomputes every step."""
     from thresher.describe import describe_artifact
-    from thresher.pipeline.embed import embed
-    from thresher.stores.index import build_index
+    from thresher.pipeline.runner import run_pipeline
 
     out = Path(out)
-    store = embed(
-        str(demo_pool_path()), out / "embeddings", messages_column="messages", id_column="id",
-        overwrite=overwrite, progress=progress, **cluster,
-    )
-    build_index(store, out / "index", overwrite=overwrite)
-    for part in ("embeddings", "index"):
-        print(describe_artifact(out / part, n_rows=3))
-    # a nearest-neighbour query through the index, to show it answers with pool ids
-    from thresher.stores.index import open_index
-
-    index = open_index(out / "index")
-    scores, ids = index.search(store.take([0]), 4)
-    print(f"nearest neighbours of {store.shard_ids(0)[0]}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(ids[0], scores[0])))
-    # RDS+ for the two bundled target tasks: the 200 conversations closest to them, round-robin
-    import json
-    import tempfile
-
-    from thresher.pipeline.select import select_rds
-
-    rows = [json.loads(line) for line in demo_targets_path().read_text(encoding="utf-8").splitlines()]
-    with tempfile.TemporaryDirectory() as tmp:
-        targets = {}
-        for task in sorted({r["task"] for r in rows}):
-            path = Path(tmp) / f"{task}.jsonl"
-            path.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows if r["task"] == task), encoding="utf-8")
-            targets[task] = path
-        curated = select_rds(out / "embeddings", targets, out / "rds", budget=200, dedup=True, local=True, overwrite=overwrite, progress=progress)
-    print(describe_artifact(out / "rds", n_rows=3))
-    return {"embeddings": out / "embeddings", "index": out / "index", "rds": curated.path}
+    if overwrite and out.exists():
+        if not (out / "manifest.json").is_file() and not (out / "events.jsonl").is_file() and any(out.iterdir()):
+            raise ArtifactError(f"{out} is not a thresher run directory; refusing to clear it for --overwrite.")
+        shutil.rmtree(out)
+    result = run_pipeline(demo_spec_path(), out=out, progress=progress, **cluster)
+    for record in result.steps:
+        took = "cached" if record.cached else f"{record.seconds:.1f} s"
+        print(f"  {record.name:<10} {took:>9}  {record.rows_in:>7,} → {record.rows_out:>7,} rows  {out / record.dir}")
+    print(describe_artifact(result.output, n_rows=3))
+    if result.report is not None:
+        print(f"report: {result.report}")
+    return result
