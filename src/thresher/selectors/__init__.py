@@ -8,6 +8,7 @@ from thresher.selectors.acquisition import Acquisition
 from thresher.selectors.batch_mining import BatchMiner
 from thresher.selectors.diversity import KCenterGreedy
 from thresher.selectors.rds import RDSPlus
+from thresher.selectors.semdedup import SemDeDup
 from thresher.selectors.smote import SMOTE
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "KCenterGreedy",
     "RDSPlus",
     "Selection",
+    "SemDeDup",
     "resolve_budget",
 ]

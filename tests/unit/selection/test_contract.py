@@ -40,6 +40,8 @@ def make(name):
         return cls(method="entropy", sampling="power", seed=3), 30, {"probs": p}
     if name == "kcenter":
         return cls(seed=3), 30, {}
+    if name == "semdedup":
+        return cls(n_clusters=8, eps=0.15, seed=3), 1.0, {}
     raise AssertionError(f"selector {name!r} has no example inputs in the contract suite: add it to make()")
 
 

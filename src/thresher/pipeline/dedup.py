@@ -1,0 +1,258 @@
+"""The semantic-dedup stage: embedding store → SemDeDup → kept rows as curated shards + ``removed.arrow``.
+
+SemDeDup (Abbas et al. 2023, as NeMo Curator runs it; the definition, its
+tie-breaks and its exactness are in :mod:`thresher.selectors.semdedup`):
+
+1. Fit spherical k-means on a seeded sample of the rows (of ``subset`` when
+   given), on the driver: one FAISS call on ``sample_size`` vectors.
+2. Assign every row to its nearest centroid, streaming, one task per store
+   shard (on Dask, or in this process with ``local``).
+3. Group positions by cluster on the driver; deduplicate cluster by cluster,
+   clusters packed into tasks of about ``THRESHER_PARTITION_ROWS`` rows (a
+   large cluster alone, blocked inside its task so no more than
+   block x cluster similarities exist at once). A task reads its clusters'
+   vectors from the memory-mapped store.
+4. Write the kept rows (pool order) as curated shards with ``cluster``,
+   ``centroid_distance`` and ``max_similarity``, and ``removed.arrow``
+   (``id``, ``duplicate_of``, ``similarity``, ``max_similarity``,
+   ``cluster``, in pool order) before the manifest, which lists it with its
+   checksum under ``attachments``.
+
+Every result is the same for any number of workers, shards or blocks. The
+driver holds per-row scalars only (position, cluster, cosines: about 60 bytes
+a row at peak), never the vectors; a task holds its clusters' vectors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+SEMDEDUP_STAGE_VERSION = 1
+REMOVED_FILE = "removed.arrow"
+#: selection columns of the kept rows (a pool column of one of these names is renamed ``<name>_pool``)
+SEMDEDUP_COLUMNS = ("rank", "cluster", "centroid_distance", "max_similarity")
+
+
+def ids_at(store: Any, positions: np.ndarray) -> np.ndarray:
+    """Pool ids at store ``positions`` (any order), reading one shard's ids at a time."""
+    positions = np.asarray(positions, dtype=np.int64)
+    shard_of = np.searchsorted(store.shard_offsets, positions, side="right") - 1
+    out = None
+    for i in np.unique(shard_of):
+        ids = store.shard_ids(int(i))
+        if out is None:
+            out = np.empty(len(positions), dtype=ids.dtype)
+        sel = np.flatnonzero(shard_of == i)
+        out[sel] = ids[positions[sel] - store.shard_offsets[i]]
+    return out if out is not None else store.shard_ids(0)[:0]
+
+
+def _assign_shard(store_path: str, shard: int, rows: np.ndarray | None, block_rows: int, *, selector: Any,
+                  centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, cluster, centroid cosine) of one shard's rows (only ``rows`` when given: sorted store positions)."""
+    from thresher.stores.embedding_store import open_embedding_store
+
+    store = open_embedding_store(store_path)
+    out_p, out_c, out_s = [], [], []
+    for block in store.iter_shard_blocks(shard, block_rows):
+        positions = block.positions
+        vectors = block.vectors
+        if rows is not None:
+            hit = np.searchsorted(rows, positions)
+            keep = (hit < len(rows)) & (rows[np.minimum(hit, len(rows) - 1)] == positions)
+            positions, vectors = positions[keep], vectors[keep]
+            if len(positions) == 0:
+                continue
+        cluster, cos = selector.assign(vectors, centroids, positions)
+        out_p.append(positions)
+        out_c.append(cluster)
+        out_s.append(cos)
+    if not out_p:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return np.concatenate(out_p), np.concatenate(out_c), np.concatenate(out_s)
+
+
+def _dedup_clusters(store_path: str, groups: list[tuple[int, np.ndarray, np.ndarray]], *, selector: Any) -> list[Any]:
+    """SemDeDup inside each of ``groups`` ((cluster, positions, centroid cosines)), vectors read from the store."""
+    from thresher.stores.embedding_store import open_embedding_store
+
+    store = open_embedding_store(store_path)
+    return [selector.dedup_cluster(c, store.take(p), p, cos) for c, p, cos in groups]
+
+
+def _run_tasks(dask: Any, fn: Any, args: list[tuple[Any, ...]], shared: dict[str, Any], retried: Any) -> list[Any]:
+    """``fn(*a, **shared)`` for each ``a``: in this process, or one Dask task each with ``shared`` scattered once."""
+    if dask is None:
+        return [fn(*a, **shared) for a in args]
+    # sent once, workers fetch it from each other; a fresh key each call, as releasing an earlier scatter of
+    # equal content would otherwise take this one's data with it
+    shared_f = {k: dask.scatter(v, hash=False) for k, v in shared.items()}
+    futures = [dask.submit(fn, *a, retries=2, pure=False, **shared_f) for a in args]
+    retried.track(futures)
+    return dask.gather(futures)
+
+
+def _id_array(ids: np.ndarray, id_type: pa.DataType) -> pa.Array:
+    return pa.array(ids.tolist() if ids.dtype == object else ids, type=id_type)
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    return pa.array(values, type=pa.float64(), mask=~np.isfinite(values))
+
+
+def select_semdedup(
+    pool_embeddings: str | Path,
+    out: str | Path,
+    *,
+    n_clusters: int,
+    eps: float,
+    sample_size: int | None = None,
+    n_iter: int = 25,
+    seed: int = 0,
+    subset: Any = None,
+    block_rows: int | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    slurm: Any = None,
+    client: Any = None,
+    local: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Remove semantic near-duplicates with SemDeDup (Abbas et al. 2023) and write the kept rows as curated shards.
+
+    Parameters
+    ----------
+    pool_embeddings : path
+        The pool's embedding store.
+    out : path
+        Output curated-shard directory; it also gets ``removed.arrow``.
+    n_clusters : int
+        k of the k-means (at most the number of rows considered).
+    eps : float in [0, 1)
+        A row is removed when its cosine to an earlier row of its cluster's
+        order (farthest from the centroid first) is >= 1 - eps.
+    sample_size : int, optional
+        Rows the k-means is fitted on (default min(rows, 256 x n_clusters)).
+    n_iter, seed, block_rows
+        As :class:`thresher.selectors.semdedup.SemDeDup`.
+    subset : array of int, optional
+        Sorted unique store positions to deduplicate (the rows a previous step
+        kept); None = every row.
+    scheduler, workers, slurm, client, local
+        Where the per-shard and per-cluster tasks run (``local``: in this process).
+
+    Returns
+    -------
+    thresher.stores.CuratedShards
+        Kept rows in pool order; the manifest's summary holds ``rows_in``,
+        ``kept``, ``removed``, ``clusters``, ``eps`` (and more); use
+        :func:`read_removed` for the removed rows.
+    """
+    from thresher.config import runtime_config
+    from thresher.exceptions import ArtifactError
+    from thresher.fingerprint import fingerprint_of
+    from thresher.jobs.cluster import TaskRetries, dask_map, run_on_cluster
+    from thresher.rng import as_generator
+    from thresher.selectors.semdedup import SemDeDup, pack_clusters
+    from thresher.stores.curated import open_curated, write_curated
+    from thresher.stores.embedding_store import open_embedding_store
+    from thresher.stores.manifest import read_manifest
+    from thresher.stores.pool import reopen_pool
+    from thresher.stores.subset import check_subset, subset_digest
+
+    store = open_embedding_store(pool_embeddings)
+    rows = check_subset(subset, store.n_rows, "select_semdedup")
+    n_in = store.n_rows if rows is None else len(rows)
+    selector = SemDeDup(n_clusters=n_clusters, eps=eps, sample_size=sample_size, n_iter=n_iter, block_rows=block_rows, seed=seed)
+    selector.check_rows(n_in)
+    params = {k: v for k, v in selector.get_params().items() if k != "block_rows"}  # block size never changes the result
+    params["subset"] = None if rows is None else {"rows": int(n_in), "hash": subset_digest(rows)}
+    fingerprint = fingerprint_of("semdedup", SEMDEDUP_STAGE_VERSION, params, [store.fingerprint])
+    if not overwrite:
+        try:
+            if read_manifest(out, "curated").get("fingerprint") == fingerprint:
+                return open_curated(out)
+        except ArtifactError:
+            pass  # absent or unfinished: write_curated decides
+    path = str(Path(store.path))
+    config = runtime_config()
+    assign_rows = block_rows or config.block_rows
+
+    def run(dask: Any) -> Any:
+        retried = TaskRetries(dask)
+        sample, kmeans_seed = selector.draw_sample(n_in, as_generator(seed, "SemDeDup"))  # as SemDeDup.select draws it
+        sample_pos = sample if rows is None else rows[sample]
+        centroids = selector.fit_centroids(store.take(sample_pos), kmeans_seed=kmeans_seed, positions=sample_pos)
+
+        bounds = store.shard_offsets
+        shard_rows = [None if rows is None else rows[np.searchsorted(rows, bounds[i]):np.searchsorted(rows, bounds[i + 1])]
+                      for i in range(store.n_shards)]
+        args = [(path, i, r, assign_rows) for i, r in enumerate(shard_rows) if r is None or len(r)]
+        parts = _run_tasks(dask, _assign_shard, args, {"selector": selector, "centroids": centroids}, retried)
+        positions = np.concatenate([p for p, _, _ in parts])
+        cluster = np.concatenate([c for _, c, _ in parts])
+        cos = np.concatenate([s for _, _, s in parts])
+        del parts
+
+        order = np.lexsort((positions, cluster))
+        positions, cluster, cos = positions[order], cluster[order], cos[order]
+        cuts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1], True])
+        groups = [(int(cluster[a]), positions[a:b], cos[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+        del order, positions, cluster, cos
+        packed = pack_clusters([len(g[1]) for g in groups], config.partition_rows)
+        results = _run_tasks(dask, _dedup_clusters, [(path, [groups[j] for j in task]) for task in packed], {"selector": selector}, retried)
+        del groups
+
+        selection = selector.finish([r for task in results for r in task], lambda p: ids_at(store, p), n_rows=n_in,
+                                    centroids=centroids, sample_size=len(sample))
+        del results
+        pool = reopen_pool(store.manifest["pool"])
+        removed = selection.removed
+        removed_table = pa.table({
+            "id": _id_array(removed.ids, pool.id_type),
+            "duplicate_of": _id_array(removed.duplicate_of, pool.id_type),
+            "similarity": pa.array(removed.similarity, type=pa.float64()),
+            "max_similarity": pa.array(removed.max_similarity, type=pa.float64()),
+            "cluster": pa.array(removed.cluster, type=pa.int64()),
+        })
+        columns = {
+            "cluster": pa.array(selection.columns["cluster"], type=pa.int64()),
+            "centroid_distance": pa.array(selection.columns["centroid_distance"], type=pa.float64()),
+            "max_similarity": _nullable(selection.columns["max_similarity"]),
+        }
+        return write_curated(
+            out, pool=pool, positions=selection.positions, columns=columns, expected_ids=selection.ids, selector=selector.name,
+            params=params, fingerprint=fingerprint, seed=seed, inputs={"pool_embeddings": store.fingerprint},
+            summary=selection.summary, overwrite=overwrite, map_fn=dask_map(dask, retried=retried) if dask is not None else map,
+            job=retried, attachments={REMOVED_FILE: removed_table},
+        )
+
+    return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
+
+
+def read_removed(path: str | Path, *, verify: bool = True) -> pa.Table:
+    """The ``removed.arrow`` table of a finished semdedup directory; ``verify`` checks it against the manifest's checksum."""
+    from thresher.exceptions import ArtifactError
+    from thresher.fingerprint import hash_file
+    from thresher.stores.arrow_io import read_stream_shard
+    from thresher.stores.manifest import read_manifest
+
+    path = Path(path)
+    manifest = read_manifest(path, "curated")
+    entry = next((a for a in manifest.get("attachments", []) if a["file"] == REMOVED_FILE), None)
+    if manifest.get("selector") != "semdedup" or entry is None:
+        raise ArtifactError(f"{path} is not a semdedup output: its manifest lists no {REMOVED_FILE}.")
+    file = path / REMOVED_FILE
+    if verify and file.is_file():
+        algo, _, expected = entry["checksum"].partition(":")
+        if hash_file(file) != expected:
+            raise ArtifactError(f"{file} is corrupt or truncated: its {algo} checksum differs from the manifest's.")
+    table = read_stream_shard(file)
+    if table.num_rows != entry["rows"]:
+        raise ArtifactError(f"{file} has {table.num_rows} rows; the manifest says {entry['rows']}.")
+    return table

@@ -1,0 +1,443 @@
+"""SemDeDup: semantic deduplication by clustering (Abbas et al. 2023, arXiv 2303.09540), as NeMo Curator runs it.
+
+Definition, for vectors x (any norm; cosines are taken):
+
+1. Spherical k-means (FAISS, seeded, fitted on a sample of the pool) gives
+   ``n_clusters`` unit centroids c_k. Each row joins the centroid of largest
+   cosine (ties: lower cluster index); its ``centroid_distance`` is
+   1 - cos(x, c).
+2. Inside a cluster, rows are ordered by distance to the centroid, farthest
+   first (cosine ascending; ties: lower pool position first).
+3. A row is removed iff its largest cosine to any *earlier* row of that order
+   is >= 1 - eps. "Any earlier row" means every earlier row, kept or removed:
+   the upper-triangular column maximum of the cluster's similarity matrix,
+   as the SemDeDup reference code and NeMo Curator compute it. The first row
+   of each order is always kept. So the decision of a row never depends on
+   other decisions, and a chain a ~ b ~ c can remove both b and c even when
+   cos(a, c) < 1 - eps.
+4. Every removed row names the row it duplicates (``duplicate_of``): the
+   earlier *kept* row of that order with the largest cosine to it (ties: the
+   earliest in the order), and ``similarity`` is that cosine. It is always a
+   kept row (the first row of the order is kept). Its similarity is >= 1 - eps
+   unless the row's near-duplicates at the threshold were all themselves
+   removed (a chain); ``max_similarity`` keeps the decision's value, the
+   largest cosine to any earlier row, which is always >= 1 - eps for a
+   removed row.
+
+Exactness. Similarities are first computed in float32 with a BLAS matrix
+product of one block of a cluster against the cluster's earlier rows (never
+more than block x cluster), whose result depends on block shape and threads.
+Every maximum of record (cluster assignment, the decision's maximum, the
+representative) is then re-computed in float64 with a fixed summation order
+(cos = x.y / sqrt(|x|^2 |y|^2) on the stored vectors, so two identical
+vectors have cosine exactly 1 and eps = 0 removes exact copies) over the
+candidates whose float32 value lies within 2 delta of the float32
+maximum (delta a bound on the float32 error); the true maximum, and all rows
+tied with it, are always among them. So every decision, tie-break and
+reported number equals the float64 definition and is the same for any block
+size, number of partitions or workers. The k-means fit itself is one FAISS
+call on one machine (the driver); its centroids are deterministic for a given
+seed, sample and machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from thresher.exceptions import InputDataError, ParameterError, parameter_error
+from thresher.selectors._base import BaseSelector, PoolLike, Selection
+from thresher.selectors.rds import exact_dot_rows
+
+#: bytes of float32 similarities (block rows x cluster rows) held at once when the block size is automatic
+SCORE_BLOCK_BYTES = 32 << 20
+#: candidate pairs re-scored in float64 at once (bounds the gathered (pairs, dim) copies)
+PAIR_CHUNK = 16_384
+#: rows converted to float64 at once
+ROW_CHUNK = 8_192
+#: k-means training rows per centroid when ``sample_size`` is not given (FAISS's own default cap)
+SAMPLE_PER_CLUSTER = 256
+_OWNER = "SemDeDup"
+
+
+def float32_error_bound(dim: int) -> float:
+    """delta: a bound on |float32 dot of unit vectors rounded to float32 - float64 dot| for width ``dim``.
+
+    Rounding each unit vector to float32 moves their dot product by at most
+    (2 + u) u; a length-``dim`` float32 sum adds at most ``dim`` u (u = 2^-24);
+    doubled for safety.
+    """
+    return float(2 * (dim + 4) * 2.0**-24)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Vectors of record as given (``x``, float32 or float64), their float64 squared norms (``sq``) and
+    float32 unit rows (``unit32``). Float64 copies are only made a chunk at a time."""
+
+    x: np.ndarray
+    sq: np.ndarray
+    unit32: np.ndarray
+
+    @classmethod
+    def of(cls, vectors: np.ndarray, *, what: str = "the pool", positions: np.ndarray | None = None) -> Rows:
+        """Refuses a non-finite or zero row, naming its position."""
+        x = np.asarray(vectors)
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float32)  # float16 and the like: exact
+        sq = np.empty(len(x))
+        unit32 = np.empty(x.shape, dtype=np.float32)
+        for lo in range(0, len(x), ROW_CHUNK):
+            x64 = x[lo : lo + ROW_CHUNK].astype(np.float64)
+            sq[lo : lo + ROW_CHUNK] = exact_dot_rows(x64, x64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                unit32[lo : lo + ROW_CHUNK] = x64 / np.sqrt(sq[lo : lo + ROW_CHUNK])[:, None]
+        bad = ~np.isfinite(sq) | (sq == 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            where = row if positions is None else int(positions[row])
+            kind = "a zero vector" if np.isfinite(sq[row]) else "not finite (NaN or inf)"
+            raise InputDataError(f"Row {where} of {what} is {kind}: cosine similarity is undefined for it.")
+        return cls(x, sq, unit32)
+
+    def __len__(self) -> int:
+        return len(self.sq)
+
+    def __getitem__(self, index: Any) -> Rows:
+        return Rows(self.x[index], self.sq[index], self.unit32[index])
+
+
+def exact_cosines(q: Rows, r: Rows, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """cos(q[rows[i]], r[cols[i]]) = (q . r) / sqrt(|q|^2 |r|^2) in float64, fixed summation order, in chunks.
+
+    Symmetric, and exactly 1 for two identical vectors (sqrt(d * d) == d in IEEE arithmetic).
+    """
+    out = np.empty(len(rows))
+    for lo in range(0, len(rows), PAIR_CHUNK):
+        a, b = rows[lo : lo + PAIR_CHUNK], cols[lo : lo + PAIR_CHUNK]
+        dot = exact_dot_rows(q.x[a].astype(np.float64), r.x[b].astype(np.float64))
+        out[lo : lo + PAIR_CHUNK] = dot / np.sqrt(q.sq[a] * r.sq[b])
+    return out
+
+
+def exact_max(s32: np.ndarray, q: Rows, r: Rows, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 maximum and argmax of cos(q[i], r[j]) over the columns j that ``s32`` does not mask.
+
+    Parameters
+    ----------
+    s32 : ndarray of float32, shape (n_queries, n_refs)
+        Float32 approximations of the cosines (``q.unit32 @ r.unit32.T``),
+        within ``delta`` of the exact ones; -inf marks a pair that does not take part.
+    q, r : Rows
+        Query and reference rows of record.
+
+    Returns
+    -------
+    best : ndarray of float64, shape (n_queries,)
+        -inf for a query without any pair.
+    arg : ndarray of int64, shape (n_queries,)
+        Column of the maximum (the lowest one on ties); -1 without any pair.
+    """
+    n = s32.shape[0]
+    best = np.full(n, -np.inf)
+    arg = np.full(n, -1, dtype=np.int64)
+    if n == 0 or s32.shape[1] == 0:
+        return best, arg
+    approx = s32.max(axis=1)
+    if not (approx > -np.inf).any():
+        return best, arg
+    floor = np.where(approx > -np.inf, approx - np.float32(2 * delta), np.float32(np.inf))
+    rows, cols = np.nonzero(s32 >= floor[:, None])
+    exact = exact_cosines(q, r, rows, cols)
+    order = np.lexsort((cols, -exact, rows))  # per query: largest value first, then lowest column
+    rows, cols, exact = rows[order], cols[order], exact[order]
+    first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    best[rows[first]] = exact[first]
+    arg[rows[first]] = cols[first]
+    return best, arg
+
+
+def sample_positions(n_rows: int, sample_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted row offsets of the k-means training sample: every row, or ``sample_size`` drawn without replacement."""
+    if sample_size >= n_rows:
+        return np.arange(n_rows, dtype=np.int64)
+    return np.sort(rng.choice(n_rows, size=sample_size, replace=False)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClusterDedup:
+    """One cluster's result, in the cluster's order (farthest from the centroid first).
+
+    ``duplicate_of`` holds pool positions (-1 for kept rows); ``similarity`` is NaN for kept rows;
+    ``max_similarity`` is -inf for the first row.
+    """
+
+    cluster: int
+    positions: np.ndarray
+    centroid_cos: np.ndarray
+    kept: np.ndarray
+    max_similarity: np.ndarray
+    duplicate_of: np.ndarray
+    similarity: np.ndarray
+
+
+@dataclass(frozen=True)
+class RemovedRows:
+    """The removed rows, in pool order: what each duplicates (a kept row), and how similar they are."""
+
+    positions: np.ndarray
+    ids: np.ndarray
+    duplicate_of_positions: np.ndarray
+    duplicate_of: np.ndarray
+    similarity: np.ndarray
+    max_similarity: np.ndarray
+    cluster: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+@dataclass(frozen=True)
+class SemDeDupSelection(Selection):
+    """The kept rows (in pool order, with ``cluster``, ``centroid_distance`` and ``max_similarity``, the largest
+    cosine to an earlier row of the cluster's order, NaN for a cluster's first row), plus :attr:`removed` and the
+    fitted :attr:`centroids` (FAISS's, float32 (n_clusters, dim))."""
+
+    removed: RemovedRows | None = None
+    centroids: np.ndarray | None = field(default=None, repr=False)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+class SemDeDup(BaseSelector):
+    """Semantic deduplication: k-means, then within each cluster drop rows too close to an earlier one (Abbas et al. 2023).
+
+    Parameters
+    ----------
+    n_clusters : int, default 1000
+        k of the k-means; at most the number of rows (and of the training sample).
+    eps : float in [0, 1), default 0.01
+        A row is removed when its cosine to an earlier row of its cluster's order is >= 1 - eps.
+    sample_size : int or None, default None
+        Rows the k-means is fitted on, drawn uniformly without replacement with
+        ``seed`` (default: min(rows, 256 x n_clusters); all rows when larger).
+    n_iter : int, default 25
+        k-means iterations.
+    block_rows : int or None
+        Rows of a cluster compared at once against its earlier rows (default:
+        sized so a block's float32 similarities take 32 MiB).
+    seed : int, default 0
+        Drives the sample and the k-means initialisation.
+
+    Examples
+    --------
+    >>> sel = SemDeDup(n_clusters=100, eps=0.05).select(x)        # doctest: +SKIP
+    >>> sel.positions, sel.removed.duplicate_of, sel.removed.similarity   # doctest: +SKIP
+    """
+
+    name = "semdedup"
+
+    def __init__(self, *, n_clusters: int = 1000, eps: float = 0.01, sample_size: int | None = None, n_iter: int = 25,
+                 block_rows: int | None = None, seed: int = 0):
+        self.n_clusters = n_clusters
+        self.eps = eps
+        self.sample_size = sample_size
+        self.n_iter = n_iter
+        self.block_rows = block_rows
+        self.seed = seed
+
+    def _validate_params(self) -> None:
+        if not _is_int(self.n_clusters) or self.n_clusters < 1:
+            raise parameter_error(_OWNER, "n_clusters", "an int >= 1", self.n_clusters)
+        eps = self.eps
+        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)) or not 0 <= eps < 1:
+            raise parameter_error(_OWNER, "eps", "a float in [0, 1)", eps)
+        if self.sample_size is not None and (not _is_int(self.sample_size) or self.sample_size < 1):
+            raise parameter_error(_OWNER, "sample_size", "None or an int >= 1", self.sample_size)
+        if not _is_int(self.n_iter) or self.n_iter < 1:
+            raise parameter_error(_OWNER, "n_iter", "an int >= 1", self.n_iter)
+        if self.block_rows is not None and (not _is_int(self.block_rows) or self.block_rows < 1):
+            raise parameter_error(_OWNER, "block_rows", "None or an int >= 1", self.block_rows)
+
+    @property
+    def threshold(self) -> float:
+        """1 - eps: a cosine at or above it to an earlier row removes a row."""
+        return 1.0 - float(self.eps)
+
+    def check_rows(self, n_rows: int) -> int:
+        """Validate ``n_clusters`` against ``n_rows`` and return the sample size to fit on."""
+        self._validate_params()
+        if self.n_clusters > n_rows:
+            raise ParameterError(f"The 'n_clusters' parameter of {_OWNER} is {self.n_clusters} but there are only {n_rows} rows; "
+                                 "it must be <= the number of rows.")
+        size = min(n_rows, self.sample_size if self.sample_size is not None else SAMPLE_PER_CLUSTER * self.n_clusters)
+        if size < self.n_clusters:
+            raise ParameterError(f"The 'sample_size' parameter of {_OWNER} is {self.sample_size}, fewer than n_clusters={self.n_clusters}: "
+                                 "k-means needs at least one row per centroid.")
+        return size
+
+    def draw_sample(self, n_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """(sorted row offsets of the training sample, the k-means seed), both from ``rng``."""
+        size = self.check_rows(n_rows)
+        kmeans_seed = int(rng.integers(0, 2**31 - 1))
+        return sample_positions(n_rows, size, rng), kmeans_seed
+
+    def fit_centroids(self, sample: np.ndarray, *, kmeans_seed: int, positions: np.ndarray | None = None) -> np.ndarray:
+        """Spherical k-means on the (normalised) sample with FAISS; returns the centroids, float32 (n_clusters, dim)."""
+        import faiss
+
+        rows = Rows.of(sample, positions=positions)
+        m, dim = rows.x.shape
+        if m < self.n_clusters:
+            raise ParameterError(f"{_OWNER} cannot fit {self.n_clusters} clusters on a sample of {m} rows.")
+        km = faiss.Kmeans(dim, int(self.n_clusters), niter=int(self.n_iter), seed=int(kmeans_seed), spherical=True, verbose=False,
+                          max_points_per_centroid=max(1, m), min_points_per_centroid=1)
+        km.train(np.ascontiguousarray(rows.unit32))
+        Rows.of(km.centroids, what="the k-means centroids")
+        return np.asarray(km.centroids, dtype=np.float32)
+
+    def assign(self, vectors: np.ndarray, centroids: np.ndarray, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroid by cosine (ties: lower index) and that cosine, exact in float64.
+
+        Returns (cluster int64 (n,), cosine float64 (n,)).
+        """
+        x = Rows.of(vectors, positions=positions)
+        c = Rows.of(centroids, what="the k-means centroids")
+        cos, cluster = exact_max(x.unit32 @ c.unit32.T, x, c, float32_error_bound(x.x.shape[1]))
+        return cluster, cos
+
+    def dedup_cluster(self, cluster: int, vectors: np.ndarray, positions: np.ndarray, centroid_cos: np.ndarray) -> ClusterDedup:
+        """The SemDeDup decisions inside one cluster (module docstring, steps 2-4), blocked.
+
+        Parameters
+        ----------
+        vectors : ndarray of shape (n, dim)
+            The cluster's rows, in any order, aligned with ``positions`` and ``centroid_cos``.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        order = np.lexsort((positions, centroid_cos))  # cosine ascending = farthest first; ties: lower position
+        positions, centroid_cos = positions[order], np.asarray(centroid_cos, dtype=np.float64)[order]
+        x = Rows.of(np.asarray(vectors)[order], positions=positions)
+        x32 = x.unit32
+        n = len(positions)
+        delta = float32_error_bound(x.x.shape[1])
+        kept = np.zeros(n, dtype=bool)
+        max_sim = np.full(n, -np.inf)
+        duplicate_of = np.full(n, -1, dtype=np.int64)
+        similarity = np.full(n, np.nan)
+        block = self.block_rows or max(1, min(n, SCORE_BLOCK_BYTES // (4 * max(1, n))))
+        for a in range(0, n, block):
+            b = min(a + block, n)
+            s32 = x32[a:b] @ x32[:b].T  # this block against every earlier row (and itself)
+            np.copyto(s32[:, a:], -np.inf, where=~np.tri(b - a, k=-1, dtype=bool))  # only rows earlier in the order
+            best, _ = exact_max(s32, x[a:b], x[:b], delta)
+            max_sim[a:b] = best
+            kept[a:b] = ~(best >= self.threshold)
+            removed = np.flatnonzero(~kept[a:b])
+            if len(removed):
+                sub = s32[removed]
+                sub[:, ~kept[:b]] = -np.inf  # the representative is an earlier kept row
+                value, arg = exact_max(sub, x[a + removed], x[:b], delta)
+                duplicate_of[a + removed] = positions[arg]
+                similarity[a + removed] = value
+        return ClusterDedup(int(cluster), positions, centroid_cos, kept, max_sim, duplicate_of, similarity)
+
+    def finish(self, parts: Sequence[ClusterDedup], ids_at: Callable[[np.ndarray], np.ndarray], *, n_rows: int,
+               centroids: np.ndarray, sample_size: int) -> SemDeDupSelection:
+        """Gather the clusters' results: kept rows and removed rows, each in pool order, and the counts."""
+        parts = sorted(parts, key=lambda p: p.cluster)
+
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        positions, kept, cos = cat("positions"), cat("kept"), cat("centroid_cos")
+        max_sim, dup, sim = cat("max_similarity"), cat("duplicate_of"), cat("similarity")
+        cluster = np.concatenate([np.full(len(p.positions), p.cluster, dtype=np.int64) for p in parts])
+        if len(positions) != n_rows or len(np.unique(positions)) != n_rows:
+            raise ValueError(f"{_OWNER} got results for {len(positions)} rows ({len(np.unique(positions))} distinct) of {n_rows}")
+        k = np.flatnonzero(kept)
+        k = k[np.argsort(positions[k], kind="stable")]
+        r = np.flatnonzero(~kept)
+        r = r[np.argsort(positions[r], kind="stable")]
+        kept_max = max_sim[k].copy()
+        kept_max[~np.isfinite(kept_max)] = np.nan  # a cluster's first row has no earlier row
+        removed = RemovedRows(
+            positions=positions[r], ids=ids_at(positions[r]), duplicate_of_positions=dup[r], duplicate_of=ids_at(dup[r]),
+            similarity=sim[r], max_similarity=max_sim[r], cluster=cluster[r],
+        )
+        sizes = np.bincount(cluster, minlength=int(self.n_clusters))
+        summary = {
+            "rows_in": int(n_rows),
+            "kept": int(len(k)),
+            "removed": int(len(r)),
+            "clusters": int(self.n_clusters),
+            "clusters_nonempty": int((sizes > 0).sum()),
+            "largest_cluster": int(sizes.max()) if len(sizes) else 0,
+            "eps": float(self.eps),
+            "threshold": self.threshold,
+            "sample_size": int(sample_size),
+            "removed_with_similarity_below_threshold": int((sim[r] < self.threshold).sum()),
+        }
+        return SemDeDupSelection(
+            positions=positions[k],
+            ids=ids_at(positions[k]),
+            selector=self.name,
+            params=self.get_params(),
+            columns={"cluster": cluster[k], "centroid_distance": 1.0 - cos[k], "max_similarity": kept_max},
+            seed=self.seed,
+            summary=summary,
+            removed=removed,
+            centroids=centroids,
+        )
+
+    def select(self, pool: Any, *, budget: int | float = 1.0, **inputs: Any) -> SemDeDupSelection:
+        """Deduplicate ``pool`` (array (n_rows, dim) or embedding store); ``budget`` must be 1.0 (eps decides the count)."""
+        return super().select(pool, budget=budget, **inputs)
+
+    def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator) -> SemDeDupSelection:
+        if budget != pool.n_rows:
+            raise parameter_error(_OWNER, "budget", "1.0 (SemDeDup keeps what eps leaves; lower eps to keep more)", budget)
+        sample, kmeans_seed = self.draw_sample(pool.n_rows, rng)
+        centroids = self.fit_centroids(pool.take(sample), kmeans_seed=kmeans_seed, positions=sample)
+        cluster = np.empty(pool.n_rows, dtype=np.int64)
+        cos = np.empty(pool.n_rows)
+        for block in pool.iter_blocks(self.block_rows or 65_536):
+            positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
+            cluster[positions], cos[positions] = self.assign(block.vectors, centroids, positions)
+        parts = [self.dedup_cluster(c, pool.take(p), p, cos[p]) for c, p in group_by_cluster(cluster)]
+        all_ids = pool.ids()
+        return self.finish(parts, lambda p: all_ids[p], n_rows=pool.n_rows, centroids=centroids, sample_size=len(sample))
+
+
+def group_by_cluster(cluster: np.ndarray, positions: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
+    """(cluster, its positions in ascending order) for every non-empty cluster, by cluster index."""
+    positions = np.arange(len(cluster), dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
+    order = np.lexsort((positions, cluster))
+    cluster, positions = cluster[order], positions[order]
+    cuts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1], True])
+    return [(int(cluster[a]), positions[a:b]) for a, b in zip(cuts[:-1], cuts[1:])] if len(cluster) else []
+
+
+def pack_clusters(sizes: Sequence[int], target_rows: int) -> list[list[int]]:
+    """Consecutive cluster indices (into ``sizes``) packed into tasks of about ``target_rows`` rows; a large cluster is alone."""
+    tasks: list[list[int]] = []
+    current: list[int] = []
+    rows = 0
+    for i, size in enumerate(sizes):
+        if current and rows + size > target_rows:
+            tasks.append(current)
+            current, rows = [], 0
+        current.append(i)
+        rows += size
+    if current:
+        tasks.append(current)
+    return tasks
+
+
+__all__ = ["ClusterDedup", "RemovedRows", "Rows", "SemDeDup", "SemDeDupSelection", "exact_cosines", "exact_max", "float32_error_bound",
+           "group_by_cluster", "pack_clusters", "sample_positions"]
