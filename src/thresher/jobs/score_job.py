@@ -15,11 +15,22 @@ from typing import Any
 import numpy as np
 
 
-def _score_shard(store_path: str, shard: int, selector: Any, scorer: Any, k: int, block_rows: int, exclude: np.ndarray | None) -> tuple[Any, dict[str, int]]:
+def _score_shard(store_path: str, shard: int, selector: Any, scorer: Any, k: int, block_rows: int, exclude: np.ndarray | None,
+                 rows: tuple[int, np.ndarray] | None = None) -> tuple[Any, dict[str, int]]:
+    """Score one shard; with ``rows`` = (first subset position, the shard's subset rows), those rows only, numbered within the subset."""
     from thresher.stores.embedding_store import open_embedding_store
 
     store = open_embedding_store(store_path)
-    return selector.score_partition(store.iter_shard_blocks(shard, block_rows), scorer, k, store.take, exclude)
+    if rows is None:
+        return selector.score_partition(store.iter_shard_blocks(shard, block_rows), scorer, k, store.take, exclude)
+    from thresher.stores.subset import iter_subset_shard_blocks
+
+    start, positions = rows
+
+    def take(local: np.ndarray) -> np.ndarray:
+        return store.take(positions[np.asarray(local, dtype=np.int64) - start])
+
+    return selector.score_partition(iter_subset_shard_blocks(store, positions, start, shard, block_rows), scorer, k, take, exclude)
 
 
 def _merge(a: tuple[Any, dict[str, int]], b: tuple[Any, dict[str, int]]) -> tuple[Any, dict[str, int]]:
@@ -27,27 +38,47 @@ def _merge(a: tuple[Any, dict[str, int]], b: tuple[Any, dict[str, int]]) -> tupl
 
 
 def score_store(store: Any, selector: Any, scorer: Any, k: int, *, client: Any | None, exclude: np.ndarray | None = None,
-                block_rows: int | None = None, retries: int = 2) -> tuple[Any, dict[str, int]]:
+                subset: np.ndarray | None = None, block_rows: int | None = None, retries: int = 2,
+                retried: Any = None) -> tuple[Any, dict[str, int]]:
     """Run ``selector.score_partition`` over every shard of ``store`` and merge the partial results.
 
     With ``client=None`` the shards are scored one after another in this
     process; the merged result is the same either way (merging is exact and
     order-independent).
+
+    With ``subset`` (sorted unique store positions), only those rows are scored,
+    as if they were the whole store: positions in the result and in ``exclude``
+    are positions within the subset, and shards holding none of its rows are
+    skipped. Each task receives only its shard's share of the subset.
+
+    ``retried`` (a :class:`thresher.jobs.cluster.TaskRetries`) records the Dask
+    tasks, to count those re-run after a worker died.
     """
     block_rows = block_rows or scorer.default_block_rows()
     path = str(Path(store.path))
+    tasks: list[tuple[int, tuple[int, np.ndarray] | None]] = [(i, None) for i in range(store.n_shards)]
+    if subset is not None:
+        from thresher.stores.subset import shard_range
+
+        ranges = [(i, shard_range(subset, store, i)) for i in range(store.n_shards)]
+        tasks = [(i, (lo, subset[lo:hi])) for i, (lo, hi) in ranges if hi > lo]
     if client is None:
-        parts = [_score_shard(path, i, selector, scorer, k, block_rows, exclude) for i in range(store.n_shards)]
+        parts = [_score_shard(path, i, selector, scorer, k, block_rows, exclude, rows) for i, rows in tasks]
         result = parts[0]
         for part in parts[1:]:
             result = _merge(result, part)
         return result
     scorer_f, selector_f = client.scatter([scorer, selector], broadcast=True)
     exclude_f = client.scatter(exclude, broadcast=True) if exclude is not None else None
-    futures = [client.submit(_score_shard, path, i, selector_f, scorer_f, k, block_rows, exclude_f, retries=retries, pure=False)
-               for i in range(store.n_shards)]
+    rows_f = client.scatter([rows for _, rows in tasks]) if subset is not None else [None] * len(tasks)
+    futures = [client.submit(_score_shard, path, i, selector_f, scorer_f, k, block_rows, exclude_f, r, retries=retries, pure=False)
+               for (i, _), r in zip(tasks, rows_f)]
+    if retried is not None:
+        retried.track(futures)
     while len(futures) > 1:
         paired = [client.submit(_merge, a, b, retries=retries, pure=False) for a, b in zip(futures[0::2], futures[1::2])]
+        if retried is not None:
+            retried.track(paired)
         if len(futures) % 2:
             paired.append(futures[-1])
         futures = paired
