@@ -1,0 +1,10 @@
+"""The static HTML report of a run or an artefact (``thresher report``).
+
+``gather`` reads what the page shows from artefacts (streaming, sampled),
+``plots`` draws the figures, ``render`` writes the self-contained page.
+"""
+
+from thresher.report.gather import ReportData, gather_report
+from thresher.report.render import SECTIONS, render_html, write_report
+
+__all__ = ["SECTIONS", "ReportData", "gather_report", "render_html", "write_report"]
