@@ -1,0 +1,201 @@
+"""An existing Dask cluster (scheduler and workers started as separate processes), worker resources, and SLURM configs.
+
+The scheduler and two workers are started with the ``dask`` command line, as an
+operator would on a cluster; the ``thresher`` command connects to them with
+``--scheduler`` and must give what the in-process run gives. One worker
+declares ``GPU=1``: embedding tasks submitted with ``--worker-resources GPU=1``
+must all run there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from distributed import Client, get_task_stream
+
+import thresher
+from thresher.exceptions import ParameterError
+from thresher.jobs.cluster import make_slurm_cluster
+from thresher.pipeline.select import select_rds
+
+TEXT = "{instruction}\n\n{response}"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _dask(*args: str, log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=out, stderr=subprocess.STDOUT, env=ENV)
+
+
+def _wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _stop(processes: list[subprocess.Popen]) -> list[int]:
+    """Stop the processes we started (workers first) and every process they started; return all their pids."""
+    family = []
+    for p in processes:
+        try:
+            family += [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family.append(p.pid)
+    for p in processes:
+        p.terminate()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=30)
+    for pid in family:  # a worker process its nanny failed to stop
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+    return family
+
+
+@pytest.fixture(scope="module")
+def external_cluster(tmp_path_factory):
+    """``dask scheduler`` on a free port and two ``dask worker`` processes, one declaring GPU=1."""
+    tmp = tmp_path_factory.mktemp("external")
+    scheduler_file = tmp / "scheduler.json"
+    processes = [_dask("scheduler", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file), log=tmp / "scheduler.log")]
+    try:
+        _wait_for(lambda: scheduler_file.is_file() and scheduler_file.stat().st_size > 0, "the scheduler file")
+        address = json.loads(scheduler_file.read_text())["address"]
+        common = ("--scheduler-file", str(scheduler_file), "--nthreads", "1", "--no-dashboard", "--memory-limit", "0")
+        processes.append(_dask("worker", *common, "--name", "plain", log=tmp / "plain.log"))
+        processes.append(_dask("worker", *common, "--name", "gpu", "--resources", "GPU=1", log=tmp / "gpu.log"))
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            by_name = {w["name"]: a for a, w in workers.items()}
+            yield {"address": address, "client": client, "plain": by_name["plain"], "gpu": by_name["gpu"], "tmp": tmp}
+    finally:
+        pids = _stop(processes[::-1])
+        leaked = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        assert not leaked, f"processes left running: {leaked}"
+
+
+def _write_pool(path: Path, n: int) -> Path:
+    from thresher.data import read_demo_pool
+
+    rows = []
+    for row in read_demo_pool(n):
+        turns = [m["content"] for m in row["messages"]]
+        rows.append({"uid": row["id"], "instruction": turns[0], "response": " ".join(turns[1:]) or turns[0]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _thresher(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "thresher", *args], capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A 60-row pool and its store embedded in this process: what the cluster runs must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    pool = _write_pool(tmp / "pool.jsonl", 60)
+    store = thresher.embed(str(pool), tmp / "emb", text=TEXT, id_column="uid", partition_rows=15, max_length=64, local=True, progress=False)
+    return pool, store
+
+
+EMBED_ARGS = ("--text", TEXT, "--id-column", "uid", "--partition-rows", "15", "--max-length", "64", "--quiet")
+
+
+def test_cli_embed_and_rds_on_an_existing_scheduler_equal_the_in_process_run(external_cluster, reference):
+    pool, local_store = reference
+    tmp, address, client = external_cluster["tmp"], external_cluster["address"], external_cluster["client"]
+    with get_task_stream(client=client) as stream:
+        out = _thresher("embed", "--pool", str(pool), "--out", str(tmp / "emb"), "--scheduler", address, *EMBED_ARGS)
+    assert "embedded 60 rows" in out
+    store = thresher.open_embedding_store(tmp / "emb")
+    assert store.ids().tolist() == local_store.ids().tolist()
+    np.testing.assert_allclose(store.take(np.arange(60)), local_store.take(np.arange(60)), atol=1e-5)
+    assert store.fingerprint == local_store.fingerprint
+    ran_on = {t["worker"] for t in stream.data if t["key"].startswith("embed-")}
+    assert len([t for t in stream.data if t["key"].startswith("embed-")]) == 4
+    assert ran_on <= {external_cluster["plain"], external_cluster["gpu"]}
+
+    targets = tmp / "targets.jsonl"
+    rows = [json.loads(line) for line in pool.read_text().splitlines()]
+    targets.write_text("".join(json.dumps({**r, "uid": f"t{i}"}) + "\n" for i, r in enumerate(rows[5:8])))
+    out = _thresher("select", "rds", "--pool-embeddings", str(tmp / "emb"), "--targets", f"near={targets}", "--budget", "12",
+                    "--out", str(tmp / "rds"), "--scheduler", address, "--quiet")
+    assert "selected 12 of 60 rows" in out
+    on_cluster = thresher.open_curated(tmp / "rds").to_table()
+    in_process = select_rds(local_store.path, {"near": str(targets)}, tmp / "rds-local", budget=12, local=True, progress=False).to_table()
+    assert on_cluster.column("id").to_pylist() == in_process.column("id").to_pylist()
+    np.testing.assert_allclose(on_cluster.column("score").to_numpy(), in_process.column("score").to_numpy(), atol=1e-6)
+    # the target rows themselves are in the pool: each is its own nearest neighbour (cosine 1), so they come first
+    assert set(on_cluster.column("id").to_pylist()[:3]) == {r["uid"] for r in rows[5:8]}
+
+
+def test_embed_tasks_needing_a_gpu_run_only_on_the_worker_declaring_one(external_cluster, reference):
+    pool, local_store = reference
+    tmp, address, client = external_cluster["tmp"], external_cluster["address"], external_cluster["client"]
+    with get_task_stream(client=client) as stream:
+        _thresher("embed", "--pool", str(pool), "--out", str(tmp / "emb-gpu"), "--scheduler", address, "--worker-resources", "GPU=1", *EMBED_ARGS)
+    embed_tasks = [t for t in stream.data if t["key"].startswith("embed-")]
+    assert len(embed_tasks) == 4 and {t["worker"] for t in embed_tasks} == {external_cluster["gpu"]}
+    np.testing.assert_allclose(thresher.open_embedding_store(tmp / "emb-gpu").take(np.arange(60)), local_store.take(np.arange(60)), atol=1e-5)
+
+    with pytest.raises(ParameterError, match=r"'TPU'.*none of the cluster's 2 workers.*GPU=1"):
+        thresher.embed(str(pool), tmp / "emb-tpu", text=TEXT, id_column="uid", client=client, resources={"TPU": 1}, progress=False)
+    with pytest.raises(ParameterError, match="'resources'"):
+        thresher.embed(str(pool), tmp / "emb-bad", text=TEXT, id_column="uid", client=client, resources={"GPU": 0}, progress=False)
+    assert not (tmp / "emb-tpu").exists()
+
+
+def _documented_slurm_config() -> dict:
+    """The SLURM YAML shown in README's cluster section: the test builds exactly what users are told to write."""
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Running on a cluster") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)]
+    return yaml.safe_load(block)
+
+
+def test_documented_slurm_config_builds_a_cluster_whose_job_script_asks_for_the_gpu(tmp_path):
+    import yaml
+    from dask.utils import format_bytes, parse_bytes
+
+    documented = _documented_slurm_config()
+    assert documented["worker_extra_args"] == ["--resources", "GPU=1"] and documented["job_extra_directives"] == ["--gres=gpu:1"]
+    config = tmp_path / "slurm.yaml"
+    config.write_text(yaml.safe_dump({**documented, "scheduler_options": {"dashboard_address": ":0"}}))  # no fixed port in tests
+    assert shutil.which("sbatch") is None  # no SLURM here: any job submission would fail loudly
+    cluster = make_slurm_cluster(config)
+    try:
+        script = cluster.job_script()
+        cluster.scale(0)
+        assert not cluster.worker_spec and not cluster.workers  # building and scaling to 0 submits nothing
+    finally:
+        cluster.close()
+    memory = parse_bytes(documented["memory"])
+    expected = [f"#SBATCH -p {documented['queue']}", f"#SBATCH -A {documented['account']}", "#SBATCH -n 1",
+                f"#SBATCH --cpus-per-task={documented['cores']}", f"#SBATCH --mem={int(np.ceil(memory / 2**30))}G",
+                f"#SBATCH -t {documented['walltime']}", "#SBATCH --gres=gpu:1"]
+    for line in expected:
+        assert line in script.splitlines(), (line, script)
+    worker_command = script.strip().splitlines()[-1]
+    assert "distributed.cli.dask_worker" in worker_command
+    assert "--resources GPU=1" in worker_command and f"--nthreads {documented['cores']}" in worker_command
+    assert f"--memory-limit {format_bytes(memory).replace(' ', '')}" in worker_command
