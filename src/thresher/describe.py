@@ -132,6 +132,8 @@ def _curated(path: Path, m: dict[str, Any], n_rows: int) -> list[str]:
     ]
     if m.get("summary"):
         lines.append(f"  summary {json.dumps(m['summary'])[:600]}")
+    for attachment in m.get("attachments", []):
+        lines.append(f"  attachment {attachment['file']}: {attachment['rows']} rows ({attachment['checksum']})")
     if shards.n_rows and n_rows:
         table = next(iter(shards.tables())).slice(0, n_rows)
         lines.append("  first rows:")

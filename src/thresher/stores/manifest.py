@@ -133,9 +133,9 @@ def read_manifest(directory: str | Path, kind: ArtifactKind | None = None) -> di
 
 
 def verify_shards(directory: str | Path, manifest: dict[str, Any]) -> None:
-    """Check every shard exists with the recorded checksum; name the first bad one."""
+    """Check every shard (and attached table, e.g. SemDeDup's removed.arrow) exists with the recorded checksum; name the first bad one."""
     directory = Path(directory)
-    for shard in manifest.get("shards", []):
+    for shard in [*manifest.get("shards", []), *manifest.get("attachments", [])]:
         path = directory / shard["file"]
         if not path.is_file():
             raise ArtifactError(f"Shard {path} listed in the manifest is missing.")
