@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import json
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_run_writes_every_step_and_a_run_manifest(first_run, small_pool, dask_cl
     root, spec, result = first_run
     run = read_manifest(root / "run", "run")
     assert [s["name"] for s in run["steps"]] == ["embed", "index", "rds", "balanced", "batches"]
-    assert run["output"] == "steps/04-batches" and set(run["outputs"]) == {"steps/03-balanced", "steps/04-batches"}
+    assert run["output"] == "steps/03-batches" and set(run["outputs"]) == {"steps/02-balanced", "steps/03-batches"}
     assert run["spec"]["pool"]["path"] == str(small_pool)
     store = open_embedding_store(root / "run" / "embeddings")
     assert store.n_rows == N_POOL
@@ -84,15 +85,15 @@ def test_run_writes_every_step_and_a_run_manifest(first_run, small_pool, dask_cl
         p.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows if r["task"] == task), encoding="utf-8")
         targets[task] = p
     alone = select_rds(store.path, targets, root / "alone", budget=160, client=dask_client, progress=False)
-    rds = open_curated(root / "run" / "steps" / "02-rds")
+    rds = open_curated(root / "run" / "steps" / "01-rds")
     assert rds.to_table().column("id").to_pylist() == alone.to_table().column("id").to_pylist()
 
     # the two steps fed by rds see exactly its rows: batches are whole, from rds only; smote's originals are rds rows
     rds_ids = set(rds.to_table().column("id").to_pylist())
-    batches = open_curated(root / "run" / "steps" / "04-batches").to_table()
+    batches = open_curated(root / "run" / "steps" / "03-batches").to_table()
     assert set(batches.column("id").to_pylist()) <= rds_ids
     assert batches.num_rows == 160 // 32 * 32 and len(set(batches.column("id").to_pylist())) == batches.num_rows
-    balanced = open_curated(root / "run" / "steps" / "03-balanced").to_table()
+    balanced = open_curated(root / "run" / "steps" / "02-balanced").to_table()
     synthetic = np.asarray(balanced.column("synthetic").to_pylist(), dtype=bool)
     originals = [i for i, s in zip(balanced.column("id").to_pylist(), synthetic) if not s]
     assert set(originals) <= rds_ids and synthetic.any()
@@ -103,13 +104,13 @@ def test_run_writes_every_step_and_a_run_manifest(first_run, small_pool, dask_cl
 
 def test_every_artefact_records_the_spec_and_its_lineage_back_to_the_pool(first_run, small_pool):
     root, spec, result = first_run
-    manifest = read_manifest(root / "run" / "steps" / "04-batches")
+    manifest = read_manifest(root / "run" / "steps" / "03-batches")
     assert manifest["lineage"]["spec"]["steps"][2]["batch_size"] == 32
-    chain = lineage_chain(root / "run" / "steps" / "04-batches")
+    chain = lineage_chain(root / "run" / "steps" / "03-batches")
     assert [link["step"] for link in chain] == ["batches", "rds", "index", "embed", "pool"]
     assert chain[-1]["path"] and str(small_pool) in chain[-1]["path"]
-    text = describe_artifact(root / "run" / "steps" / "04-batches")
-    assert "lineage" in text and "02-rds" in text and "embeddings" in text
+    text = describe_artifact(root / "run" / "steps" / "03-batches")
+    assert "lineage" in text and "01-rds" in text and "embeddings" in text
     assert "steps:" in describe_artifact(root / "run")
 
 
@@ -130,15 +131,15 @@ def test_changing_a_late_step_reuses_everything_before_it(first_run, dask_client
     root, spec, _ = first_run
     shard = root / "run" / "embeddings" / "part-00000.arrow"
     before = shard.stat().st_mtime_ns
-    rds_before = (root / "run" / "steps" / "02-rds" / "manifest.json").read_bytes()
+    rds_before = (root / "run" / "steps" / "01-rds" / "manifest.json").read_bytes()
 
     plans = run_pipeline(spec, ["batches.seed=7"], out=root / "run", dry_run=True, echo=lambda *_: None)
     assert [p.cached for p in plans] == [True, True, True, True, False]
     result = run_pipeline(spec, ["batches.seed=7"], out=root / "run", client=dask_client, progress=False, echo=lambda *_: None)
     assert [r.cached for r in result.steps] == [True, True, True, True, False]
     assert shard.stat().st_mtime_ns == before
-    assert (root / "run" / "steps" / "02-rds" / "manifest.json").read_bytes() == rds_before
-    assert read_manifest(root / "run" / "steps" / "04-batches")["lineage"]["spec"]["steps"][2]["seed"] == 7
+    assert (root / "run" / "steps" / "01-rds" / "manifest.json").read_bytes() == rds_before
+    assert read_manifest(root / "run" / "steps" / "03-batches")["lineage"]["spec"]["steps"][2]["seed"] == 7
     # a change upstream reruns what depends on it, and only that
     plans = run_pipeline(spec, ["rds.budget=128"], out=root / "run", dry_run=True, echo=lambda *_: None)
     assert [p.cached for p in plans] == [True, True, False, False, False]
@@ -211,3 +212,57 @@ def test_bad_overrides_and_yaml_are_refused(tmp_path, small_pool, minilm_path):
     broken.write_text("pool:\n  path: [a, b\nsteps: []\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["run", str(broken), "--dry-run"])
     assert result.exit_code == 2 and "broken.yaml:" in result.output and "not valid YAML" in result.output
+
+
+def _run_command(spec: Path, out: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "thresher", "run", str(spec), "--out", str(out), "--local", "--quiet"]
+
+
+def test_killed_run_resumes_to_the_same_artefacts(tmp_path, small_pool, minilm_path):
+    import signal
+    import subprocess
+    import time
+
+    spec = _spec(small_pool, minilm_path)
+    spec["pool"]["partition_rows"] = 100
+    spec["steps"] = [spec["steps"][0], {"step": "batches", "batch_size": 32, "community_size": 8, "rank_window": [1, 9]}]
+    spec["steps"][0]["budget"] = 96
+    path = _write(tmp_path / "spec.yaml", spec)
+    env = {**os.environ, "THRESHER_LOCK_TTL": "600"}
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    subprocess.run(_run_command(path, reference), check=True, capture_output=True, timeout=300, env=env)
+
+    proc = subprocess.Popen(_run_command(path, resumed), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    while not list((resumed / "embeddings").glob(".part-*.done.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, as a machine crash would
+    proc.wait()
+    assert not (resumed / "manifest.json").exists(), "the run finished before it could be killed"
+
+    subprocess.run(_run_command(path, resumed), check=True, capture_output=True, timeout=300, env=env)
+    a, b = read_manifest(reference, "run"), read_manifest(resumed, "run")
+    assert [s["fingerprint"] for s in a["steps"]] == [s["fingerprint"] for s in b["steps"]]
+    assert read_manifest(resumed / "embeddings")["n_resumed_partitions"] >= 1
+    for step in a["steps"]:
+        if step["step"] == "index":
+            continue
+        ma, mb = read_manifest(reference / step["dir"]), read_manifest(resumed / step["dir"])
+        assert ma["fingerprint"] == mb["fingerprint"] and ma["shards"] == mb["shards"]  # names, rows, checksums
+        for shard in ma["shards"]:
+            assert (reference / step["dir"] / shard["file"]).read_bytes() == (resumed / step["dir"] / shard["file"]).read_bytes()
+    events = [e["event"] for e in read_events(resumed / "events.jsonl")]
+    assert events.count("run_start") == 2 and events.count("run_end") == 1  # both attempts logged, one finished
+
+
+def test_a_second_run_into_the_same_directory_is_refused(tmp_path, small_pool, minilm_path):
+    from thresher.stores.lock import output_lock
+
+    path = _write(tmp_path / "spec.yaml", _spec(small_pool, minilm_path))
+    (tmp_path / "run").mkdir()
+    with output_lock(tmp_path / "run"):
+        result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "being written by another thresher job" in result.output, result.output
+    assert not (tmp_path / "run" / "embeddings").exists()
