@@ -7,17 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from thresher.data import demo_pool_path
+from thresher.data import read_demo_pool
 
 
 def demo_rows(n: int) -> list[dict]:
-    rows = []
-    with demo_pool_path().open(encoding="utf-8") as f:
-        for line in f:
-            rows.append(json.loads(line))
-            if len(rows) == n:
-                break
-    return rows
+    return read_demo_pool(n)
 
 
 def write_text_pool(path: Path, n: int) -> Path:
@@ -42,3 +36,29 @@ def text_pool(tmp_path) -> Path:
 def make_text_pool():
     """``make_text_pool(path, n)`` writes a pool like :func:`text_pool` of any size."""
     return write_text_pool
+
+
+def write_random_store(pool_path: Path, out: Path, *, partition_rows: int, dim: int = 16, seed: int = 0, id_column: str = "uid"):
+    """An embedding store of seeded random unit vectors for the rows of a real pool, one shard per pool partition (no model: fast)."""
+    import numpy as np
+
+    from thresher.stores import finalize_embedding_store, open_embedding_store, write_embedding_shard
+    from thresher.stores.pool import open_pool
+
+    pool = open_pool(str(pool_path), id_column=id_column, partition_rows=partition_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards = []
+    for i in range(pool.n_partitions):
+        ids = pool.read_partition(i, columns=[]).column("id")
+        x = rng.standard_normal((len(ids), dim)).astype(np.float32)
+        shards.append(write_embedding_shard(out, i, ids, x / np.linalg.norm(x, axis=1, keepdims=True)))
+    finalize_embedding_store(out, shards=shards, fingerprint=f"random-{seed}-{pool.fingerprint}", dim=dim, dtype="float32",
+                             encoder={"normalize": True}, pool=pool.describe())
+    return open_embedding_store(out)
+
+
+@pytest.fixture
+def make_random_store():
+    """``make_random_store(pool_path, out, partition_rows=…)``: see :func:`write_random_store`."""
+    return write_random_store

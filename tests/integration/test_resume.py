@@ -1,4 +1,4 @@
-"""A killed embedding job, rerun, gives the same store as an uninterrupted one."""
+"""A killed job (embedding, RDS selection), rerun, gives the same artefact as an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from thresher.stores import open_embedding_store
+from thresher.stores import open_curated, open_embedding_store
 
 
 def embed_command(pool: Path, out: Path) -> list[str]:
@@ -55,3 +55,38 @@ def test_second_writer_to_the_same_output_is_refused(tmp_path, make_text_pool):
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+def rds_command(store: Path, target: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "thresher", "select", "rds", "--pool-embeddings", str(store), "--targets", f"t={target}",
+            "--budget", "200", "--out", str(out), "--workers", "1", "--quiet"]
+
+
+def without_timestamps(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k != "created_at"}
+
+
+def test_killed_rds_selection_reruns_to_identical_shards_and_manifest(tmp_path, make_text_pool, make_random_store):
+    pool = make_text_pool(tmp_path / "pool.jsonl", 300)
+    store = make_random_store(pool, tmp_path / "emb", partition_rows=5)  # 60 partitions: 60 staging tasks
+    target = make_random_store(pool, tmp_path / "target", partition_rows=100, seed=1)
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    subprocess.run(rds_command(store.path, target.path, reference), check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(rds_command(store.path, target.path, resumed), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(resumed.glob(".staging/stage-*.arrow")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(resumed.glob(".staging/stage-*.arrow")), "the job never staged a partition before being killed"
+    assert not (resumed / "manifest.json").exists(), "the job finished before it could be killed"
+    assert (resumed / ".thresher-lock.json").exists()  # left by the killed driver: the rerun must take it over
+
+    subprocess.run(rds_command(store.path, target.path, resumed), check=True, capture_output=True, timeout=300)
+    a, b = open_curated(reference, verify=True), open_curated(resumed, verify=True)
+    assert without_timestamps(a.manifest) == without_timestamps(b.manifest)
+    assert b.manifest["job"]["tasks"] > 0 and b.manifest["job"]["retries"] == 0
+    for shard in a.manifest["shards"]:
+        assert (reference / shard["file"]).read_bytes() == (resumed / shard["file"]).read_bytes()
+    assert sorted(p.name for p in resumed.iterdir()) == sorted(p.name for p in reference.iterdir())

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,15 +141,18 @@ def cores_per_worker(client: Any) -> dict[str, int]:
     return out
 
 
-def dask_map(client: Any, *, retries: int = 2) -> Any:
+def dask_map(client: Any, *, retries: int = 2, retried: TaskRetries | None = None) -> Any:
     """A ``map``-like function that runs each call as a Dask task and returns results in input order.
 
     Stores take such a function to parallelise per-partition work without
-    knowing about Dask.
+    knowing about Dask. ``retried`` records the tasks, to count those re-run
+    after a worker died.
     """
 
     def run(fn: Any, items: Any) -> list[Any]:
         futures = client.map(fn, list(items), retries=retries, pure=False)
+        if retried is not None:
+            retried.track(futures)
         return client.gather(futures)
 
     return run
@@ -170,3 +174,103 @@ def run_on_cluster(
         return job(client)
     with dask_client(scheduler, workers=workers, slurm=slurm, quiet=quiet) as dask:
         return job(dask)
+
+
+RETRY_FIELDS = ("tasks", "retried_tasks", "retries")
+
+
+class TaskRetries(Mapping[str, int]):
+    """How many of a job's Dask tasks had to run again because a worker died.
+
+    A live mapping ``{"tasks": n, "retried_tasks": r, "retries": total}``:
+    ``tasks`` counts the tasks passed to :meth:`track`, ``retried_tasks`` those
+    the scheduler sent back to run again at least once, ``retries`` the number
+    of such re-runs. Jobs store it in their manifests, so that an artefact
+    made through worker failures says so.
+
+    When a worker is lost, the scheduler re-runs elsewhere the tasks it had
+    assigned to that worker and the finished results it held that are still
+    wanted (the tasks Dask marks *suspicious*, giving up on one after
+    ``distributed.scheduler.allowed-failures`` losses), and announces both
+    lists of keys in one ``remove-worker`` event. A small scheduler plugin
+    (:class:`thresher.jobs.task_losses.TaskLossLedger`), registered once per
+    cluster, counts the keys of those events as they are logged; this object
+    asks it for the counts and keeps those of its tracked keys when read.
+    The scheduler's own event log is not read back instead: it keeps only the
+    last 1,000 events of a topic (one is logged per result fetched) and drops
+    a lost worker's topic an hour later, so a long job would forget its early
+    losses; and a client subscribed to those events loses its connection in
+    this Dask version as soon as data is broadcast (the ``replicate`` event
+    holds objects that cannot be sent). Tasks that fail with an exception and
+    are retried (``retries=``) are not counted: they failed by themselves.
+
+    The plugin must be importable on the scheduler (it is for local and SLURM
+    clusters, whose scheduler runs in this process). Where it is not, the
+    counts read ``-1`` (unknown) rather than a reassuring 0. With
+    ``client=None`` (a job run in this process) every count stays 0. Keys must
+    be unique to a run (Dask's ``pure=False`` keys are).
+    """
+
+    def __init__(self, client: Any | None):
+        self._client = client
+        self._keys: set[Any] = set()
+        self._lock = threading.Lock()
+        self._ledger = _register_ledger(client) if client is not None else False
+
+    def track(self, futures: Any) -> Any:
+        """Record the keys of ``futures`` (one future or an iterable of them) as this job's tasks; returns ``futures``."""
+        items = futures if isinstance(futures, Iterable) else [futures]
+        with self._lock:
+            self._keys.update(f.key for f in items)
+        return futures
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            keys = set(self._keys)
+        if self._client is None:
+            return {"tasks": len(keys), "retried_tasks": 0, "retries": 0}
+        if not self._ledger:
+            return {"tasks": len(keys), "retried_tasks": -1, "retries": -1}
+        lost = self._client.sync(self._client.scheduler.thresher_task_losses)
+        per_task = {k: n for k, n in ((tuple(k) if isinstance(k, list) else k, n) for k, n in lost) if k in keys}  # tuple keys arrive as lists
+        return {"tasks": len(keys), "retried_tasks": len(per_task), "retries": sum(per_task.values())}
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(RETRY_FIELDS)
+
+    def __len__(self) -> int:
+        return len(RETRY_FIELDS)
+
+    def __repr__(self) -> str:
+        return f"TaskRetries({self.counts()})"
+
+
+def counting_retries(job: Any) -> Any:
+    """Wrap ``job(client, retried)`` for :func:`run_on_cluster`: the wrapped job returns ``(result, counts)``.
+
+    ``retried`` is a fresh :class:`TaskRetries` for the job to record its tasks
+    in; ``counts`` is a plain dict of it, read before the cluster closes (a
+    stage whose manifest is written after its Dask work keeps this).
+    """
+
+    def run(client: Any) -> tuple[Any, dict[str, int]]:
+        retried = TaskRetries(client)
+        result = job(client, retried)
+        return result, dict(retried)
+
+    return run
+
+
+def _register_ledger(client: Any) -> bool:
+    """Install the task-loss ledger on the client's scheduler (once); False where the scheduler cannot load it."""
+    from thresher.jobs.task_losses import TaskLossLedger
+
+    try:
+        client.register_plugin(TaskLossLedger())
+    except Exception as exc:  # any failure of the remote import or registration: counts become unknown, the job goes on
+        log.warning("Cannot count task re-runs after lost workers on this scheduler (%s); manifests record -1.", exc)
+        return False
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import xxhash
 
 from thresher.exceptions import InputDataError
 from thresher.fingerprint import fingerprint_of, hash_file
+from thresher.jobs.cluster import TaskRetries
 from thresher.jobs.progress import RowProgress
 from thresher.stores.atomic import atomic_write_json, remove_temporaries
 from thresher.stores.embedding_store import (
@@ -151,6 +153,7 @@ def run_embed_job(
     overwrite: bool = False,
     progress: bool = True,
     retries: int = 2,
+    resources: dict[str, float] | None = None,
 ) -> EmbeddingStore:
     """Embed every partition of ``pool`` into an embedding store at ``out``, resuming an interrupted run.
 
@@ -170,13 +173,14 @@ def run_embed_job(
     todo = [i for i in range(len(pool.partitions)) if i not in records]
     rows_done = sum(r["shard"]["rows"] for r in records.values())
     bar = RowProgress(pool.n_rows, description="embed", enabled=progress, initial=rows_done)
+    retried = TaskRetries(client)
     try:
         if client is None:
             for i in todo:
                 records[i] = embed_partition(pool, i, text, spec, str(out), dtype)
                 bar.advance(records[i]["shard"]["rows"])
         else:
-            records.update(_run_on_dask(client, pool, todo, text, spec, out, dtype, retries, bar, fingerprint))
+            records.update(_run_on_dask(client, pool, todo, text, spec, out, dtype, retries, bar, fingerprint, retried, resources=resources))
     finally:
         bar.close()
 
@@ -192,6 +196,7 @@ def run_embed_job(
         "n_resumed_partitions": len(pool.partitions) - len(todo),
         "encode_seconds": round(sum(r["seconds"] for r in records.values()), 3),
         "wall_seconds": round(bar.seconds, 3),
+        "job": dict(retried),
     }
     finalize_embedding_store(
         out, shards=shards, fingerprint=fingerprint, dim=store_dim, dtype=dtype, encoder=spec.to_dict(), pool=pool.describe(), extra=extra
@@ -201,24 +206,28 @@ def run_embed_job(
     return open_embedding_store(out)
 
 
-def _run_on_dask(client, pool, todo, text, spec, out, dtype, retries, bar, fingerprint) -> dict[int, dict[str, Any]]:
+def _run_on_dask(client, pool, todo, text, spec, out, dtype, retries, bar, fingerprint, retried, resources=None) -> dict[int, dict[str, Any]]:
     from distributed import as_completed
 
     from thresher.jobs.cluster import cores_per_worker
 
     threads = cores_per_worker(client)
     pool_future = client.scatter(pool, broadcast=True)
+    run = uuid.uuid4().hex[:8]  # keys unique to this run: two runs of one store must not share Dask tasks
     futures = {
         client.submit(
-            embed_partition, pool_future, i, text, spec, str(out), dtype, threads, key=f"embed-{fingerprint[:12]}-{i:05d}", retries=retries, pure=False
+            embed_partition, pool_future, i, text, spec, str(out), dtype, threads, key=f"embed-{fingerprint[:12]}-{run}-{i:05d}", retries=retries, pure=False,
+            resources=resources,  # e.g. {"GPU": 1}: only workers declaring it run the task
         ): i
         for i in todo
     }
+    retried.track(futures)
     records = {}
     try:
         for future in as_completed(futures):
             record = future.result()
-            records[futures[future]] = record
+            # released once read, so a worker lost later does not embed this partition again
+            records[futures.pop(future)] = record
             bar.advance(record["shard"]["rows"])
     except BaseException:
         client.cancel(list(futures))
@@ -244,7 +253,8 @@ def _check_unique_ids(out: Path, shards: list[ShardInfo], pool: Any) -> None:
         shard_of = np.searchsorted(np.cumsum([s.rows for s in shards]), position, side="right")
         offset = position - int(sum(s.rows for s in shards[:shard_of]))
         dup_id = read_stream_shard(out / shards[shard_of].file).column("id")[offset].as_py()
+        part = pool.partitions[shard_of]
         raise InputDataError(
-            f"The id {dup_id!r} appears {int(counts.max())} times in the pool {pool.describe().get('sources', '')}: "
-            "ids must be unique (choose another id column, or none for derived ids)."
+            f"The id {dup_id!r} appears {int(counts[np.argmax(counts > 1)])} times in the pool (first in row {part.start + offset} of "
+            f"{part.source or 'the dataset'}): ids must be unique (choose another id column, or none for derived ids)."
         )

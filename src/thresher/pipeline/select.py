@@ -11,9 +11,20 @@ import numpy as np
 RDS_STAGE_VERSION = 1
 
 
-def exact_duplicate_positions(store: Any) -> np.ndarray:
-    """Positions of rows whose embedded text already appeared at a lower position (from ``text_hash``; 8 bytes a row)."""
+def _store_positions(positions: np.ndarray, subset: np.ndarray | None) -> np.ndarray:
+    """A selector's positions (within the subset, when there is one) as store positions."""
+    return positions if subset is None else subset[positions]
+
+
+def exact_duplicate_positions(store: Any, subset: np.ndarray | None = None) -> np.ndarray:
+    """Positions of rows whose embedded text already appeared at a lower position (from ``text_hash``; 8 bytes a row).
+
+    With ``subset`` (sorted store positions), among the subset's rows only, as
+    positions within the subset: a text's first occurrence *in the subset* stays.
+    """
     hashes = np.concatenate([store.shard_column(i, "text_hash") for i in range(store.n_shards)]) if store.n_shards else np.empty(0, np.uint64)
+    if subset is not None:
+        hashes = hashes[subset]
     _, first = np.unique(hashes, return_index=True)
     keep = np.zeros(len(hashes), dtype=bool)
     keep[first] = True
@@ -40,6 +51,7 @@ def select_rds(
     local: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    subset: np.ndarray | None = None,
 ):
     """Select pool rows for target tasks with RDS+ and write them as curated shards.
 
@@ -59,13 +71,17 @@ def select_rds(
         Drop exact-duplicate texts before selection (the first occurrence stays).
     decontaminate : float, optional
         Drop pool rows whose cosine to any target example is at least this.
+    subset : ndarray of int, optional
+        Store positions of the only rows to consider (a pipeline step sees the
+        rows the previous one kept); the result is that of a store holding just
+        those rows. The budget's fraction is of ``len(subset)``.
 
     Returns
     -------
     thresher.stores.CuratedShards
     """
     from thresher.fingerprint import fingerprint_of
-    from thresher.jobs.cluster import dask_map, run_on_cluster
+    from thresher.jobs.cluster import TaskRetries, dask_map, run_on_cluster
     from thresher.jobs.score_job import score_store
     from thresher.pipeline.targets import load_targets
     from thresher.selectors._base import resolve_budget
@@ -73,28 +89,34 @@ def select_rds(
     from thresher.stores.curated import write_curated
     from thresher.stores.embedding_store import open_embedding_store
     from thresher.stores.pool import reopen_pool
+    from thresher.stores.subset import StoreSubset, check_subset, subset_digest
 
     store = open_embedding_store(pool_embeddings)
+    subset = check_subset(subset, store.n_rows, "select_rds")
+    pool = store if subset is None else StoreSubset(store, subset)
     selector = RDSPlus(aggregation=aggregation, decontaminate=decontaminate)
     selector._validate_params()
-    n_budget = resolve_budget(budget, store.n_rows, "RDSPlus")
+    n_budget = resolve_budget(budget, pool.n_rows, "RDSPlus")
     arrays, target_fps = load_targets(targets, store, text=target_text, text_column=target_text_column, messages_column=target_messages_column)
     scorer = selector.scorer(arrays)
     scorer.check_dim(store.dim, str(store.path))
-    exclude = exact_duplicate_positions(store) if dedup else None
+    exclude = exact_duplicate_positions(store, subset) if dedup else None
 
     params = {**selector.get_params(), "budget": n_budget, "quotas": dict(quotas) if quotas else None, "dedup": dedup, "targets": list(arrays)}
+    if subset is not None:
+        params["subset"] = subset_digest(subset)
     fingerprint = fingerprint_of("rds_plus", RDS_STAGE_VERSION, params, [store.fingerprint, *target_fps.values()])
 
     def run(dask: Any) -> Any:
-        top, counts = score_store(store, selector, scorer, n_budget, client=dask, exclude=exclude)
-        selection = selector.finish(store, top, scorer, counts, budget=n_budget, quotas=quotas)
-        summary = {**selection.summary, "n_exact_duplicates_removed": 0 if exclude is None else int(len(exclude))}
+        retried = TaskRetries(dask)
+        top, counts = score_store(store, selector, scorer, n_budget, client=dask, exclude=exclude, subset=subset, retried=retried)
+        selection = selector.finish(pool, top, scorer, counts, budget=n_budget, quotas=quotas)
+        summary = {**selection.summary, "n_exact_duplicates_removed": 0 if exclude is None else int(len(exclude)), "rows_in": pool.n_rows}
         return write_curated(
-            out, pool=reopen_pool(store.manifest["pool"]), positions=selection.positions, columns=selection.selection_columns(),
+            out, pool=reopen_pool(store.manifest["pool"]), positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
             expected_ids=selection.ids, selector=selector.name, params=params, fingerprint=fingerprint, seed=selector.seed,
             inputs={"pool_embeddings": store.fingerprint, **{f"target:{t}": fp for t, fp in target_fps.items()}},
-            summary=summary, overwrite=overwrite, map_fn=dask_map(dask) if dask is not None else map,
+            summary=summary, overwrite=overwrite, map_fn=dask_map(dask, retried=retried) if dask is not None else map, job=retried,
         )
 
     return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
@@ -123,6 +145,7 @@ def select_batches(
     client: Any = None,
     local: bool = False,
     progress: bool = True,
+    subset: np.ndarray | None = None,
 ):
     """B3 batch mining over a store, written as curated shards in batch order (see :class:`BatchMiner`).
 
@@ -130,6 +153,11 @@ def select_batches(
     ranks); without one, exact search is used, which suits small pools only.
     The neighbour search runs shard by shard on Dask (or in-process with
     ``local``); the graph, METIS and batch assembly run on the driver.
+
+    ``subset`` (store positions) restricts the stage to those rows, as if the
+    store held only them: teacher ranks are counted among the subset (the
+    index is searched through a FAISS ID selector), the rank window
+    ``[p, p + m)`` and the budget's fraction are of the subset.
     """
     from thresher.exceptions import ArtifactError, ParameterError
     from thresher.fingerprint import fingerprint_of
@@ -138,8 +166,11 @@ def select_batches(
     from thresher.stores.embedding_store import open_embedding_store
     from thresher.stores.index import open_index
     from thresher.stores.pool import reopen_pool
+    from thresher.stores.subset import StoreSubset, check_subset, subset_digest
 
     store = open_embedding_store(pool_embeddings)
+    subset = check_subset(subset, store.n_rows, "select_batches")
+    pool = store if subset is None else StoreSubset(store, subset)
     neighbors = None
     if index is not None:
         if not Path(index).exists():
@@ -148,22 +179,26 @@ def select_batches(
     miner = BatchMiner(batch_size=batch_size, community_size=community_size, rank_window=tuple(rank_window),
                        n_hard_negatives=n_hard_negatives, drop_last=drop_last, seed=seed)
     miner._validate_params()
-    from thresher.jobs.cluster import run_on_cluster
+    from thresher.jobs.cluster import counting_retries, run_on_cluster
     from thresher.jobs.neighbors_job import window_on_cluster
     from thresher.pipeline.columns import read_labels
 
     p, stop = int(rank_window[0]), int(rank_window[1])
-    if stop >= store.n_rows:
-        raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {store.n_rows} rows; p + m must be < the pool size.")
-    window = run_on_cluster(lambda dask: window_on_cluster(store, index, p, stop - p, client=dask), client=client, local=local,
+    if stop >= pool.n_rows:
+        raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {pool.n_rows} rows; p + m must be < the pool size.")
+    window, job = run_on_cluster(counting_retries(lambda dask, retried: window_on_cluster(store, index, p, stop - p, client=dask, subset=subset, retried=retried)), client=client, local=local,
                             scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
     groups = read_labels(store, group_column) if group_column else None
-    selection = miner.select(store, budget=budget, neighbors=neighbors, groups=groups, window=window)
+    if groups is not None and subset is not None:
+        groups = groups[subset]
+    selection = miner.select(pool, budget=budget, neighbors=neighbors, groups=groups, window=window)
     params = {**selection.params, "budget": budget, "group_column": group_column}
+    if subset is not None:
+        params["subset"] = subset_digest(subset)
     inputs = {"pool_embeddings": store.fingerprint, **({"index": neighbors.manifest["fingerprint"]} if neighbors else {})}
     fingerprint = fingerprint_of("b3", B3_STAGE_VERSION, params, list(inputs.values()))
     return write_curated(
-        out, pool=reopen_pool(store.manifest["pool"]), positions=selection.positions, columns=selection.selection_columns(),
+        out, pool=reopen_pool(store.manifest["pool"]), positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
         expected_ids=selection.ids, selector=miner.name, params=params, fingerprint=fingerprint, seed=seed, inputs=inputs,
-        summary=selection.summary, rows_per_shard=max(batch_size, (50_000 // batch_size) * batch_size), overwrite=overwrite,
+        summary={**selection.summary, "rows_in": pool.n_rows}, rows_per_shard=max(batch_size, (50_000 // batch_size) * batch_size), overwrite=overwrite, job=job,
     )

@@ -17,6 +17,7 @@ selection's rows are ever held whole.
 from __future__ import annotations
 
 import functools
+import itertools
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,9 @@ def write_curated(
     rows_per_shard: int | None = None,
     overwrite: bool = False,
     map_fn: Mapper = map,
-    extra_rows: pa.Table | None = None,
+    extra_rows: pa.Table | Iterable[pa.Table] | None = None,
+    job: Mapping[str, Any] | None = None,
+    attachments: Mapping[str, pa.Table] | None = None,
 ) -> CuratedShards:
     """Write the pool rows at ``positions`` (in rank order) with selection ``columns`` as curated shards.
 
@@ -91,12 +94,23 @@ def write_curated(
     map_fn : callable
         ``map``-like function used to run the per-partition staging step;
         jobs pass one that runs it on Dask.
-    extra_rows : pyarrow.Table, optional
+    extra_rows : pyarrow.Table or iterable of pyarrow.Table, optional
         Rows that are not pool rows (SMOTE's synthetic rows), written after the
         selected pool rows with ranks ``n_selected``, ``n_selected + 1``, ….
+        An iterable is consumed one table at a time while the shards are cut,
+        so only one output shard of them is held.
         It must hold every selection column of ``columns`` (``rank`` excepted)
         and may hold pool columns; pool columns it lacks are null in its rows.
         With it, every field of the shards is nullable.
+    job : mapping, optional
+        How the Dask job went, stored as the manifest's ``job``: the stages pass
+        a :class:`thresher.jobs.cluster.TaskRetries` (tasks, re-runs after lost
+        workers). It is read when the manifest is written, after this
+        function's own staging tasks ran, so it counts them too.
+    attachments : mapping of file name to pyarrow.Table, optional
+        Side tables written beside the shards (IPC stream, atomically, before
+        the manifest), such as semantic dedup's ``removed.arrow``; listed in the
+        manifest's ``attachments`` with their rows and checksums.
     """
     out = Path(out)
     positions = np.asarray(positions, dtype=np.int64)
@@ -111,7 +125,7 @@ def write_curated(
     selection = _selection_table(columns, n_selected)
     if expected_ids is not None and len(expected_ids) != n_selected:
         raise ValueError(f"expected_ids has {len(expected_ids)} entries for {n_selected} positions")
-    extra = None if extra_rows is None else _extra_table(extra_rows, selection, pool)
+    extra = None if extra_rows is None else _ExtraRows(extra_rows, selection, pool)
 
     if prepare_output_dir(out, "curated", fingerprint, overwrite=overwrite) == "complete":
         return open_curated(out)
@@ -124,6 +138,7 @@ def write_curated(
     tasks = list(_stage_tasks(pool, positions, expected_ids, staging))
     staged = [p for p in map_fn(functools.partial(stage_partition, pool), tasks) if p is not None]
     shards = _merge_staged(out, [Path(p) for p in staged], selection, rows_per_shard, extra)
+    attached = [_write_attachment(out, name, table) for name, table in (attachments or {}).items()]
     shutil.rmtree(staging, ignore_errors=True)
 
     body = {
@@ -139,8 +154,19 @@ def write_curated(
     }
     if extra is not None:
         body["n_extra_rows"] = extra.num_rows
+    if job is not None:
+        body["job"] = dict(job)
+    if attached:
+        body["attachments"] = [{"file": a.file, "rows": a.rows, "checksum": a.checksum} for a in attached]
     write_manifest(out, "curated", fingerprint=fingerprint, body=body, shards=shards)
     return open_curated(out)
+
+
+def _write_attachment(out: Path, name: str, table: pa.Table) -> ShardInfo:
+    if Path(name).name != name or name.startswith(("part-", ".")) or name == "manifest.json":
+        raise ParameterError(f"An attachment of write_curated must be a plain file name other than a shard's or the manifest's; got {name!r}.")
+    write_stream_shard(out / name, table)
+    return ShardInfo.of(out / name, table.num_rows)
 
 
 def stage_partition(pool: Any, task: _StageTask) -> str | None:
@@ -182,14 +208,15 @@ def _stage_tasks(pool: Any, positions: np.ndarray, expected_ids: np.ndarray | No
         )
 
 
-def _merge_staged(out: Path, staged: list[Path], selection: pa.Table, rows_per_shard: int, extra: pa.Table | None = None) -> list[ShardInfo]:
+def _merge_staged(out: Path, staged: list[Path], selection: pa.Table, rows_per_shard: int, extra: _ExtraRows | None = None) -> list[ShardInfo]:
     tables = [read_stream_shard(p) for p in staged]
     rank_arrays = [t.column(_STAGE_RANK).to_numpy() for t in tables]
     n_selected = selection.num_rows
-    n_total = n_selected + (0 if extra is None else extra.num_rows)
     shards = []
-    for j, lo in enumerate(range(0, n_total, rows_per_shard)):
-        hi = min(lo + rows_per_shard, n_total)
+    for lo in itertools.count(0, rows_per_shard):
+        if lo >= n_selected and (extra is None or extra.schema is None):
+            break
+        hi = lo + rows_per_shard
         shard = None
         if lo < n_selected:
             top = min(hi, n_selected)
@@ -201,18 +228,58 @@ def _merge_staged(out: Path, staged: list[Path], selection: pa.Table, rows_per_s
             merged = pa.concat_tables(pieces, promote_options="permissive").combine_chunks()
             merged = merged.take(pc.sort_indices(merged.column(_STAGE_RANK))).drop_columns([_STAGE_RANK])
             shard = _attach_selection(merged, selection.slice(lo, top - lo))
-        if extra is not None:
-            shard = _append_extra(shard, extra, max(lo, n_selected) - n_selected, hi - max(lo, n_selected))
-        path = out / shard_name(j)
+        if extra is not None and extra.schema is not None:
+            shard = _append_extra(shard, extra.schema, extra.take(hi - max(lo, n_selected)))
+        if shard.num_rows == 0:  # the extra rows ended on a shard boundary
+            break
+        path = out / shard_name(len(shards))
         write_stream_shard(path, shard)
         shards.append(ShardInfo.of(path, shard.num_rows))
     return shards
 
 
-def _extra_table(extra_rows: pa.Table, selection: pa.Table, pool: Any) -> pa.Table:
+class _ExtraRows:
+    """``extra_rows`` (one table or an iterable of tables) laid out as curated rows, handed out a shard at a time.
+
+    The first table is laid out (and its columns checked) on construction, before anything is written.
+    """
+
+    def __init__(self, extra_rows: pa.Table | Iterable[pa.Table], selection: pa.Table, pool: Any):
+        if not isinstance(extra_rows, pa.Table) and not (isinstance(extra_rows, Iterable) and not isinstance(extra_rows, (str, bytes, Mapping))):
+            raise ParameterError(f"The 'extra_rows' parameter of write_curated must be a pyarrow.Table or an iterable of them; got {type(extra_rows).__name__}.")
+        self._tables = iter([extra_rows] if isinstance(extra_rows, pa.Table) else extra_rows)
+        self._selection, self._pool = selection, pool
+        self.num_rows = 0  # rows laid out so far (all of them once the shards are written)
+        self.schema: pa.Schema | None = None
+        self._buffer = self._next()
+        self.schema = None if self._buffer is None else self._buffer.schema
+
+    def _next(self) -> pa.Table | None:
+        table = next(self._tables, None)
+        if table is None:
+            return None
+        laid = _extra_table(table, self._selection, self._pool, first_rank=self._selection.num_rows + self.num_rows)
+        if self.schema is not None and laid.schema != self.schema:
+            raise ParameterError(f"The tables of 'extra_rows' given to write_curated differ in schema: {laid.schema} after {self.schema}.")
+        self.num_rows += laid.num_rows
+        return laid
+
+    def take(self, n: int) -> pa.Table:
+        """The next ``n`` rows (fewer once the tables run out)."""
+        parts = []
+        while n > 0 and self._buffer is not None:
+            part = self._buffer.slice(0, n)
+            parts.append(part)
+            n -= part.num_rows
+            self._buffer = self._buffer.slice(part.num_rows) if self._buffer.num_rows > part.num_rows else self._next()
+        return pa.concat_tables(parts) if parts else self.schema.empty_table()
+
+
+def _extra_table(extra_rows: pa.Table, selection: pa.Table, pool: Any, first_rank: int | None = None) -> pa.Table:
     """``extra_rows`` laid out as a curated shard of the pool: pool columns (null where absent), then selection columns.
 
-    The result's schema is the shards' schema (every field nullable); ranks continue after the selected rows.
+    The result's schema is the shards' schema (every field nullable); ranks continue after the selected rows
+    (from ``first_rank``, default ``selection.num_rows``).
     """
     if not isinstance(extra_rows, pa.Table):
         raise ParameterError(f"The 'extra_rows' parameter of write_curated must be a pyarrow.Table; got {type(extra_rows).__name__}.")
@@ -230,7 +297,8 @@ def _extra_table(extra_rows: pa.Table, selection: pa.Table, pool: Any) -> pa.Tab
         taken = f.name in extra_rows.column_names and f.name not in selection.column_names
         columns.append(extra_rows.column(f.name).cast(f.type) if taken else pa.nulls(n, f.type))
         fields.append(pa.field(f"{f.name}_pool" if f.name in selection.column_names else f.name, f.type))
-    ranks = pa.array(np.arange(selection.num_rows, selection.num_rows + n, dtype=np.int64))
+    first_rank = selection.num_rows if first_rank is None else first_rank
+    ranks = pa.array(np.arange(first_rank, first_rank + n, dtype=np.int64))
     for name in selection.column_names:
         source = extra_rows.column(name) if name in extra_rows.column_names else ranks
         kind = selection.column(name).type
@@ -240,15 +308,14 @@ def _extra_table(extra_rows: pa.Table, selection: pa.Table, pool: Any) -> pa.Tab
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
-def _append_extra(shard: pa.Table | None, extra: pa.Table, offset: int, length: int) -> pa.Table:
-    """Cast the pool rows of a shard to the shards' schema and append ``length`` extra rows from ``offset``."""
-    part = extra.slice(offset, max(0, length))
+def _append_extra(shard: pa.Table | None, schema: pa.Schema, part: pa.Table) -> pa.Table:
+    """Cast the pool rows of a shard to the shards' ``schema`` and append the extra rows ``part``."""
     if shard is None:
         return part
-    columns = [shard.column(f.name).cast(f.type) for f in extra.schema]
+    columns = [shard.column(f.name).cast(f.type) for f in schema]
     if shard.num_columns != len(columns):
-        raise ValueError(f"curated shard columns {shard.column_names} do not match the extra rows' {extra.column_names}")
-    pooled = pa.Table.from_arrays(columns, schema=extra.schema)
+        raise ValueError(f"curated shard columns {shard.column_names} do not match the extra rows' {schema.names}")
+    pooled = pa.Table.from_arrays(columns, schema=schema)
     return pa.concat_tables([pooled, part]) if part.num_rows else pooled
 
 

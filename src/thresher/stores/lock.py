@@ -1,18 +1,44 @@
 """One writer per artefact directory: a lock file created atomically, with stale-lock detection.
 
-``O_CREAT | O_EXCL`` creation is atomic on local disks and on NFS (v3+), and
-needs no ``fcntl`` lock, which can hang on network filesystems. The lock file
-names its holder (host, pid, start time) so a refusal can say who holds it.
-A lock is stale, and is taken over, when its holder is a dead process on this
-host, or, for a holder on another host, when it has not been refreshed for
-``THRESHER_LOCK_TTL`` seconds (default 600): holders refresh it every
-minute from a background thread while they write.
+Taking the lock never waits: the lock file is created with ``O_CREAT |
+O_EXCL``, which either succeeds at once or fails at once with "exists". No
+``fcntl``/``flock`` lock is used: on network filesystems those depend on a
+lock daemon (NFSv3's NLM) and can block indefinitely or be silently local.
+Exclusive creation is atomic on local disks and on NFS v3 and later (the
+server checks existence and creates in one operation); on NFSv2 or on
+filesystems that fake ``O_EXCL`` it is not, and two writers starting in the
+same instant could both succeed. A second job is refused at once with a
+message naming the holder (host, pid, start time), never queued.
+
+A lock is stale, and is taken over, when its holder is known to be dead:
+
+* the holder ran on this host (same host name and, on Linux, same PID
+  namespace, so containers sharing a host name do not judge each other's
+  processes) and its pid no longer runs, or runs a different process (the
+  process start time recorded in the lock differs: the pid was reused);
+* the holder ran on another host and the lock has not been refreshed for
+  ``THRESHER_LOCK_TTL`` seconds (default 600). A process cannot see another
+  host's processes, so a remote holder is judged only by this heartbeat:
+  holders touch the lock's modification time every ``min(60, TTL / 4)``
+  seconds from a background thread while they write. On NFS the time is set
+  by the server and compared with this host's clock, so hosts must keep
+  their clocks within a small fraction of the TTL of each other, and every
+  host should use the same TTL. An unreadable lock (a holder that crashed
+  between creating and filling it) is judged by the same heartbeat.
+
+Taking over is not atomic: a job removes a stale lock only if it still
+reads as it did when judged stale, but in the microseconds between that
+check and the removal another job could take the lock over and create its
+own, which would then be removed in its place, and both jobs would write.
+A holder whose lock was taken over finds out at its next refresh and logs
+an error.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import socket
 import threading
@@ -27,6 +53,8 @@ from thresher.exceptions import ArtifactError
 
 LOCK_NAME = ".thresher-lock.json"
 REFRESH_SECONDS = 60.0
+
+log = logging.getLogger(__name__)
 
 
 def _ttl() -> float:
@@ -43,11 +71,12 @@ def output_lock(directory: str | Path) -> Iterator[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     token = uuid.uuid4().hex
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": token,
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _process_started(os.getpid()),
+              "pid_namespace": _pid_namespace(), "token": token,
               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     _acquire(path, holder)
     stop = threading.Event()
-    refresher = threading.Thread(target=_refresh, args=(path, token, stop), daemon=True)
+    refresher = threading.Thread(target=_refresh, args=(path, token, stop, max(0.1, min(REFRESH_SECONDS, _ttl() / 4))), daemon=True)
     refresher.start()
     try:
         yield path
@@ -85,24 +114,47 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _is_stale(path: Path, holder: dict[str, Any]) -> bool:
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        return not _pid_alive(holder["pid"])
+    pid = holder.get("pid")
+    same_machine = holder.get("host") == socket.gethostname() and holder.get("pid_namespace", _pid_namespace()) == _pid_namespace()
+    if same_machine and isinstance(pid, int):
+        return not _runs(pid, holder.get("pid_started"))
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return True
-    # an unreadable lock may be one being written this instant: only an old one is stale
     return age > _ttl()
 
 
-def _pid_alive(pid: int) -> bool:
+def _runs(pid: int, started: float | None) -> bool:
+    """Whether process ``pid`` is alive and, when its start time is known, is still the same process."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
+            return False
+        return started is None or abs(process.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # alive, owned by someone else
         return True
-    return True
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace on Linux (``pid:[4026531836]``): pids are only comparable within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _remove_if_unchanged(path: Path, seen: dict[str, Any]) -> None:
@@ -110,9 +162,10 @@ def _remove_if_unchanged(path: Path, seen: dict[str, Any]) -> None:
         path.unlink(missing_ok=True)
 
 
-def _refresh(path: Path, token: str, stop: threading.Event) -> None:
-    while not stop.wait(REFRESH_SECONDS):
+def _refresh(path: Path, token: str, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
         if _read(path).get("token") != token:
+            log.error("The write lock %s was taken over by another job (judged stale): two jobs may now write %s.", path, path.parent)
             return
         try:
             os.utime(path)
