@@ -26,6 +26,10 @@ class _Group(click.Group):
         except ThresherError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:  # the environment (disk full, permissions, a path under a file): one line naming the path, exit 1
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
 
 
 def _offline_by_default() -> None:
@@ -70,12 +74,15 @@ def _cluster_options(f):
 @click.option("--partition-rows", type=int, default=None, help="Rows per partition / task / shard (default 50,000).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing thresher artefact in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--worker-resources", "worker_resources", multiple=True,
+              help="NAME=N: Dask worker resources each embedding task needs, e.g. GPU=1 (repeatable; workers declare them with --resources).")
 @_cluster_options
 def embed(pool, out, text, text_column, messages_column, chat_format, id_column, fmt, split, model, pooling, layer, no_normalize,
-          max_length, batch_size, device, dtype, partition_rows, overwrite, quiet, scheduler, workers, slurm, local) -> None:
+          max_length, batch_size, device, dtype, partition_rows, overwrite, quiet, worker_resources, scheduler, workers, slurm, local) -> None:
     """Embed a data pool into an embedding store (a Dask job, one task per partition)."""
     from thresher.pipeline.embed import embed as run
 
+    _refuse_output_over_input(out, ("--pool", list(pool)))
     if text is not None:
         text = codecs.decode(text, "unicode_escape") if "\\" in text else text
     store = run(
@@ -83,7 +90,7 @@ def embed(pool, out, text, text_column, messages_column, chat_format, id_column,
         chat_format=chat_format, id_column=id_column, format=fmt, split=split, model=model, pooling=pooling, layer=layer,
         normalize=not no_normalize, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
         partition_rows=partition_rows, scheduler=scheduler, workers=workers, slurm=slurm, local=local,
-        overwrite=overwrite, progress=not quiet,
+        resources=_parse_pairs(worker_resources, "--worker-resources", float) or None, overwrite=overwrite, progress=not quiet,
     )
     m = store.manifest
     click.echo(f"embedded {store.n_rows} rows into {store.path} ({store.n_shards} shards, dim {store.dim}, "
@@ -104,6 +111,7 @@ def index(embeddings, out, index_type, metric, memory_budget, nprobe, seed, over
     from thresher.stores import open_embedding_store
     from thresher.stores.index import build_index
 
+    _refuse_output_over_input(out, ("--embeddings", embeddings))
     built = build_index(open_embedding_store(embeddings), out, index_type=index_type, metric=metric,
                         memory_budget_bytes=memory_budget, nprobe=nprobe, seed=seed, overwrite=overwrite)
     m = built.manifest
@@ -112,7 +120,7 @@ def index(embeddings, out, index_type, metric, memory_budget, nprobe, seed, over
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--rows", "n_rows", type=int, default=5, show_default=True, help="Rows to show.")
+@click.option("--rows", "n_rows", type=click.IntRange(min=0), default=5, show_default=True, help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--verify", is_flag=True, help="Re-check every shard's checksum.")
 def inspect(path, n_rows, as_json, verify) -> None:
@@ -120,6 +128,35 @@ def inspect(path, n_rows, as_json, verify) -> None:
     from thresher.describe import describe_artifact
 
     click.echo(describe_artifact(Path(path), n_rows=n_rows, as_json=as_json, verify=verify))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False), help="Output page (default: PATH/report.html).")
+@click.option("--column", "columns", multiple=True, help="Composition column (repeatable; default: the spec's report.columns, else auto-detected).")
+@click.option("--map-rows", type=click.IntRange(min=2), default=5000, show_default=True, help="Pool rows (a seeded sample) on the 2-D map.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+def report(path, html_path, columns, map_rows, seed) -> None:
+    """Write a static HTML report of a run directory, curated shards or an embedding store."""
+    from thresher.report import write_report
+
+    out = write_report(path, html_path, columns=list(columns) or None, map_rows=map_rows, seed=seed)
+    click.echo(f"report written to {out}")
+
+
+def _refuse_output_over_input(out: str, *inputs: tuple[str, Any]) -> None:
+    """Refuse an --out that is, or contains, an input: --overwrite would delete the input before it is read."""
+    from thresher.exceptions import ParameterError
+
+    target = Path(out).resolve()
+    for option, values in inputs:
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value is None:
+                continue
+            source = Path(value).resolve()
+            if source == target or target in source.parents:
+                raise ParameterError(f"--out {out} {'is' if source == target else 'contains'} the input {option} {value}; "
+                                     "write the output to another directory.")
 
 
 def _parse_budget(value: str) -> int | float:
@@ -132,7 +169,7 @@ def _parse_budget(value: str) -> int | float:
     try:
         return float(value)
     except ValueError:
-        raise click.BadParameter(f"must be a count (10000), a fraction of the pool (0.1) or 'all'; got {value!r}") from None
+        raise click.BadParameter(f"must be a count (10000), a fraction of the pool (0.1) or 'all'; got {value!r}", param_hint="'--budget'") from None
 
 
 def _parse_pairs(values: tuple[str, ...], what: str, cast=str) -> dict[str, Any]:
@@ -177,8 +214,10 @@ def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, dedup
 
     if target_text is not None and "\\" in target_text:
         target_text = codecs.decode(target_text, "unicode_escape")
+    target_paths = _parse_pairs(targets, "--targets")
+    _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings), ("--targets", list(target_paths.values())))
     curated = run(
-        pool_embeddings, _parse_pairs(targets, "--targets"), out, budget=_parse_budget(budget), aggregation=aggregation,
+        pool_embeddings, target_paths, out, budget=_parse_budget(budget), aggregation=aggregation,
         quotas=_parse_pairs(quotas, "--quota", int) or None, dedup=dedup, decontaminate=decontaminate, target_text=target_text,
         target_text_column=target_text_column, target_messages_column=target_messages_column, scheduler=scheduler,
         workers=workers, slurm=slurm, local=local, overwrite=overwrite, progress=not quiet,
@@ -197,9 +236,9 @@ def _parse_sampling_strategy(value: str) -> Any:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"is not a valid JSON object ({exc.msg}); got {value!r}") from None
+            raise click.BadParameter(f"is not a valid JSON object ({exc.msg}); got {value!r}", param_hint="'--sampling-strategy'") from None
         if not isinstance(parsed, dict):
-            raise click.BadParameter(f"must be a JSON object of class -> count; got {value!r}")
+            raise click.BadParameter(f"must be a JSON object of class -> count; got {value!r}", param_hint="'--sampling-strategy'")
         return parsed
     try:
         return float(value)
@@ -226,6 +265,7 @@ def select_smote(pool_embeddings, labels, out, sampling_strategy, undersample_ma
     """SMOTE: synthetic minority rows in embedding space, with majority under-sampling (Chawla et al., JAIR 2002)."""
     from thresher.pipeline.smote import select_smote as run
 
+    _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings))
     curated = run(
         pool_embeddings, out, labels=labels, sampling_strategy=_parse_sampling_strategy(sampling_strategy),
         undersample_majority=undersample_majority, k_neighbors=k_neighbors, neighbors=neighbors, seed=seed, scheduler=scheduler,
@@ -261,6 +301,7 @@ def select_batches(pool_embeddings, index, batch_size, community_size, rank_wind
         p, stop = (int(v) for v in rank_window.split(":"))
     except ValueError:
         raise click.BadParameter(f"--rank-window must look like P:P+M (e.g. 30:130); got {rank_window!r}") from None
+    _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings), ("--index", index))
     curated = run(pool_embeddings, out, index=index, batch_size=batch_size, community_size=community_size, rank_window=(p, stop),
                   n_hard_negatives=n_hard_negatives, group_column=group_column, drop_last=not keep_last, seed=seed, overwrite=overwrite,
                   scheduler=scheduler, workers=workers, slurm=slurm, local=local, progress=not quiet)
@@ -292,6 +333,7 @@ def select_acquire(pool_embeddings, predictions, labeled, score, sampling, beta,
     """Active learning: acquire the most informative rows by model uncertainty, optionally in an AnchorAL sub-pool (runs in-process)."""
     from thresher.pipeline.acquire import select_acquire as run
 
+    _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings), ("--predictions", predictions), ("--labeled", labeled), ("--index", index))
     curated = run(pool_embeddings, out, predictions=predictions, labeled=labeled, score=score, sampling=sampling, beta=beta, anchoral=anchoral,
                   n_anchors=n_anchors, n_neighbors=n_neighbors, subpool_size=subpool_size, index=index, budget=budget, round=round_,
                   seed=seed, overwrite=overwrite)
@@ -300,6 +342,28 @@ def select_acquire(pool_embeddings, predictions, labeled, score, sampling, beta,
                f"{s['n_labelled']} labelled) by {score}/{sampling} into {curated.path}")
     if anchoral:
         click.echo(f"  AnchorAL: {s['n_anchors']} anchors, sub-pool of {s['n_candidates']} rows")
+
+
+@select.command("semdedup")
+@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--clusters", "n_clusters", required=True, type=int, help="k of the k-means (at most the pool's rows).")
+@click.option("--eps", required=True, type=float, help="Remove a row whose cosine to an earlier row of its cluster is >= 1 - eps; in [0, 1).")
+@click.option("--sample-size", type=int, default=None, help="Rows the k-means is fitted on (default: min(rows, 256 x clusters)).")
+@click.option("--iterations", "n_iter", type=int, default=25, show_default=True, help="k-means iterations.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", is_flag=True)
+@_cluster_options
+def select_semdedup(pool_embeddings, out, n_clusters, eps, sample_size, n_iter, seed, overwrite, quiet, scheduler, workers, slurm, local) -> None:
+    """SemDeDup: drop semantic near-duplicates within k-means clusters (Abbas et al. 2023); removed rows go to removed.arrow."""
+    from thresher.pipeline.dedup import select_semdedup as run
+
+    curated = run(pool_embeddings, out, n_clusters=n_clusters, eps=eps, sample_size=sample_size, n_iter=n_iter, seed=seed,
+                  overwrite=overwrite, scheduler=scheduler, workers=workers, slurm=slurm, local=local, progress=not quiet)
+    s = curated.manifest["summary"]
+    click.echo(f"kept {s['kept']} of {s['rows_in']} rows, removed {s['removed']} ({s['clusters']} clusters, eps {s['eps']}) into {curated.path}")
+    click.echo(f"  removed rows and what they duplicate: {curated.path / 'removed.arrow'}")
 
 
 @main.command("run")
@@ -372,6 +436,7 @@ def plan_infobatch(state_dir, epoch, out, loss_dirs, rows_per_shard, overwrite) 
     """InfoBatch: apply fed-back losses, then write one epoch's plan (sample indices + loss weights) as shards."""
     from thresher.pipeline.plan import update_state, write_plan
 
+    _refuse_output_over_input(out, ("--scores", state_dir), ("--losses", list(loss_dirs)))
     if loss_dirs:
         update_state(state_dir, *loss_dirs)
     curated = write_plan(state_dir, epoch, out, rows_per_shard=rows_per_shard, overwrite=overwrite)

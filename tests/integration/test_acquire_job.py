@@ -14,7 +14,7 @@ from scipy.special import entr
 
 import thresher
 from thresher.cli import main
-from thresher.data import demo_pool_path
+from thresher.data import read_demo_pool
 from thresher.exceptions import InputDataError, ParameterError
 from thresher.pipeline.acquire import select_acquire
 from thresher.selectors.acquisition import sample_batch
@@ -29,10 +29,8 @@ def setup(tmp_path_factory):
     """48 chat openers (ids as strings) in 2 partitions; MC-like samples [4][3] per row; 9 labelled rows (3 per class)."""
     tmp = tmp_path_factory.mktemp("acquire")
     rows = []
-    with demo_pool_path().open(encoding="utf-8") as f:
-        for _, line in zip(range(N_ROWS), f):
-            row = json.loads(line)
-            rows.append({"id": row["id"], "text": row["messages"][0]["content"].strip()})
+    for row in read_demo_pool(N_ROWS):
+        rows.append({"id": row["id"], "text": row["messages"][0]["content"].strip()})
     pool = tmp / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = thresher.embed(str(pool), tmp / "emb", text_column="text", id_column="id", partition_rows=30, local=True, progress=False)

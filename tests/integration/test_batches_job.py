@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import thresher
 from thresher.cli import main
-from thresher.data import demo_pool_path
+from thresher.data import read_demo_pool
 from thresher.exceptions import ArtifactError
 from thresher.pipeline.select import select_batches
 from thresher.stores import build_index
@@ -19,7 +19,7 @@ from thresher.stores import build_index
 @pytest.fixture(scope="module")
 def chat_store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("b3")
-    rows = [json.loads(line) for line in demo_pool_path().read_text().splitlines()][:384]
+    rows = read_demo_pool(384)
     for i, r in enumerate(rows):
         r["source"] = "even" if i % 2 == 0 else "odd"
     pool = tmp / "pool.jsonl"

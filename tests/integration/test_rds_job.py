@@ -17,7 +17,7 @@ from thresher.pipeline.select import select_rds
 from thresher.selectors.rds import brute_force_rds
 from thresher.stores import open_curated
 
-from thresher.data import demo_pool_path
+from thresher.data import read_demo_pool
 
 
 def write_rows(path, rows):
@@ -28,7 +28,7 @@ def write_rows(path, rows):
 @pytest.fixture(scope="module")
 def rds_setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rds")
-    rows = [json.loads(line) for line in demo_pool_path().read_text().splitlines()]
+    rows = read_demo_pool(1520)
     pool = write_rows(tmp / "pool.jsonl", rows[:240] + rows[:3])  # the last 3 repeat the first 3: exact duplicates
     for i, r in enumerate(rows[:243]):
         r["id"] = f"row-{i}"
@@ -104,7 +104,7 @@ def test_mismatched_or_bad_targets_are_refused(rds_setup):
 
 
 def test_weighted_mean_causal_lm_end_to_end(tmp_path, tiny_llama_dir):
-    rows = [json.loads(line) for line in demo_pool_path().read_text().splitlines()][:60]
+    rows = read_demo_pool(60)
     pool = write_rows(tmp_path / "pool.jsonl", rows)
     task = write_rows(tmp_path / "task.jsonl", rows[:2])
     store = thresher.embed(str(pool), tmp_path / "emb", messages_column="messages", id_column="id", model=str(tiny_llama_dir),

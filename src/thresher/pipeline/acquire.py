@@ -36,7 +36,14 @@ LABEL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
 
 def _read_table_file(path: Path) -> pa.Table:
-    """One parquet, Arrow IPC (stream or file), jsonl or csv file as a table."""
+    """One parquet, Arrow IPC (stream or file), jsonl or csv file as a table; an unreadable one is refused, naming it."""
+    try:
+        return _read_table_by_suffix(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputDataError(f"Cannot read {path} as a {path.suffix.lstrip('.').lower()} file: {exc}") from None
+
+
+def _read_table_by_suffix(path: Path) -> pa.Table:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -111,13 +118,18 @@ def _check_sums(values: np.ndarray, ids: np.ndarray, where: str) -> None:
     from thresher.selectors.acquisition import SUM_TOLERANCE
 
     finite = np.isfinite(values).all(axis=2)
-    bad = (((values < 0).any(axis=2)) | (np.abs(values.sum(axis=2) - 1.0) > SUM_TOLERANCE)) & finite
+    if not finite.all():
+        row, sample = (int(i) for i in np.argwhere(~finite)[0])
+        which = f", sample {sample}" if values.shape[1] > 1 else ""
+        raise InputDataError(f"{where[:1].upper()}{where[1:]} hold a non-finite value (NaN or inf) for id {ids[row]!r}{which}: "
+                             f"{values[row, sample].tolist()}; every probability must be a finite number.")
+    bad = ((values < 0).any(axis=2)) | (np.abs(values.sum(axis=2) - 1.0) > SUM_TOLERANCE)
     if bad.any():
         row, sample = (int(i) for i in np.argwhere(bad)[0])
         v = values[row, sample]
         which = f", sample {sample}" if values.shape[1] > 1 else ""
         raise InputDataError(
-            f"The predictions of {where} are not probabilities for id {ids[row]!r}{which}: sum {v.sum():.6g}, min {v.min():.6g} "
+            f"{where[:1].upper()}{where[1:]} are not probabilities for id {ids[row]!r}{which}: sum {v.sum():.6g}, min {v.min():.6g} "
             "(each row must be >= 0 and sum to 1 within 1e-4; apply a softmax to logits first)."
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ def embed(
     slurm: Any = None,
     client: Any = None,
     local: bool = False,
+    resources: Mapping[str, float] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ):
@@ -63,6 +65,13 @@ def embed(
         Where it runs: an existing ``client``; a scheduler address; SLURM; or
         (default) an in-process local cluster of ``workers`` processes.
         ``local=True`` runs in this process without Dask.
+    resources : mapping of str to float, optional
+        Dask worker resources each embedding task needs, e.g. ``{"GPU": 1}``:
+        the tasks then run only on workers started with those resources
+        (``dask worker --resources GPU=1``, or ``worker_extra_args`` in a SLURM
+        config), one at a time per GPU. A connected cluster none of whose
+        workers declares them is refused rather than left waiting. Ignored
+        with ``local=True``.
 
     Returns
     -------
@@ -74,6 +83,7 @@ def embed(
     from thresher.pipeline.text import TextBuilder
     from thresher.stores.pool import open_pool
 
+    resources = _check_resources(resources)
     if dtype not in ("float32", "float16"):
         raise ParameterError(f"The 'dtype' parameter of embed must be 'float32' or 'float16'; got {dtype!r}.")
     if text is None and text_column is None and messages_column is None:
@@ -94,10 +104,39 @@ def embed(
     )
     opened = open_pool(pool, format=format, id_column=id_column, partition_rows=partition_rows, split=split)
     _check_columns(opened, builder)
-    return run_on_cluster(
-        lambda dask: run_embed_job(opened, builder, spec, out, client=dask, dtype=dtype, overwrite=overwrite, progress=progress),
-        client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress,
-    )
+
+    def job(dask: Any) -> Any:
+        if dask is not None and resources:
+            _check_workers_have(dask, resources)
+        return run_embed_job(opened, builder, spec, out, client=dask, dtype=dtype, overwrite=overwrite, progress=progress,
+                             resources=resources if dask is not None else None)
+
+    return run_on_cluster(job, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
+
+
+def _check_resources(resources: Mapping[str, float] | None) -> dict[str, float] | None:
+    if resources is None:
+        return None
+    if not isinstance(resources, Mapping) or not all(
+        isinstance(k, str) and k and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for k, v in resources.items()
+    ):
+        raise ParameterError(f"The 'resources' parameter of embed must be a mapping of resource name to a number > 0, e.g. {{'GPU': 1}}; got {resources!r}.")
+    return {k: float(v) for k, v in resources.items()} or None
+
+
+def _check_workers_have(client: Any, resources: dict[str, float]) -> None:
+    """Refuse a cluster whose connected workers all lack ``resources``: the tasks would wait for ever.
+
+    A cluster with no worker yet (SLURM jobs still queued) is let through.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    declared = {address: w.get("resources") or {} for address, w in workers.items()}
+    if declared and not any(all(have.get(k, 0) >= v for k, v in resources.items()) for have in declared.values()):
+        seen = sorted({f"{k}={v:g}" for have in declared.values() for k, v in have.items()}) or ["none"]
+        raise ParameterError(
+            f"The 'resources' {resources} of embed are declared by none of the cluster's {len(declared)} workers "
+            f"(their resources: {', '.join(seen)}); start workers with e.g. `dask worker --resources GPU=1`."
+        )
 
 
 def _check_columns(pool: Any, builder: Any) -> None:

@@ -80,14 +80,15 @@ def write_plan(
     if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, (int, np.integer)) or rows_per_shard < 1:
         raise ParameterError(f"The 'rows_per_shard' parameter of write_plan must be an int >= 1; got {rows_per_shard!r}.")
     plan = ib.start_epoch(epoch)
-    if isinstance(ib_or_scores, (str, Path)):
-        ib.save(ib_or_scores)
 
     out = Path(out)
     params = {**ib.get_params(), "epoch": plan.epoch}
     scores_fp = hash_bytes(np.ascontiguousarray(ib.scores).tobytes())
     fingerprint = fingerprint_of("infobatch_plan", PLAN_STAGE_VERSION, params, [scores_fp])
-    if prepare_output_dir(out, "curated", fingerprint, overwrite=overwrite) == "complete":
+    state = prepare_output_dir(out, "curated", fingerprint, overwrite=overwrite)
+    if isinstance(ib_or_scores, (str, Path)):  # only once the output is accepted: a refused run leaves the state as it was
+        ib.save(ib_or_scores)
+    if state == "complete":
         return open_curated(out)
     for old in out.glob("part-*.arrow"):
         old.unlink()

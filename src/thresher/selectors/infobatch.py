@@ -44,6 +44,7 @@ on every rank; never send indices through a float tensor.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -501,8 +502,9 @@ class InfoBatch:
         state = self.state_dict()
         for name, array in ((SCORES_FILE, state["scores"]), (ACTIVE_FILE, state["active_kept_well"])):
             with atomic_path(directory / name) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, array, allow_pickle=False)
+                buffer = io.BytesIO()  # np.save to a real file uses fwrite, whose failures (disk full) lose errno
+                np.save(buffer, array, allow_pickle=False)
+                tmp.write_bytes(buffer.getbuffer())
         meta = {k: v for k, v in state.items() if k not in ("scores", "active_kept_well")}
         meta["scores_checksum"] = hash_bytes(state["scores"].tobytes())
         meta["history"] = {str(k): v for k, v in meta["history"].items()}

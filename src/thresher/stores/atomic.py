@@ -31,6 +31,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         _fsync_file(tmp)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if getattr(exc, "filename", None) is None:  # a failed write() (disk full, EFBIG) names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(final)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

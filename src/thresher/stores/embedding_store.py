@@ -224,7 +224,20 @@ class EmbeddingStore:
         base = int(self.shard_offsets[shard])
         for lo in range(0, len(ids), block_rows):
             hi = min(lo + block_rows, len(ids))
-            yield EmbeddingBlock(base + lo, ids[lo:hi], np.asarray(vectors[lo:hi], dtype=dtype))
+            block = np.asarray(vectors[lo:hi], dtype=dtype)
+            self._check_finite(block, np.arange(base + lo, base + hi))
+            yield EmbeddingBlock(base + lo, ids[lo:hi], block)
+
+    def _check_finite(self, vectors: np.ndarray, positions: np.ndarray) -> None:
+        """Refuse NaN or inf read back from a shard, naming the row: the writer refuses them, so the shard was changed or written by another tool."""
+        finite = np.isfinite(vectors).all(axis=1)
+        if finite.all():
+            return
+        position = int(positions[np.flatnonzero(~finite)[0]])
+        shard = int(np.searchsorted(self.shard_offsets, position, side="right") - 1)
+        row_id = self.shard_ids(shard)[position - int(self.shard_offsets[shard])]
+        raise ArtifactError(f"The stored embedding of row id={row_id!r} (position {position}) in {self.path / self.shards[shard].file} "
+                            "is not finite (NaN or inf): the store is corrupt; re-embed the pool.")
 
     def shard_column(self, shard: int, name: str) -> np.ndarray:
         """Another column of a shard as numpy (e.g. ``text_hash``); names the shard if it is absent."""
@@ -243,6 +256,7 @@ class EmbeddingStore:
         for i in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == i)
             out[sel] = self.shard_embeddings(int(i))[positions[sel] - self.shard_offsets[i]]
+        self._check_finite(out, positions)
         return out
 
     def to_numpy(self, *, dtype: Any = np.float32) -> np.ndarray:

@@ -32,6 +32,7 @@ missing neighbour (``k`` larger than the index) has position ``-1`` and score
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 import time
@@ -621,7 +622,10 @@ def build_index(
     _set_search_params(index, search_params)
 
     with atomic_path(out / INDEX_FILE) as tmp:
-        faiss.write_index(index, str(tmp))
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as exc:  # FAISS reports a failed write (disk full, quota) as a C++ error
+            raise OSError(errno.EIO, f"FAISS could not write the index ({_first_line(exc)})", str(out / INDEX_FILE)) from None
     _write_id_map(store, out / IDS_FILE)
 
     opened = FaissIndex(out, _provisional_manifest(params, store, index), index, _id_column(store))

@@ -732,6 +732,7 @@ def _parse_jsonl(data: bytes, source: str, *, first_line: int | None, schema: pa
     """Parse JSON Lines bytes with pyarrow (columns not in ``schema`` are inferred); name the bad line on failure."""
     import pyarrow.json as pj
 
+    _check_utf8(data, source, first_line, locate)
     explicit = None if schema is None else pa.schema([f for f in schema if not pa.types.is_null(f.type)])
     parse = pj.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="infer")
     block = 1 << 20
@@ -748,6 +749,22 @@ def _parse_jsonl(data: bytes, source: str, *, first_line: int | None, schema: pa
             if bad is not None:
                 raise bad from None
             raise InputDataError(f"The JSON Lines of {source} from line {line} on hold values of conflicting types: {message}") from None
+
+
+def _check_utf8(data: bytes, source: str, first_line: int | None, locate: Any) -> None:
+    """Refuse bytes that are not UTF-8, naming the line: pyarrow's JSON reader lets them through into string columns."""
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    try:
+        pa.LargeStringArray.from_buffers(1, offsets, pa.py_buffer(data)).validate(full=True)  # no copy, unlike bytes.decode
+    except pa.ArrowInvalid:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = (first_line if first_line is not None else locate()) + data.count(b"\n", 0, exc.start)
+            raise InputDataError(
+                f"Line {line} of {source} is not valid UTF-8 (byte {data[exc.start]:#04x}); pool files must be UTF-8 encoded."
+            ) from None
+        raise
 
 
 def _locate_json_error(data: bytes, source: str, first_line: int) -> InputDataError | None:
