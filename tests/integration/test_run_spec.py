@@ -125,6 +125,11 @@ def test_event_log_has_steps_and_per_partition_progress_with_eta(first_run):
     progress = [e for e in events if e["event"] == "progress" and e["step"] == "embed"]
     assert len(progress) == 3  # one per partition of 150 rows
     assert progress[-1]["rows_done"] == progress[-1]["rows_total"] == N_POOL and progress[-1]["eta_s"] == 0
+    # the selection steps report their Dask tasks too: RDS+ scores every pool row, B3 ranks the rds rows
+    score = [e for e in events if e["event"] == "progress" and e["step"] == "rds"]
+    assert score and score[-1]["rows_done"] == N_POOL and {e["task"] for e in score} == {"score"}
+    ranks = [e for e in events if e["event"] == "progress" and e["step"] == "batches"]
+    assert ranks and ranks[-1]["rows_done"] == 160
 
 
 def test_changing_a_late_step_reuses_everything_before_it(first_run, dask_client):

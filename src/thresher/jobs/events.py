@@ -86,6 +86,17 @@ def emit(event: str, **fields: Any) -> None:
         log.emit(event, **fields)
 
 
+def bound_emitter():
+    """An ``emit`` bound to the log and step current now, for callbacks that run on other threads (Dask's)."""
+    log, step = _current.get(), _step.get()
+
+    def emit_here(event: str, **fields: Any) -> None:
+        if log is not None:
+            log.emit(event, **({"step": step} if step is not None else {}), **fields)
+
+    return emit_here
+
+
 def read_events(path: str | Path) -> list[dict[str, Any]]:
     """All events of a log (a torn last line from a crash is skipped)."""
     events = []

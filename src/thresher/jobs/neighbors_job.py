@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from thresher.jobs.progress import RowProgress, report_futures
+
 
 def _shard_window(store_path: str, index_path: str | None, shard: int, p: int, m: int, block_rows: int,
                   subset: np.ndarray | None = None) -> tuple[int, np.ndarray]:
@@ -51,17 +53,27 @@ def window_on_cluster(store: Any, index_path: str | Path | None, p: int, m: int,
     n = store.n_rows if subset is None else len(subset)
     dtype = np.int32 if n < 2**31 else np.int64
     out = np.full((n, m), -1, dtype=dtype)
+    from thresher.stores.subset import shard_range
+
     shards = range(store.n_shards)
     if subset is not None:
-        from thresher.stores.subset import shard_range
-
         shards = [i for i in shards if shard_range(subset, store, i)[1] > shard_range(subset, store, i)[0]]
     args = [(str(store.path), None if index_path is None else str(index_path), i, p, m, block_rows) for i in shards]
+    def rows_in(shard: int) -> int:
+        lo, hi = (store.shard_offsets[shard], store.shard_offsets[shard + 1]) if subset is None else shard_range(subset, store, shard)
+        return int(hi - lo)
+
+    sizes = [rows_in(i) for i in shards]
     if client is None:
-        results = [_shard_window(*a, subset) for a in args]
+        bar = RowProgress(sum(sizes), description="teacher ranks", enabled=False)
+        results = []
+        for a, size in zip(args, sizes):
+            results.append(_shard_window(*a, subset))
+            bar.advance(size)
     else:
         subset_f = None if subset is None else client.scatter(subset, broadcast=True)
         futures = [client.submit(_shard_window, *a, subset_f, retries=2, pure=False) for a in args]
+        report_futures(futures, sizes, description="teacher ranks")
         results = client.gather(retried.track(futures) if retried is not None else futures)
     for start, window in results:
         out[start : start + len(window)] = window

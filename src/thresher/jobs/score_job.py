@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from thresher.jobs.progress import RowProgress, report_futures
+
 
 def _score_shard(store_path: str, shard: int, selector: Any, scorer: Any, k: int, block_rows: int, exclude: np.ndarray | None,
                  rows: tuple[int, np.ndarray] | None = None) -> tuple[Any, dict[str, int]]:
@@ -62,8 +64,13 @@ def score_store(store: Any, selector: Any, scorer: Any, k: int, *, client: Any |
 
         ranges = [(i, shard_range(subset, store, i)) for i in range(store.n_shards)]
         tasks = [(i, (lo, subset[lo:hi])) for i, (lo, hi) in ranges if hi > lo]
+    sizes = [int(store.shard_offsets[i + 1] - store.shard_offsets[i]) if rows is None else len(rows[1]) for i, rows in tasks]
     if client is None:
-        parts = [_score_shard(path, i, selector, scorer, k, block_rows, exclude, rows) for i, rows in tasks]
+        bar = RowProgress(sum(sizes), description="score", enabled=False)
+        parts = []
+        for (i, rows), size in zip(tasks, sizes):
+            parts.append(_score_shard(path, i, selector, scorer, k, block_rows, exclude, rows))
+            bar.advance(size)
         result = parts[0]
         for part in parts[1:]:
             result = _merge(result, part)
@@ -75,6 +82,7 @@ def score_store(store: Any, selector: Any, scorer: Any, k: int, *, client: Any |
                for (i, _), r in zip(tasks, rows_f)]
     if retried is not None:
         retried.track(futures)
+    report_futures(futures, sizes, description="score")
     while len(futures) > 1:
         paired = [client.submit(_merge, a, b, retries=retries, pure=False) for a, b in zip(futures[0::2], futures[1::2])]
         if retried is not None:

@@ -84,15 +84,26 @@ def _dedup_clusters(store_path: str, groups: list[tuple[int, np.ndarray, np.ndar
     return [selector.dedup_cluster(c, store.take(p), p, cos) for c, p, cos in groups]
 
 
-def _run_tasks(dask: Any, fn: Any, args: list[tuple[Any, ...]], shared: dict[str, Any], retried: Any) -> list[Any]:
-    """``fn(*a, **shared)`` for each ``a``: in this process, or one Dask task each with ``shared`` scattered once."""
+def _run_tasks(dask: Any, fn: Any, args: list[tuple[Any, ...]], shared: dict[str, Any], retried: Any, *,
+               sizes: list[int], description: str) -> list[Any]:
+    """``fn(*a, **shared)`` for each ``a``: in this process, or one Dask task each with ``shared`` scattered once.
+
+    ``sizes`` (rows per task) feed the progress events."""
+    from thresher.jobs.progress import RowProgress, report_futures
+
     if dask is None:
-        return [fn(*a, **shared) for a in args]
+        bar = RowProgress(sum(sizes), description=description, enabled=False)
+        out = []
+        for a, size in zip(args, sizes):
+            out.append(fn(*a, **shared))
+            bar.advance(size)
+        return out
     # sent once, workers fetch it from each other; a fresh key each call, as releasing an earlier scatter of
     # equal content would otherwise take this one's data with it
     shared_f = {k: dask.scatter(v, hash=False) for k, v in shared.items()}
     futures = [dask.submit(fn, *a, retries=2, pure=False, **shared_f) for a in args]
     retried.track(futures)
+    report_futures(futures, sizes, description=description)
     return dask.gather(futures)
 
 
@@ -193,7 +204,9 @@ def select_semdedup(
         shard_rows = [None if rows is None else rows[np.searchsorted(rows, bounds[i]):np.searchsorted(rows, bounds[i + 1])]
                       for i in range(store.n_shards)]
         args = [(path, i, r, assign_rows) for i, r in enumerate(shard_rows) if r is None or len(r)]
-        parts = _run_tasks(dask, _assign_shard, args, {"selector": selector, "centroids": centroids}, retried)
+        sizes = [int(bounds[a[1] + 1] - bounds[a[1]]) if a[2] is None else len(a[2]) for a in args]
+        parts = _run_tasks(dask, _assign_shard, args, {"selector": selector, "centroids": centroids}, retried,
+                           sizes=sizes, description="assign")
         positions = np.concatenate([p for p, _, _ in parts])
         cluster = np.concatenate([c for _, c, _ in parts])
         cos = np.concatenate([s for _, _, s in parts])
@@ -205,7 +218,8 @@ def select_semdedup(
         groups = [(int(cluster[a]), positions[a:b], cos[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
         del order, positions, cluster, cos
         packed = pack_clusters([len(g[1]) for g in groups], config.partition_rows)
-        results = _run_tasks(dask, _dedup_clusters, [(path, [groups[j] for j in task]) for task in packed], {"selector": selector}, retried)
+        results = _run_tasks(dask, _dedup_clusters, [(path, [groups[j] for j in task]) for task in packed], {"selector": selector}, retried,
+                             sizes=[sum(len(groups[j][1]) for j in task) for task in packed], description="dedup")
         del groups
 
         selection = selector.finish([r for task in results for r in task], lambda p: ids_at(store, p), n_rows=n_in,
