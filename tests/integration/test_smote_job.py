@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 import thresher
 from thresher.cli import main
-from thresher.data import demo_pool_path
-from thresher.exceptions import InputDataError, ParameterError
+from thresher.data import read_demo_pool
+from thresher.exceptions import ArtifactError, InputDataError, ParameterError
 from thresher.pipeline.smote import select_smote
 from thresher.selectors.smote import SMOTE
 from thresher.stores import open_curated, open_pool, write_curated
@@ -26,14 +26,12 @@ def labelled(tmp_path_factory):
     """80 chat openers labelled 'question' (20 rows: the opener ends with '?') or 'other' (60), in 3 partitions."""
     tmp = tmp_path_factory.mktemp("smote")
     rows = []
-    with demo_pool_path().open(encoding="utf-8") as f:
-        for i, line in zip(range(N_ROWS), f):
-            row = json.loads(line)
-            text = row["messages"][0]["content"].strip()
-            rows.append({
-                "id": row["id"], "text": text, "label": "question" if text.endswith("?") else "other",
-                "gappy": None if i == 41 else i % 2, "constant": 1,
-            })
+    for i, row in enumerate(read_demo_pool(N_ROWS)):
+        text = row["messages"][0]["content"].strip()
+        rows.append({
+            "id": row["id"], "text": text, "label": "question" if text.endswith("?") else "other",
+            "gappy": None if i == 41 else i % 2, "constant": 1,
+        })
     pool = tmp / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = thresher.embed(str(pool), tmp / "emb", text_column="text", id_column="id", partition_rows=30, local=True, progress=False)
@@ -50,6 +48,8 @@ def test_stage_writes_kept_and_synthetic_rows_readable_by_datasets(labelled):
     assert s["class_counts_after"] == {"other": 30, "question": 60}
     assert s["n_synthetic"] == 40 and s["n_undersampled"] == 30 and cur.n_rows == 30 + 20 + 40
     assert cur.manifest["selector"] == "smote" and cur.manifest["n_extra_rows"] == 40
+    report = s["neighbor_search"]["question"]  # how the class's neighbours were searched: exactly, 20 rows
+    assert list(s["neighbor_search"]) == ["question"] and report["index"] == "Flat" and report["exact"] is True and report["n_rows"] == 20
 
     ds = datasets.load_dataset("arrow", data_files=cur.files, split="train", cache_dir=str(tmp / "hf"))
     assert len(ds) == 90 and ds.column_names[:2] == ["id", "text"]
@@ -69,13 +69,16 @@ def test_stage_writes_kept_and_synthetic_rows_readable_by_datasets(labelled):
     emb = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
     np.testing.assert_array_equal(emb[:50], store.take(positions))
 
-    # synthetic rows: no pool id or text, class 'question', on the segment between two 'question' rows
-    assert table.column("id").to_pylist()[50:] == [None] * 40 and table.column("text").to_pylist()[50:] == [None] * 40
+    # synthetic rows: their own ids (unique, none a pool id), no text, class 'question', between two 'question' rows
+    assert table.column("id").to_pylist()[50:] == [f"synthetic:question:{i}" for i in range(40)]
+    assert len(set(table.column("id").to_pylist())) == 90 and not set(table.column("id").to_pylist()[50:]) & set(by_id)
+    assert table.column("text").to_pylist()[50:] == [None] * 40
     assert table.column("label").to_pylist()[50:] == ["question"] * 40
     parents = table.column("parents").to_pylist()[50:]
     gap = np.asarray(table.column("gap").to_pylist()[50:], dtype=np.float32)
     base, nb = store.take(store.positions_of([p[0] for p in parents])), store.take(store.positions_of([p[1] for p in parents]))
     assert all(by_id[a]["label"] == by_id[b]["label"] == "question" and a != b for a, b in parents)
+    assert report["n_searched"] == len({a for a, _ in parents})  # only the bases drawn were searched
     np.testing.assert_allclose(emb[50:], base + gap[:, None] * (nb - base), rtol=1e-6, atol=1e-6)
 
     # the same numbers as the in-memory selector on the store's vectors
@@ -138,3 +141,16 @@ def test_write_curated_extra_rows_checks_its_columns(labelled):
     assert table.column("id").to_pylist() == [rows[3]["id"], rows[1]["id"], None]
     assert table.column("text").to_pylist() == [rows[3]["text"], rows[1]["text"], "made up"]
     assert table.column("label").to_pylist() == [rows[3]["label"], rows[1]["label"], None]
+    # an iterable of tables is streamed into the shards, cut across the tables' boundaries, ranks running on
+    blocks = [pa.table({"score": [float(i), float(i) + 0.5], "text": [f"made up {i}", None]}) for i in range(3)]
+    cur = write_curated(tmp / "x4", extra_rows=iter(blocks), rows_per_shard=3, **common)
+    table = cur.to_table()
+    assert [pa.ipc.open_stream(f).read_all().num_rows for f in cur.files] == [3, 3, 2] and cur.manifest["n_extra_rows"] == 6
+    assert table.column("rank").to_pylist() == list(range(8))
+    assert table.column("score").to_pylist() == [0.5, 0.25, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert table.column("text").to_pylist()[2:] == ["made up 0", None, "made up 1", None, "made up 2", None]
+    # a bad later table is refused too, and the directory is left without a manifest (not a finished artefact)
+    with pytest.raises(ParameterError, match=r"lack the selection columns \['score'\]"):
+        write_curated(tmp / "x5", extra_rows=[pa.table({"score": [1.0]}), pa.table({"text": ["t"]})], rows_per_shard=2, **common)
+    with pytest.raises(ArtifactError):
+        open_curated(tmp / "x5")

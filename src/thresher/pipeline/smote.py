@@ -5,12 +5,16 @@ partition; pool partitions are the store's shards, row for row). The kept
 pool rows are written first, in pool order, with all their pool columns plus
 ``synthetic`` (false), ``parents`` (null), ``gap`` (null) and ``embedding``;
 then the synthetic rows, with ``synthetic`` true, ``parents`` (the base's and
-the neighbour's pool ids), ``gap``, their class in the label column,
+the neighbour's pool ids), ``gap``, their class in the label column, an ``id``,
 ``embedding``, and nulls in the other pool columns (Chawla et al., JAIR 2002;
 see :mod:`thresher.selectors.smote`).
 
+Synthetic rows get ids (``"synthetic:<class>:<n>"``, or the integers after the
+pool's largest id), unique against the whole pool.
+
 Memory: the labels (one value per pool row), one class's vectors and FAISS
-index at a time, the synthetic rows, and the kept rows' embeddings (which the
+index at a time, the synthetic rows' parents and gaps (their vectors are made
+and written one block at a time), and the kept rows' embeddings (which the
 shards carry so the output is a self-contained training set in embedding space).
 """
 
@@ -25,7 +29,7 @@ import pyarrow as pa
 
 from thresher.pipeline.columns import read_labels
 
-SMOTE_STAGE_VERSION = 1
+SMOTE_STAGE_VERSION = 2  # 2: synthetic rows have ids
 #: Selection columns the stage writes; the label column may not be one of them.
 SMOTE_COLUMNS = ("rank", "synthetic", "parents", "gap", "embedding")
 
@@ -62,6 +66,7 @@ def select_smote(
     local: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    subset: np.ndarray | None = None,
 ):
     """Over-sample minority classes with SMOTE in embedding space (and under-sample the majority); write curated shards.
 
@@ -78,6 +83,10 @@ def select_smote(
         the class they spell (1).
     scheduler, workers, slurm, client, local
         Where the per-partition reads run (``local``: in this process).
+    subset : ndarray of int, optional
+        Store positions of the only rows to consider (a pipeline step sees the
+        rows the previous one kept): class counts, neighbours and the kept rows
+        are those of a store holding just these rows.
 
     Returns
     -------
@@ -87,31 +96,38 @@ def select_smote(
     """
     from thresher.exceptions import ArtifactError, ParameterError
     from thresher.fingerprint import fingerprint_of
-    from thresher.jobs.cluster import dask_map, run_on_cluster
-    from thresher.selectors.smote import SMOTE, check_labels
+    from thresher.jobs.cluster import TaskRetries, dask_map, run_on_cluster
+    from thresher.selectors.smote import SMOTE, check_labels, synthetic_ids
     from thresher.stores.curated import open_curated, write_curated
     from thresher.stores.embedding_store import open_embedding_store
     from thresher.stores.manifest import read_manifest
     from thresher.stores.pool import reopen_pool
+    from thresher.stores.subset import StoreSubset, check_subset, subset_digest
 
     if not isinstance(labels, str) or not labels:
         raise ParameterError(f"The 'labels' parameter of select_smote must name a pool column; got {labels!r}.")
     if labels in SMOTE_COLUMNS:
         raise ParameterError(f"The label column may not be named {labels!r}: SMOTE writes a column of that name ({list(SMOTE_COLUMNS)}).")
     store = open_embedding_store(pool_embeddings)
+    subset = check_subset(subset, store.n_rows, "select_smote")
+    view = store if subset is None else StoreSubset(store, subset)
     selector = SMOTE(k_neighbors=k_neighbors, sampling_strategy=sampling_strategy, undersample_majority=undersample_majority,
                      neighbors=neighbors, seed=seed)
     selector._validate_params()
 
     def run(dask: Any) -> Any:
-        map_fn = dask_map(dask) if dask is not None else map
-        y = check_labels(read_labels(store, labels, map_fn), store.n_rows)
+        retried = TaskRetries(dask)
+        map_fn = dask_map(dask, retried=retried) if dask is not None else map
+        y = read_labels(store, labels, map_fn)
+        y = check_labels(y if subset is None else y[subset], view.n_rows)
         classes = np.unique(y).tolist()
         selector.sampling_strategy = match_classes(sampling_strategy, classes)
         selector.undersample_majority = match_classes(undersample_majority, classes)
         plan = selector.plan(y)
         params = {**selector.describe_params(), "labels": labels,
                   "n_new": {str(c): n for c, n in plan.n_new.items()}, "n_keep": {str(c): n for c, n in plan.n_keep.items()}}
+        if subset is not None:
+            params["subset"] = subset_digest(subset)
         fingerprint = fingerprint_of("smote", SMOTE_STAGE_VERSION, params, [store.fingerprint])
         if not overwrite:
             try:
@@ -119,7 +135,7 @@ def select_smote(
                     return open_curated(out)
             except ArtifactError:
                 pass  # absent or unfinished: write_curated decides
-        selection = selector.select(store, budget=1.0, labels=y)
+        selection = selector.select(view, budget=1.0, labels=y)
         pool = reopen_pool(store.manifest["pool"])
         id_type = pool.id_type
         n_kept, synthetic = len(selection), selection.synthetic
@@ -129,18 +145,29 @@ def select_smote(
             "gap": pa.nulls(n_kept, pa.float32()),
             "embedding": _fixed_list(selection.columns["embedding"]),
         }
-        parents = selection.synthetic_parents
-        extra = pa.table({
-            "synthetic": pa.array(np.ones(len(synthetic), dtype=bool)),
-            "parents": pa.FixedSizeListArray.from_arrays(pa.array(parents.reshape(-1).tolist(), type=id_type), 2),
-            "gap": pa.array(synthetic.gap, type=pa.float32()),
-            "embedding": _fixed_list(synthetic.vectors),
-            labels: pa.array(synthetic.label.tolist()).cast(pool.schema.field(labels).type),
-        })
+        # ids unique against the whole pool, not only the subset this step sees
+        ids = selection.synthetic_ids if subset is None else synthetic_ids(store.ids(), synthetic.label)
+
+        def table_of(block: dict[str, Any], block_ids: np.ndarray) -> pa.Table:
+            return pa.table({
+                "id": pa.array(block_ids.tolist(), type=id_type),
+                "synthetic": pa.array(block["synthetic"]),
+                "parents": pa.FixedSizeListArray.from_arrays(pa.array(block["parents"].reshape(-1).tolist(), type=id_type), 2),
+                "gap": pa.array(block["gap"], type=pa.float32()),
+                "embedding": _fixed_list(block["embedding"]),
+                labels: pa.array(block["label"].tolist()).cast(pool.schema.field(labels).type),
+            })
+
+        def extra() -> Any:  # one block of synthetic rows at a time: their vectors are never all held
+            if not len(synthetic):
+                yield table_of(selection.synthetic_columns(), ids)
+            for lo, block in zip(range(0, len(synthetic), synthetic.block_rows), selection.iter_synthetic_columns()):
+                yield table_of(block, ids[lo : lo + len(block["gap"])])
+
         return write_curated(
-            out, pool=pool, positions=selection.positions, columns=columns, expected_ids=selection.ids, selector=selector.name,
+            out, pool=pool, positions=selection.positions if subset is None else subset[selection.positions], columns=columns, expected_ids=selection.ids, selector=selector.name,
             params=params, fingerprint=fingerprint, seed=seed, inputs={"pool_embeddings": store.fingerprint},
-            summary={**selection.summary, "label_column": labels}, overwrite=overwrite, map_fn=map_fn, extra_rows=extra,
+            summary={**selection.summary, "label_column": labels, "rows_in": view.n_rows}, overwrite=overwrite, map_fn=map_fn, extra_rows=extra(), job=retried,
         )
 
     return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)

@@ -22,22 +22,36 @@ classes instead). Synthetic counts are computed from the original counts, as
 if SMOTE ran before the under-sampler.
 
 Neighbours and scale. Neighbours are searched class by class with FAISS on the
-class's float32 vectors: exact ``IndexFlatL2`` up to 100,000 rows, above that the
-index :func:`thresher.stores.index.choose_index_factory` picks within the
-memory budget (HNSW, then IVF) -- or any scikit-learn-style object with
-``fit``/``kneighbors`` passed as ``neighbors=`` (fitted on a clone per class,
-as imbalanced-learn does). Only the base points actually drawn are queried, in
-blocks of ``block_rows``; peak memory is the class's vectors (n_c x dim x 4
-bytes), the FAISS index over them (the same again for Flat/IVF-Flat, about
-+256 bytes a row for HNSW), one block of neighbour lists, and the synthetic
-rows themselves (n_new x dim). Nothing of size N x N is formed, and classes
-that only lose rows (under-sampling) are never loaded.
+class's float32 vectors (:func:`class_searcher`). Every row of a class is a
+query, so exact search costs n_c^2 x dim: "auto" uses exact ``IndexFlatL2`` up
+to 20,000 rows, and above that an IVF-Flat index (sqrt(n_c) lists, k-means on
+a seeded sample; the queries probing a list are scored against it in one
+matrix product) whose ``nprobe`` is the smallest power of two reaching
+``neighbor_recall`` (default 0.95) recall@k against exact search on 256
+sampled rows of the class; a class where no nprobe up to nlist/16 reaches it
+(isotropic noise, which an inverted file cannot cut) is searched exactly. The
+summary's ``neighbor_search`` says, per class, which index ran and the recall
+measured. ``neighbors="exact"`` always searches exactly; any scikit-learn-style
+object with ``fit``/``kneighbors`` can be passed instead (fitted on a clone per
+class, as imbalanced-learn does). Only the base points actually drawn are
+queried, in blocks of ``block_rows``. Peak memory is the class's vectors
+(n_c x dim x 4 bytes), the FAISS index over them (the same again), one block
+of neighbour lists, and 20 bytes per synthetic row: the synthetic vectors are
+not held but made block by block from their parents
+(:meth:`SyntheticRows.iter_vectors`), whose classes' vectors stay in memory
+when together they fit a quarter of the memory budget (else they are read
+from the pool again). Nothing of size N x N is formed, and
+classes that only lose rows (under-sampling) are never loaded.
+
+Synthetic rows get ids (:func:`synthetic_ids`): ``"synthetic:<class>:<n>"``
+for text ids, the integers after the pool's largest id for integer ids; an id
+already in the pool is refused.
 
 Randomness: each class draws from its own generator, seeded by
 ``thresher.rng.derive_seed(seed, "smote", str(label))`` (and ``"undersample"``
 for the under-sampler), so results do not depend on the order classes are
 processed in. The exact paths are deterministic; an approximate index (a class
-over 100,000 rows) built with several threads may order near-ties differently
+over 20,000 rows) built with several threads may order near-ties differently
 from run to run -- pass ``neighbors="exact"`` for bit-for-bit runs.
 """
 
@@ -45,7 +59,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -63,6 +77,13 @@ _OWNER = "SMOTE"
 _STRATEGY_NAMES = ("auto", "not majority", "minority", "not minority", "all")
 #: default number of base points whose neighbours are searched at once
 DEFAULT_QUERY_BLOCK = 16_384
+#: "auto" searches a class of up to this many rows exactly: every row is a query, so exact search costs
+#: n^2 x dim (20,000 rows of 384 dims: ~0.3 TFLOP, seconds); larger classes get a tuned IVF index.
+EXACT_MAX_ROWS = 20_000
+#: recall@k an approximate class index must reach on the sample (else the class is searched exactly)
+DEFAULT_NEIGHBOR_RECALL = 0.95
+#: rows of a class whose exact neighbours measure an approximate index's recall
+RECALL_QUERIES = 256
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,8 +238,10 @@ def undersample_targets(undersample_majority: Any, counts: Mapping[Any, int], ow
 # Neighbours within a class
 # --------------------------------------------------------------------------------------------------
 
+Searcher = Callable[[np.ndarray, int], np.ndarray]
 
-def _index_searcher(vectors: np.ndarray, factory: str, seed: int) -> Callable[[np.ndarray, int], np.ndarray]:
+
+def _index_searcher(vectors: np.ndarray, factory: str, seed: int) -> Searcher:
     """A FAISS L2 index of ``factory`` over ``vectors`` (n, dim) float32; returns search(queries, k) -> positions."""
     import faiss
 
@@ -228,7 +251,7 @@ def _index_searcher(vectors: np.ndarray, factory: str, seed: int) -> Callable[[n
     index = faiss.IndexFlatL2(dim) if factory == "Flat" else faiss.index_factory(dim, factory, faiss.METRIC_L2)
     if not index.is_trained:
         ivf = faiss.extract_index_ivf(index)
-        ivf.cp.seed = seed
+        ivf.cp.seed = seed % (1 << 31)  # FAISS takes a 32-bit int; derived seeds are 64-bit
         n_train = min(n, max(MIN_TRAIN_ROWS, TRAIN_PER_LIST * ivf.nlist))
         sample = np.sort(as_generator(seed, _OWNER).choice(n, size=n_train, replace=False))
         index.train(vectors[sample])
@@ -243,7 +266,7 @@ def _index_searcher(vectors: np.ndarray, factory: str, seed: int) -> Callable[[n
     return search
 
 
-def _object_searcher(neighbors: Any, vectors: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
+def _object_searcher(neighbors: Any, vectors: np.ndarray) -> Searcher:
     """Fit a clone of a scikit-learn-style neighbours object on the class (as imbalanced-learn does)."""
     try:
         from sklearn.base import BaseEstimator, clone
@@ -259,8 +282,175 @@ def _object_searcher(neighbors: Any, vectors: np.ndarray) -> Callable[[np.ndarra
     return search
 
 
+class _GroupedIVF:
+    """IVF-Flat search of a class against itself, one matrix product per inverted list.
+
+    The coarse quantiser is k-means on a seeded sample (Jégou, Douze & Schmid,
+    IEEE TPAMI 2011); each query probes its ``nprobe`` nearest lists, as in
+    FAISS's ``IndexIVFFlat``. FAISS scans the lists query by query, which reads
+    every probed list from memory once per query; when all the class's rows are
+    queries, the queries probing a list are instead scored against it in one BLAS
+    product. Same candidates and distances, at matrix-multiply speed.
+    """
+
+    def __init__(self, vectors: np.ndarray, nlist: int, seed: int):
+        import faiss
+
+        from thresher.stores.index import MIN_TRAIN_ROWS, TRAIN_PER_LIST
+
+        n, dim = vectors.shape
+        self.vectors, self.nlist, self.nprobe = vectors, nlist, 1
+        n_train = min(n, max(MIN_TRAIN_ROWS, TRAIN_PER_LIST * nlist))
+        sample = np.sort(as_generator(seed, _OWNER).choice(n, size=n_train, replace=False))
+        kmeans = faiss.Kmeans(dim, nlist, niter=10, seed=seed % (1 << 31), max_points_per_centroid=n_train)
+        kmeans.train(vectors[sample])
+        self.centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+        self._c_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
+        lists = np.concatenate([self.probes(vectors[lo : lo + DEFAULT_QUERY_BLOCK], 1).ravel() for lo in range(0, n, DEFAULT_QUERY_BLOCK)])
+        self.members = np.argsort(lists, kind="stable")
+        self.bounds = np.searchsorted(lists[self.members], np.arange(nlist + 1))
+        self.sq_norms = np.einsum("ij,ij->i", vectors, vectors)
+
+    def probes(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
+        """The ``nprobe`` lists nearest each query (their centroids by L2), shape (n_queries, nprobe), in no order."""
+        d = queries @ self.centroids.T
+        d *= -2
+        d += self._c_norms
+        if nprobe >= self.nlist:
+            return np.broadcast_to(np.arange(self.nlist), d.shape)
+        return np.argmin(d, axis=1)[:, None] if nprobe == 1 else np.argpartition(d, nprobe - 1, axis=1)[:, :nprobe]
+
+    def __call__(self, queries: np.ndarray, k: int) -> np.ndarray:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        nq, nprobe = len(queries), self.nprobe
+        probes = np.ascontiguousarray(self.probes(queries, nprobe)).ravel()
+        query_of = np.repeat(np.arange(nq), nprobe)
+        slot_of = np.tile(np.arange(nprobe) * k, nq)
+        by_list = np.argsort(probes, kind="stable")
+        cuts = np.searchsorted(probes[by_list], np.arange(self.nlist + 1))
+        best_d = np.full((nq, nprobe * k), np.inf, dtype=np.float32)
+        best_i = np.full((nq, nprobe * k), -1, dtype=np.int64)
+        q_norms = np.einsum("ij,ij->i", queries, queries)
+        for lst in range(self.nlist):
+            pairs = by_list[cuts[lst] : cuts[lst + 1]]
+            rows = self.members[self.bounds[lst] : self.bounds[lst + 1]]
+            if len(pairs) == 0 or len(rows) == 0:
+                continue
+            qs = query_of[pairs]
+            d = queries[qs] @ self.vectors[rows].T
+            d *= -2
+            d += q_norms[qs, None]
+            d += self.sq_norms[rows][None, :]
+            kk = min(k, len(rows))
+            top = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.broadcast_to(np.arange(kk), (len(qs), kk))
+            cols = slot_of[pairs][:, None] + np.arange(kk)
+            best_d[qs[:, None], cols] = np.take_along_axis(d, top, axis=1)
+            best_i[qs[:, None], cols] = rows[top]
+        order = np.argsort(best_d, axis=1, kind="stable")[:, :k]
+        found = np.take_along_axis(best_i, order, axis=1)
+        found[np.take_along_axis(best_d, order, axis=1) == np.inf] = -1
+        return found
+
+
+def ivf_nlist(n_rows: int) -> int:
+    """IVF list count for a class searched against itself: ``sqrt(n)`` rounded to a power of two (>= 16).
+
+    Every row of the class is a query, so the search costs ``n x nprobe x n / nlist``
+    distances and k-means training ``~ nlist^2``; ``sqrt(n)`` lists balance the two
+    (the index chooser's ``4 sqrt(n)`` assumes far fewer queries than rows).
+    """
+    return max(16, 2 ** round(math.log2(math.sqrt(n_rows))))
+
+
+def neighbor_recall(vectors: np.ndarray, queries: np.ndarray, found: np.ndarray, k: int, *, kth: np.ndarray | None = None) -> float:
+    """Mean recall@k of neighbour lists ``found`` (n_queries, k; self dropped, -1 missing) against exact search.
+
+    Tie-aware: a found row counts when its squared distance is at most the exact
+    k-th nearest one's (duplicates then do not lower the recall of an exact search).
+    ``kth`` (those distances, from :func:`kth_distances`) saves the exact search.
+    """
+    if kth is None:
+        kth = kth_distances(vectors, queries, k)
+    valid = found >= 0
+    d = ((vectors[np.where(valid, found, 0)] - vectors[queries][:, None, :]).astype(np.float64) ** 2).sum(-1)
+    hits = (valid & (d <= kth[:, None] * (1 + 1e-5) + 1e-12)).sum(axis=1)
+    return float(np.mean(np.minimum(hits, k) / k))
+
+
+def kth_distances(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Squared distance from each query row to its k-th nearest other row (exact search), float64."""
+    from thresher.stores.index import exact_search
+
+    exact_d, _ = exact_search(vectors, vectors[queries], k + 1, metric="l2")
+    # the query itself (distance 0) is the exact list's first entry, or ties with it
+    return exact_d[:, k].astype(np.float64)
+
+
+def class_searcher(
+    vectors: np.ndarray,
+    k: int,
+    *,
+    neighbors: Any = "auto",
+    seed: int = 0,
+    recall_target: float = DEFAULT_NEIGHBOR_RECALL,
+    exact_max_rows: int | None = None,
+    recall_queries: int = RECALL_QUERIES,
+) -> tuple[Searcher, dict[str, Any]]:
+    """How the neighbours of one class are searched: a ``search(queries, k) -> positions`` and a report.
+
+    "exact", or "auto" on a class of at most ``exact_max_rows`` rows (default
+    :data:`EXACT_MAX_ROWS`): exact ``IndexFlatL2``. "auto" on a larger class: an
+    IVF-Flat index (:func:`ivf_nlist` lists, k-means on a seeded sample, searched
+    one list at a time with a matrix product: :class:`_GroupedIVF`) whose ``nprobe`` is tuned on ``recall_queries``
+    seeded rows of the class: the smallest power of two whose recall@k against
+    exact search reaches ``recall_target``. When even ``nlist / 16`` probes miss
+    it (the class has no structure an inverted file can use, e.g. isotropic
+    noise), scanning that much costs more than the exact BLAS search, so the
+    class is searched exactly. The memory budget is checked with
+    :func:`thresher.stores.index.choose_index_factory` (the class's vectors are
+    loaded either way, and an IVF-Flat index holds them once more).
+
+    Returns
+    -------
+    search : callable
+    report : dict
+        ``index`` (factory string), ``exact`` (bool), and for a tuned IVF ``nprobe``,
+        ``recall_at_k`` (measured on ``recall_queries`` rows), ``k``; after a fallback,
+        ``approximate_recall_at_k`` (the best the IVF index reached) and ``nprobe_tried``.
+    """
+    n, dim = vectors.shape
+    if not isinstance(neighbors, str):
+        return _object_searcher(neighbors, vectors), {"index": type(neighbors).__name__, "exact": None}
+    limit = EXACT_MAX_ROWS if exact_max_rows is None else exact_max_rows
+    if neighbors == "exact" or n <= limit:
+        return _index_searcher(vectors, "Flat", seed), {"index": "Flat", "exact": True}
+    from thresher.config import runtime_config
+    from thresher.stores.index import choose_index_factory
+
+    choose_index_factory(n, dim, metric="l2", memory_budget_bytes=runtime_config().memory_budget_bytes)  # refuses a class too large
+    nlist = ivf_nlist(n)
+    search = _GroupedIVF(vectors, nlist, seed)
+    sample = np.sort(as_generator(derive_seed(seed, "recall"), _OWNER).choice(n, size=min(n, recall_queries), replace=False))
+    best, tried = 0.0, []
+    kth = kth_distances(vectors, sample, k)
+    nprobe = 1
+    while nprobe <= max(1, nlist // 16):
+        search.nprobe = nprobe
+        tried.append(nprobe)
+        recall = neighbor_recall(vectors, sample, _drop_self(search(vectors[sample], k + 1), sample, k), k, kth=kth)
+        best = max(best, recall)
+        if recall >= recall_target:
+            return search, {"index": f"IVF{nlist},Flat", "exact": False, "nprobe": nprobe, "recall_at_k": round(recall, 4),
+                            "k": k, "recall_queries": len(sample)}
+        nprobe *= 2
+    del search
+    return _index_searcher(vectors, "Flat", seed), {"index": "Flat", "exact": True, "approximate_recall_at_k": round(best, 4),
+                                                     "nprobe_tried": tried, "approximate_index": f"IVF{nlist},Flat"}
+
+
 def class_neighbors(
-    vectors: np.ndarray, queries: np.ndarray, k: int, *, neighbors: Any = "auto", block_rows: int = DEFAULT_QUERY_BLOCK, seed: int = 0
+    vectors: np.ndarray, queries: np.ndarray, k: int, *, neighbors: Any = "auto", block_rows: int = DEFAULT_QUERY_BLOCK, seed: int = 0,
+    search: Searcher | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest neighbours (L2) of some rows of a class among the class, each row itself excluded.
 
@@ -273,10 +463,11 @@ def class_neighbors(
     k : int
         Neighbours per row (the class must have more than ``k`` rows).
     neighbors : "auto", "exact" or an object with ``fit`` and ``kneighbors``
-        "exact": ``IndexFlatL2``; "auto": the index :func:`choose_index_factory` picks
-        (``Flat`` up to 100,000 rows).
+        How to search (:func:`class_searcher`); unused when ``search`` is given.
     block_rows : int
         Queries searched at once.
+    search : callable, optional
+        A searcher from :func:`class_searcher` over ``vectors``.
 
     Returns
     -------
@@ -286,15 +477,8 @@ def class_neighbors(
     n_valid : ndarray of int64, shape (n_queries,)
         Valid neighbours per query (>= 1).
     """
-    n, dim = vectors.shape
-    if isinstance(neighbors, str):
-        from thresher.config import runtime_config
-        from thresher.stores.index import choose_index_factory
-
-        factory = "Flat" if neighbors == "exact" else choose_index_factory(n, dim, metric="l2", memory_budget_bytes=runtime_config().memory_budget_bytes)
-        search = _index_searcher(vectors, factory, seed)
-    else:
-        search = _object_searcher(neighbors, vectors)
+    if search is None:
+        search, _ = class_searcher(vectors, k, neighbors=neighbors, seed=seed)
     out = np.empty((len(queries), k), dtype=np.int64)
     for lo in range(0, len(queries), block_rows):
         rows = queries[lo : lo + block_rows]
@@ -331,7 +515,12 @@ def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SyntheticRows:
-    """Synthetic rows, grouped by class in sorted label order.
+    """Synthetic rows, grouped by class in sorted label order, held as their parents and gaps.
+
+    The vectors are not stored: :meth:`iter_vectors` makes them block by block
+    from the parents' vectors (``x + g (x_nn - x)`` in the pool's dtype), so a
+    million synthetic rows hold about 20 MB (two positions and a gap each)
+    instead of their vectors; :attr:`vectors` makes them all at once.
 
     Attributes
     ----------
@@ -340,17 +529,105 @@ class SyntheticRows:
     gap : ndarray of float32, shape (n_synthetic,)
         The interpolation weight g in x + g (x_nn - x).
     label : ndarray, shape (n_synthetic,)
-    vectors : ndarray of shape (n_synthetic, dim)
+    take : callable
+        ``take(positions) -> vectors`` of the pool the positions refer to.
+    block_rows : int
+        Rows made at once by :meth:`iter_vectors` and :attr:`vectors`.
     """
 
     base_positions: np.ndarray
     neighbor_positions: np.ndarray
     gap: np.ndarray
     label: np.ndarray
-    vectors: np.ndarray
+    take: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
+    block_rows: int = DEFAULT_QUERY_BLOCK
 
     def __len__(self) -> int:
         return len(self.gap)
+
+    def vectors_of(self, rows: slice) -> np.ndarray:
+        """The vectors of synthetic rows ``rows`` (a slice)."""
+        x = self.take(self.base_positions[rows])
+        out = self.take(self.neighbor_positions[rows])
+        if not out.flags.writeable or not out.flags.owndata:  # a pool that hands out views of its own memory
+            out = out.copy()
+        out -= x  # x + g (x_nn - x), in place: one block-sized array besides x
+        out *= self.gap[rows].astype(x.dtype)[:, None]
+        out += x
+        return out
+
+    def iter_vectors(self, block_rows: int | None = None) -> Iterator[np.ndarray]:
+        """The vectors, ``block_rows`` rows at a time, in row order."""
+        block = int(block_rows or self.block_rows)
+        for lo in range(0, len(self), block):
+            yield self.vectors_of(slice(lo, lo + block))
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """All the vectors, shape (n_synthetic, dim) (held in memory: prefer :meth:`iter_vectors`)."""
+        first = self.take(self.base_positions[:0])
+        out = np.empty((len(self), first.shape[1]), dtype=first.dtype)
+        for lo, part in zip(range(0, len(self), self.block_rows), self.iter_vectors()):
+            out[lo : lo + len(part)] = part
+        return out
+
+
+def _take_sorted(pool: PoolLike, positions: np.ndarray) -> np.ndarray:
+    """``pool.take(positions)`` for sorted positions, read block by block: sequential slices of a
+    memory-mapped store are several times faster than one gather over all of it."""
+    out = None
+    for block in pool.iter_blocks():
+        if out is None:
+            out = np.empty((len(positions), block.vectors.shape[1]), dtype=block.vectors.dtype)
+        lo = block.start
+        a, b = np.searchsorted(positions, [lo, lo + len(block.vectors)])
+        if b - a == len(block.vectors):  # the whole block: one copy
+            out[a:b] = block.vectors
+        else:
+            np.take(block.vectors, positions[a:b] - lo, axis=0, out=out[a:b])
+    return out
+
+
+class _MemberVectors:
+    """``take(positions)`` over the vectors of some classes already in memory (``members[i]``: sorted pool positions of ``vectors[i]``)."""
+
+    def __init__(self, members: list[np.ndarray], vectors: list[np.ndarray]):
+        positions = members[0] if len(members) == 1 else np.concatenate(members)
+        self._vectors = vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
+        self._row = np.full(int(positions.max()) + 1, -1, dtype=np.int64)  # pool position -> row of _vectors
+        self._row[positions] = np.arange(len(positions))
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        return self._vectors[self._row[positions]]
+
+
+def synthetic_ids(pool_ids: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Deterministic ids for synthetic rows (grouped by class, as :class:`SyntheticRows`).
+
+    Text ids: ``"synthetic:<class>:<n>"``, ``n`` counting the class's synthetic rows
+    from 0. Integer ids: ``max(pool id) + 1``, ``+ 2``, … in row order (as if the rows
+    were appended to the pool). Either way unique; an id already in the pool is
+    refused (:class:`InputDataError`, naming it).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(label)
+    if pool_ids.dtype.kind in "iu":
+        top = int(pool_ids.max()) if len(pool_ids) else -1
+        if top > np.iinfo(np.int64).max - n:
+            raise InputDataError(f"The pool's largest id {top} leaves no room for {n} synthetic integer ids after it (int64).")
+        return np.arange(top + 1, top + 1 + n, dtype=np.int64)
+    ids = np.empty(n, dtype=object)
+    if n:
+        starts = np.flatnonzero(np.r_[True, label[1:] != label[:-1]])
+        for lo, hi in zip(starts, np.r_[starts[1:], n]):
+            ids[lo:hi] = [f"synthetic:{label[lo]}:{i}" for i in range(hi - lo)]
+        clash = pc.is_in(pa.array(ids.tolist(), pa.string()), value_set=pa.array(pool_ids.tolist(), pa.string()))
+        if pc.any(clash).as_py():
+            bad = ids[int(np.flatnonzero(clash.to_numpy(zero_copy_only=False))[0])]
+            raise InputDataError(f"The pool already holds the id {bad!r}, which SMOTE gives a synthetic row; rename that pool row.")
+    return ids
 
 
 @dataclass(frozen=True)
@@ -359,18 +636,33 @@ class SMOTESelection(Selection):
 
     ``positions``/``ids`` are the kept original rows in pool order; their
     ``columns`` are ``synthetic`` (False), ``label`` and ``embedding``.
-    :meth:`synthetic_columns` gives the synthetic rows' columns: ``synthetic``
-    (True), ``parents`` (base id, neighbour id), ``gap``, ``label``, ``embedding``.
+    :meth:`iter_synthetic_columns` gives the synthetic rows' columns block by
+    block: ``id`` (:func:`synthetic_ids`), ``synthetic`` (True), ``parents``
+    (base id, neighbour id), ``gap``, ``label``, ``embedding``.
     """
 
     synthetic: SyntheticRows | None = None
     synthetic_parents: np.ndarray | None = field(default=None)
+    synthetic_ids: np.ndarray | None = field(default=None)
+
+    def iter_synthetic_columns(self, block_rows: int | None = None) -> Iterator[dict[str, Any]]:
+        """The synthetic rows' columns, ``block_rows`` rows at a time (only one block of vectors is held)."""
+        s = self.synthetic
+        if s is None:
+            return
+        block = int(block_rows or s.block_rows)
+        for lo in range(0, len(s), block):
+            rows = slice(lo, lo + block)
+            yield {"id": self.synthetic_ids[rows], "synthetic": np.ones(len(s.gap[rows]), dtype=bool), "parents": self.synthetic_parents[rows],
+                   "gap": s.gap[rows], "label": s.label[rows], "embedding": s.vectors_of(rows)}
 
     def synthetic_columns(self) -> dict[str, Any]:
+        """All the synthetic rows' columns at once (the vectors held in memory)."""
         s = self.synthetic
         if s is None:
             return {}
-        return {"synthetic": np.ones(len(s), dtype=bool), "parents": self.synthetic_parents, "gap": s.gap, "label": s.label, "embedding": s.vectors}
+        return {"id": self.synthetic_ids, "synthetic": np.ones(len(s), dtype=bool), "parents": self.synthetic_parents, "gap": s.gap,
+                "label": s.label, "embedding": s.vectors}
 
 
 @dataclass(frozen=True)
@@ -398,6 +690,9 @@ class SMOTE(BaseSelector):
         Keep floor(ratio x n) rows of the majority class (or of each named class), drawn uniformly.
     neighbors : "auto", "exact" or an object with ``fit`` and ``kneighbors``, default "auto"
         How neighbours are found (module docstring).
+    neighbor_recall : float in (0, 1], default 0.95
+        With "auto", the recall@k a class's approximate index must reach on a sample of the
+        class (measured against exact search); a class where it cannot is searched exactly.
     block_rows : int or None
         Base points searched and synthetic rows built at once (default 16,384).
     seed : int, default 0
@@ -406,7 +701,8 @@ class SMOTE(BaseSelector):
     --------
     >>> X_res, y_res = SMOTE(seed=0).fit_resample(X, y)                       # doctest: +SKIP
     >>> sel = SMOTE(undersample_majority=0.5).select(store, budget=1.0, labels=y)  # doctest: +SKIP
-    >>> sel.positions, sel.synthetic.vectors, sel.synthetic_parents           # doctest: +SKIP
+    >>> sel.positions, sel.synthetic_ids, sel.synthetic_parents               # doctest: +SKIP
+    >>> for block in sel.iter_synthetic_columns(): ...                        # doctest: +SKIP
     """
 
     name = "smote"
@@ -418,6 +714,7 @@ class SMOTE(BaseSelector):
         sampling_strategy: SamplingStrategy = "auto",
         undersample_majority: float | Mapping[Any, float] | None = None,
         neighbors: NeighborsMode | Any = "auto",
+        neighbor_recall: float = DEFAULT_NEIGHBOR_RECALL,
         block_rows: int | None = None,
         seed: int = 0,
     ):
@@ -425,6 +722,7 @@ class SMOTE(BaseSelector):
         self.sampling_strategy = sampling_strategy
         self.undersample_majority = undersample_majority
         self.neighbors = neighbors
+        self.neighbor_recall = neighbor_recall
         self.block_rows = block_rows
         self.seed = seed
 
@@ -439,6 +737,9 @@ class SMOTE(BaseSelector):
                 raise parameter_error(_OWNER, "neighbors", "'auto', 'exact' or an object with fit() and kneighbors()", self.neighbors)
         elif not (hasattr(self.neighbors, "kneighbors") and hasattr(self.neighbors, "fit")):
             raise parameter_error(_OWNER, "neighbors", "'auto', 'exact' or an object with fit() and kneighbors()", type(self.neighbors).__name__)
+        r = self.neighbor_recall
+        if isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, float, np.integer, np.floating)) or not 0.0 < float(r) <= 1.0:
+            raise parameter_error(_OWNER, "neighbor_recall", "a float in (0, 1] (recall@k an approximate class index must reach)", r)
         b = self.block_rows
         if b is not None and (isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)) or b < 1):
             raise parameter_error(_OWNER, "block_rows", "None or an int >= 1", b)
@@ -472,8 +773,10 @@ class SMOTE(BaseSelector):
 
     # -- the algorithm ------------------------------------------------------------------------------
 
-    def _resample(self, n_rows: int, y: np.ndarray, take: Callable[[np.ndarray], np.ndarray], plan: ResamplePlan) -> tuple[np.ndarray, SyntheticRows, int]:
-        """Kept pool positions (sorted), the synthetic rows, and the vector width."""
+    def _resample(
+        self, n_rows: int, y: np.ndarray, take: Callable[[np.ndarray], np.ndarray], plan: ResamplePlan
+    ) -> tuple[np.ndarray, SyntheticRows, dict[str, Any]]:
+        """Kept pool positions (sorted), the synthetic rows, and how each over-sampled class's neighbours were searched."""
         block = int(self.block_rows or DEFAULT_QUERY_BLOCK)
         keep = np.ones(n_rows, dtype=bool)
         for c, n_keep in plan.n_keep.items():
@@ -483,38 +786,42 @@ class SMOTE(BaseSelector):
             drop = np.ones(len(members), dtype=bool)
             drop[chosen] = False
             keep[members[drop]] = False
-        parts = [self._class_synthetic(c, n_new, np.flatnonzero(y == c), y, take, block) for c, n_new in plan.n_new.items()]
+        parts, reports, loaded = [], {}, []
+        for c, n_new in plan.n_new.items():
+            *part, vectors, reports[str(c)] = self._class_synthetic(c, n_new, np.flatnonzero(y == c), take, block)
+            parts.append(part)
+            loaded.append(vectors)
         if parts:
-            dim = parts[0][4].shape[1]
-            # one class (the usual binary case) is used as it is: no second copy of the synthetic vectors
-            synthetic = SyntheticRows(*[p_[0] if len(parts) == 1 else np.concatenate(p_) for p_ in zip(*parts)])
+            base, neighbor, gap = (np.concatenate(p_) for p_ in zip(*parts))
         else:
-            probe = take(np.zeros(1, dtype=np.int64))
-            dim = probe.shape[1]
-            synthetic = SyntheticRows(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32), y[:0], np.empty((0, dim), probe.dtype))
-        return np.flatnonzero(keep), synthetic, dim
+            base, neighbor, gap = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+        from thresher.config import runtime_config
 
-    def _class_synthetic(self, c: Any, n_new: int, members: np.ndarray, y: np.ndarray, take: Callable[[np.ndarray], np.ndarray], block: int):
-        """``n_new`` synthetic rows of class ``c`` (pool positions ``members``)."""
+        if loaded and sum(v.nbytes for v in loaded) <= runtime_config().memory_budget_bytes // 4:
+            # the parents' vectors were loaded for the neighbour search: keep them, so making the
+            # synthetic rows reads no pool row again (random reads from a memory-mapped store are slow)
+            take = _MemberVectors([np.flatnonzero(y == c) for c in plan.n_new], loaded)
+        del loaded
+        synthetic = SyntheticRows(base, neighbor, gap, y[base], take=take, block_rows=block)
+        return np.flatnonzero(keep), synthetic, reports
+
+    def _class_synthetic(self, c: Any, n_new: int, members: np.ndarray, take: Callable[[np.ndarray], np.ndarray], block: int):
+        """Parents (pool positions) and gaps of ``n_new`` synthetic rows of class ``c`` (pool positions ``members``),
+        the class's vectors, and the neighbour search's report."""
         rng = as_generator(derive_seed(self.seed, "smote", str(c)), _OWNER)
         base = rng.integers(0, len(members), size=n_new)
         pick = rng.random(n_new)
         gap = rng.random(n_new, dtype=np.float32)
         vectors = take(members)
         vectors32 = np.ascontiguousarray(vectors, dtype=np.float32)
+        search, report = class_searcher(vectors32, self.k_neighbors, neighbors=self.neighbors, seed=derive_seed(self.seed, "index", str(c)),
+                                        recall_target=self.neighbor_recall)
         bases, inverse = np.unique(base, return_inverse=True)
-        nn, n_valid = class_neighbors(vectors32, bases, self.k_neighbors, neighbors=self.neighbors, block_rows=block,
-                                      seed=derive_seed(self.seed, "index", str(c)))
+        nn, n_valid = class_neighbors(vectors32, bases, self.k_neighbors, block_rows=block, search=search)
+        del search, vectors32
         column = np.minimum((pick * n_valid[inverse]).astype(np.int64), n_valid[inverse] - 1)
         neighbor = nn[inverse, column]
-        out = np.empty((n_new, vectors.shape[1]), dtype=vectors.dtype)
-        g = gap.astype(vectors.dtype)
-        for lo in range(0, n_new, block):
-            hi = min(lo + block, n_new)
-            x = vectors[base[lo:hi]]
-            out[lo:hi] = x + g[lo:hi, None] * (vectors[neighbor[lo:hi]] - x)
-        del vectors32
-        return members[base], members[neighbor], gap, y[members[base]], out
+        return members[base], members[neighbor], gap, vectors, {**report, "n_rows": int(len(members)), "n_searched": int(len(bases))}
 
     def fit_resample(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """Resample in memory, as ``imblearn.over_sampling.SMOTE.fit_resample``.
@@ -548,10 +855,10 @@ class SMOTE(BaseSelector):
             raise ParameterError("SMOTE.select needs labels=<array of one class per pool row>.")
         y = check_labels(labels, pool.n_rows)
         plan = self.plan(y)
-        kept, synthetic, dim = self._resample(pool.n_rows, y, pool.take, plan)
+        kept, synthetic, neighbor_search = self._resample(pool.n_rows, y, pool.take, plan)
         all_ids = pool.ids()
         parents = np.stack([all_ids[synthetic.base_positions], all_ids[synthetic.neighbor_positions]], axis=1) if len(synthetic) else all_ids[:0].reshape(0, 2)
-        embedding = pool.take(kept) if len(kept) else np.empty((0, dim), np.float32)
+        embedding = _take_sorted(pool, kept)
         summary = {
             "class_counts_before": {str(c): n for c, n in plan.counts.items()},
             "class_counts_after": {str(c): n for c, n in plan.counts_after().items()},
@@ -560,6 +867,7 @@ class SMOTE(BaseSelector):
             "n_kept": int(len(kept)),
             "synthetic_per_class": {str(c): n for c, n in plan.n_new.items()},
             "kept_per_undersampled_class": {str(c): n for c, n in plan.n_keep.items()},
+            "neighbor_search": neighbor_search,
         }
         return SMOTESelection(
             positions=kept.astype(np.int64),
@@ -571,6 +879,7 @@ class SMOTE(BaseSelector):
             summary=summary,
             synthetic=synthetic,
             synthetic_parents=parents,
+            synthetic_ids=synthetic_ids(all_ids, synthetic.label),
         )
 
     def describe_params(self) -> dict[str, Any]:

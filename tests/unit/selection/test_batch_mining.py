@@ -83,3 +83,45 @@ def test_bad_parameters_are_named():
         BatchMiner(batch_size=32, community_size=16, rank_window=(30, 130)).select(x, budget=1.0)
     with pytest.raises(ParameterError, match="'rank_window'"):
         BatchMiner(batch_size=32, community_size=16, rank_window=(5, 2)).select(x, budget=1.0)
+
+
+def test_graph_handles_missing_self_and_repeated_entries_like_a_set_computation():
+    rng = np.random.default_rng(3)
+    n, m = 400, 12
+    window = rng.integers(-1, n, size=(n, m))  # -1 = missing (an approximate index found fewer)
+    window[:, 0] = np.arange(n)  # self entries
+    window[::7, 2] = window[::7, 1]  # repeated entries
+    window[rng.integers(0, n, 300), rng.integers(0, m, 300)] = -1
+    directed = {(i, int(j)) for i, row in enumerate(window) for j in row if j >= 0 and j != i}
+    expected = {(i, j) for i, j in directed if (j, i) in directed}
+    graph = reciprocal_graph(window)
+    coo = graph.tocoo()
+    assert set(zip(coo.row.tolist(), coo.col.tolist())) == expected and graph.nnz == len(expected)
+    assert set(graph.data.tolist()) <= {1} and graph.has_sorted_indices
+
+
+@pytest.mark.parametrize("metric,nprobe", [("ip", 1), ("ip", 3), ("l2", 2)])
+def test_grouped_ivf_search_finds_what_the_faiss_index_finds(tmp_path, metric, nprobe):
+    from thresher.selectors.batch_mining import GroupedIVFSearch
+    from thresher.stores import build_index, finalize_embedding_store, open_embedding_store, write_embedding_shard
+
+    x = clustered(n=3000, dim=16, n_clusters=30, seed=4)
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    shards = [write_embedding_shard(store_dir, i, np.arange(lo, lo + 1500), x[lo : lo + 1500]) for i, lo in enumerate((0, 1500))]
+    finalize_embedding_store(store_dir, shards=shards, fingerprint="g", dim=16, dtype="float32", encoder={"normalize": True}, pool={})
+    store = open_embedding_store(store_dir)
+    index = build_index(store, tmp_path / "index", index_type="IVF32,Flat", metric=metric, nprobe=nprobe, recall_sample=0)
+    grouped = GroupedIVFSearch.of(index, store.n_rows)
+    assert grouped is not None and GroupedIVFSearch.of(index, store.n_rows + 1) is None
+    queries = x[::13]
+    _, expected = index.search_positions(queries, 40)
+    found = grouped.search(queries, 40)
+    assert [set(a) for a in found.tolist()] == [set(b) for b in expected.tolist()]
+    assert GroupedIVFSearch.of(np.zeros(3), 3) is None  # not an index: the caller's own search
+    # B3's rank windows through the index: the grouped search (used by window_neighbors) gives FAISS's windows
+    windows = window_neighbors(store, index, 5, 20)
+    for q in range(0, 3000, 97):
+        _, ref = index.search_positions(x[q : q + 1], 26)
+        ref = [j for j in ref[0].tolist() if j != q][:25]
+        assert set(windows[q].tolist()) == set(ref[5:25])

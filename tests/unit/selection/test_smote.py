@@ -17,6 +17,7 @@ from sklearn.neighbors import NearestNeighbors
 from thresher.exceptions import InputDataError, ParameterError
 from thresher.selectors import SELECTORS
 from thresher.selectors.smote import SMOTE, class_neighbors, sampling_targets
+from thresher.rng import derive_seed
 from thresher.selectors.smote import _index_searcher
 
 
@@ -156,6 +157,7 @@ def test_undersampling_keeps_a_uniform_fraction_of_the_majority_and_all_minority
     sel = SMOTE(undersample_majority=0.5, seed=2).select(X, budget=1.0, labels=y)
     kept_labels = y[sel.positions]
     assert (kept_labels == 0).sum() == 45 and (kept_labels == 1).sum() == 14
+    np.testing.assert_array_equal(sel.columns["embedding"], X[sel.positions].astype(np.float32))
     assert np.all(np.diff(sel.positions) > 0)
     assert sel.summary["class_counts_before"] == {"0": 90, "1": 14}
     assert sel.summary["class_counts_after"] == {"0": 45, "1": 90}
@@ -255,3 +257,112 @@ def test_classifier_trained_on_thresher_output_matches_imbalanced_learn():
     assert np.all(np.abs(ours.mean(axis=0) - theirs.mean(axis=0)) <= noise), (ours.mean(axis=0), theirs.mean(axis=0))
     # and, like it, far better minority recall than training on the imbalanced data
     assert ours[:, 0].mean() > plain[:, 0].mean() + 0.1
+
+
+def _clustered(n, dim, n_centres, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_centres, dim)) * 4
+    return (centres[rng.integers(0, n_centres, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def test_large_class_uses_a_tuned_ivf_index_whose_recall_is_measured():
+    # class 1 has more rows than EXACT_MAX_ROWS: "auto" searches it with an IVF index tuned to the recall target
+    from thresher.selectors.smote import EXACT_MAX_ROWS, class_searcher
+
+    n1, k = EXACT_MAX_ROWS + 1000, 5
+    X = np.vstack([_clustered(n1 + 1500, 16, 300, seed=1) + 50, _clustered(n1, 16, 300, seed=2)])
+    y = np.r_[np.zeros(n1 + 1500, int), np.ones(n1, int)]
+    sel = SMOTE(k_neighbors=k, seed=3).select(X, budget=1.0, labels=y)
+    report = sel.summary["neighbor_search"]["1"]
+    assert report["exact"] is False and report["index"].startswith("IVF") and report["recall_at_k"] >= 0.95
+    assert report["n_rows"] == n1 and report["recall_queries"] == 256
+    s = sel.synthetic
+    assert len(s) == 1500 and np.all(y[s.base_positions] == 1) and np.all(y[s.neighbor_positions] == 1)
+    np.testing.assert_allclose(s.vectors, X[s.base_positions] + s.gap[:, None] * (X[s.neighbor_positions] - X[s.base_positions]), rtol=1e-5, atol=1e-5)
+    # each second parent is among its base's k nearest per the approximate index (rebuilt with the same seed)
+    members = np.flatnonzero(y == 1)
+    search, again = class_searcher(X[members], k, seed=derive_seed(3, "index", "1"))
+    assert again == {key: report[key] for key in again}
+    local = {int(p): i for i, p in enumerate(members)}
+    bases = np.array([local[int(p)] for p in s.base_positions])
+    nn, _ = class_neighbors(X[members], bases, k, search=search)
+    assert all(local[int(p)] in row for p, row in zip(s.neighbor_positions, nn.tolist()))
+    # and the recall it reported holds against numpy brute force on other rows
+    sample = np.random.default_rng(0).choice(len(members), 300, replace=False)
+    V = X[members].astype(np.float64)
+    d = ((V[sample, None, :] - V[None, :, :]) ** 2).sum(-1)
+    d[np.arange(300), sample] = np.inf
+    truth = np.argsort(d, axis=1)[:, :k]
+    found, _ = class_neighbors(X[members], sample, k, search=search)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), truth.tolist())])
+    assert recall >= 0.9 and abs(recall - report["recall_at_k"]) < 0.06
+
+
+def test_class_without_structure_falls_back_to_exact_search():
+    # isotropic noise in 64 dims: no nprobe up to nlist/16 reaches the target, so the class is searched exactly
+    from thresher.selectors.smote import class_searcher
+
+    V = np.random.default_rng(6).normal(size=(3000, 64)).astype(np.float32)
+    search, report = class_searcher(V, 5, exact_max_rows=100, recall_target=0.95)
+    assert report["exact"] is True and report["approximate_recall_at_k"] < 0.95 and report["nprobe_tried"] == [1, 2, 4]
+    queries = np.arange(0, 3000, 97)
+    nn, _ = class_neighbors(V, queries, 5, search=search)
+    d = ((V[queries, None, :].astype(np.float64) - V[None, :, :]) ** 2).sum(-1)
+    d[np.arange(len(queries)), queries] = np.inf
+    np.testing.assert_array_equal(nn, np.argsort(d, axis=1)[:, :5])
+    # a structured class of the same size reaches the target with a small nprobe
+    _, structured = class_searcher(_clustered(3000, 16, 20, seed=0), 5, exact_max_rows=100)
+    assert structured["exact"] is False and structured["nprobe"] <= 4 and structured["recall_at_k"] >= 0.95
+
+
+def test_synthetic_rows_get_unique_ids_that_no_pool_row_has():
+    from thresher.selectors.smote import synthetic_ids
+
+    X, y = MULTI
+    sel = SMOTE(seed=1).select(X, budget=1.0, labels=y)
+    # integer pool ids (a bare array: 0 .. n-1): the integers after the largest
+    np.testing.assert_array_equal(sel.synthetic_ids, np.arange(len(X), len(X) + len(sel.synthetic)))
+    cols = sel.synthetic_columns()
+    blocks = list(SMOTE(seed=1, block_rows=7).select(X, budget=1.0, labels=y).iter_synthetic_columns())
+    assert len(sel.synthetic) == 35 + 48 and [len(b["gap"]) for b in blocks] == [7] * 11 + [6]
+    for name in cols:
+        np.testing.assert_array_equal(np.concatenate([b[name] for b in blocks]), cols[name])
+    # text ids: "synthetic:<class>:<n>", counted per class
+    labels = np.array(["a", "a", "b", "b", "b"])
+    ids = synthetic_ids(np.array(["x", "y"], dtype=object), labels)
+    assert ids.tolist() == ["synthetic:a:0", "synthetic:a:1", "synthetic:b:0", "synthetic:b:1", "synthetic:b:2"]
+    with pytest.raises(InputDataError, match="'synthetic:b:1'"):
+        synthetic_ids(np.array(["x", "synthetic:b:1"], dtype=object), labels)
+    with pytest.raises(InputDataError, match="largest id"):
+        synthetic_ids(np.array([0, np.iinfo(np.int64).max - 2]), labels)
+
+
+def test_synthetic_vectors_are_made_block_by_block_from_the_parents():
+    X, y = MULTI
+    s = SMOTE(seed=2, block_rows=4).select(X.astype(np.float32), budget=1.0, labels=y).synthetic
+    blocks = list(s.iter_vectors())
+    assert [len(b) for b in blocks] == [4] * 20 + [3] and all(b.dtype == np.float32 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), s.vectors)
+    Xf = X.astype(np.float32)
+    np.testing.assert_array_equal(s.vectors, Xf[s.base_positions] + s.gap[:, None] * (Xf[s.neighbor_positions] - Xf[s.base_positions]))
+
+
+@pytest.mark.parametrize("nprobe", [1, 3])
+def test_grouped_ivf_search_equals_faiss_ivf_flat_with_the_same_lists(nprobe):
+    import faiss
+
+    from thresher.selectors.smote import _GroupedIVF
+
+    V = _clustered(4000, 24, 40, seed=8)
+    grouped = _GroupedIVF(V, 32, seed=1)
+    grouped.nprobe = nprobe
+    quantizer = faiss.IndexFlatL2(24)
+    quantizer.add(grouped.centroids)
+    reference = faiss.IndexIVFFlat(quantizer, 24, 32)
+    reference.add(V)
+    reference.nprobe = nprobe
+    queries = V[::37]
+    _, expected = reference.search(queries, 7)
+    found = grouped(queries, 7)
+    assert found.shape == expected.shape
+    assert [set(a) for a in found.tolist()] == [set(b) for b in expected.tolist()]
