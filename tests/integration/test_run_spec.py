@@ -150,12 +150,18 @@ def test_changing_a_late_step_reuses_everything_before_it(first_run, dask_client
     assert [p.cached for p in plans] == [True, True, False, False, False]
 
 
-def test_cli_dry_run_prints_the_plan(tmp_path, small_pool, minilm_path):
-    spec = _write(tmp_path / "spec.yaml", _spec(small_pool, minilm_path))
-    result = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "run"), "--dry-run", "--set", "rds.budget=96"])
+def test_cli_dry_run_prints_the_plan(tmp_path, small_pool, minilm_path, monkeypatch):
+    (tmp_path / "specs").mkdir()
+    spec = _write(tmp_path / "specs" / "spec.yaml", _spec(small_pool, minilm_path, out="from-spec"))
+    monkeypatch.chdir(tmp_path)
+    # --out is relative to the working directory, the spec's own out to the spec file
+    result = CliRunner().invoke(main, ["run", str(spec), "--out", "run", "--dry-run", "--set", "rds.budget=96"])
     assert result.exit_code == 0, result.output
+    assert f"plan for {tmp_path / 'run'}:" in result.output
     assert "5 of 5 steps to run" in result.output and "96" in result.output
     assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(main, ["run", str(spec), "--dry-run"])
+    assert f"plan for {tmp_path / 'specs' / 'from-spec'}:" in result.output, result.output
 
 
 def test_toml_spec_is_read_like_yaml(tmp_path, small_pool, minilm_path):

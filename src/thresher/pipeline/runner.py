@@ -155,7 +155,8 @@ def run_pipeline(
     -------
     RunResult, or the list of StepPlan with ``dry_run``.
     """
-    spec, resolved = load_spec(spec_path, overrides, out=str(out) if out is not None else None)
+    # an --out given here is relative to the working directory; the spec's own 'out' to the spec file
+    spec, resolved = load_spec(spec_path, overrides, out=str(Path(out).resolve()) if out is not None else None)
     if spec.out is None:
         raise SpecError(f"{spec_path}: no output directory: give 'out' in the spec or --out.")
     run_dir = Path(spec.out)
