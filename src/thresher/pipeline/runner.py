@@ -117,7 +117,7 @@ def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], dict[str, A
         step_fps.append(fp)
         directory = f"steps/{i + 1:02d}-{step_name(step)}"
         plans.append(StepPlan(step_name(step), step.step, directory, fp, _lineage_fp(out / directory) == fp,
-                              _expected_rows(spec, i, n_rows), _step_memory(step), step))
+                              _expected_rows(spec, i, n_rows), _step_memory(step, upper_bound_before(spec, i, n_rows)), step))
     return plans, {"pool": pool, "builder": builder, "encoder": encoder, "n_rows": n_rows}
 
 
@@ -452,15 +452,42 @@ def _embed_memory(spec: PipelineSpec) -> str:
     return f"model weights + ~{tokens * 4 * 4096 / 2**20:,.0f} MiB activations (batch {e.batch_size} × {e.max_length or 256} tokens)"
 
 
-def _step_memory(step: Any) -> str:
+def _step_memory(step: Any, bound: int | None) -> str:
+    """An order-of-magnitude estimate of what one task (or the driver) holds, from the formulas of each stage."""
     from thresher.config import runtime_config
 
-    rows = runtime_config().block_rows
+    config = runtime_config()
+    rows = config.block_rows
     if isinstance(step, SemDedupStep):
-        return f"~{rows * 1024 * 4 * 2 / 2**20:,.0f} MiB (a block × its cluster, float32) + the cluster's vectors"
+        # clusters are rarely more than a few times their mean size; a block is at most block_rows of one cluster
+        cluster = min(bound, 4 * -(-bound // step.clusters)) if bound else config.partition_rows
+        return f"worker: ~{min(rows, cluster) * cluster * 12 / 2**20:,.0f} MiB (block × cluster similarities for clusters of ~{cluster:,} rows)"
+    if isinstance(step, RDSStep):
+        queries = _count_targets(step)
+        return f"worker: ~{rows * queries * 4 * 2 / 2**20:,.0f} MiB (score blocks of {rows:,} rows × {queries:,} target examples)"
+    if isinstance(step, SMOTEStep):
+        return f"driver: the input rows' vectors (≤ {bound:,} × dim × 4 B) + one class's neighbour index"
     if isinstance(step, BatchesStep):
-        return f"driver: ~{(step.rank_window[1] - step.rank_window[0]) * 8 * 1e6 / 2**30:.1f} GiB per million rows (rank windows + graph)"
-    return f"~{rows * 1024 * 4 * 2 / 2**20:,.0f} MiB (score blocks of {rows:,} rows)"
+        window = step.rank_window[1] - step.rank_window[0]
+        return f"driver: ~{(bound or 0) * window * 12 / 2**30:.2f} GiB (rank windows + reciprocal graph of ≤ {bound:,} rows)"
+    return "?"
+
+
+def _count_targets(step: RDSStep) -> int:
+    files = step.targets.values() if isinstance(step.targets, dict) else [step.targets]
+    total = 0
+    for f in files:
+        p = Path(f)
+        if p.is_dir():
+            from thresher.stores.manifest import read_manifest
+
+            total += int(read_manifest(p).get("n_rows", 0))
+        elif p.is_file():
+            import gzip
+
+            with (gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")) as fh:
+                total += sum(1 for line in fh if line.strip())
+    return max(total, 1)
 
 
 def format_plan(plans: list[StepPlan], run_dir: Path) -> str:
