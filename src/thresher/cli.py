@@ -199,6 +199,8 @@ def select() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--aggregation", type=click.Choice(["max", "mean"]), default="max", show_default=True)
 @click.option("--quota", "quotas", multiple=True, help="TASK=N: at most N rows picked by that task (repeatable).")
+@click.option("--group-column", default=None, help="Pool column of each row's source, for --group-quota.")
+@click.option("--group-quota", "group_quotas", multiple=True, help="VALUE=N: at most N rows whose --group-column is VALUE (repeatable).")
 @click.option("--dedup", is_flag=True, help="Drop exact-duplicate texts before selection.")
 @click.option("--decontaminate", type=float, default=None, help="Drop pool rows with cosine >= this to any target example.")
 @click.option("--target-text", default=None, help="Text template for target files (default: the pool's).")
@@ -207,8 +209,8 @@ def select() -> None:
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
 @_cluster_options
-def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, dedup, decontaminate, target_text, target_text_column,
-               target_messages_column, overwrite, quiet, scheduler, workers, slurm, local) -> None:
+def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, group_column, group_quotas, dedup, decontaminate, target_text,
+               target_text_column, target_messages_column, overwrite, quiet, scheduler, workers, slurm, local) -> None:
     """RDS+: pick the pool rows most similar to target-task examples, round-robin across tasks (Ivison et al. 2025)."""
     from thresher.pipeline.select import select_rds as run
 
@@ -218,7 +220,8 @@ def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, dedup
     _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings), ("--targets", list(target_paths.values())))
     curated = run(
         pool_embeddings, target_paths, out, budget=_parse_budget(budget), aggregation=aggregation,
-        quotas=_parse_pairs(quotas, "--quota", int) or None, dedup=dedup, decontaminate=decontaminate, target_text=target_text,
+        quotas=_parse_pairs(quotas, "--quota", int) or None, group_column=group_column,
+        group_quotas=_parse_pairs(group_quotas, "--group-quota", int) or None, dedup=dedup, decontaminate=decontaminate, target_text=target_text,
         target_text_column=target_text_column, target_messages_column=target_messages_column, scheduler=scheduler,
         workers=workers, slurm=slurm, local=local, overwrite=overwrite, progress=not quiet,
     )
@@ -227,6 +230,8 @@ def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, dedup
     for task, count in summary["per_task_selected"].items():
         q = summary["per_task_score_quantiles"].get(task) or {}
         click.echo(f"  {task}: {count} rows, score min {q.get('min')} median {q.get('median')} max {q.get('max')}")
+    if "per_group_selected" in summary:
+        click.echo("  per group: " + ", ".join(f"{g} {n}" for g, n in summary["per_group_selected"].items()))
     click.echo(f"  exact duplicates removed {summary.get('n_exact_duplicates_removed', 0)}, decontaminated {summary.get('n_decontaminated', 0)}")
 
 

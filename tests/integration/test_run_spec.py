@@ -26,13 +26,16 @@ N_POOL = 400
 
 @pytest.fixture(scope="module")
 def small_pool(tmp_path_factory) -> Path:
-    """The first rows of the bundled demo pool (real chat text with a label column)."""
+    """Rows of the bundled demo pool (real chat text with source and label columns): 300 openings, 100 continuations."""
     from thresher.pipeline.spec import bundled_path
 
     path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
     with gzip.open(bundled_path("demo_pool.jsonl.gz"), "rt", encoding="utf-8") as f:
-        lines = [next(f) for _ in range(N_POOL)]
-    path.write_text("".join(lines), encoding="utf-8")
+        lines = f.read().splitlines(keepends=True)
+    openings = [line for line in lines if '"chitchat/opening"' in line][:300]
+    continuations = [line for line in lines if '"chitchat/continuation"' in line][:100]
+    assert len(openings) + len(continuations) == N_POOL
+    path.write_text("".join(openings + continuations), encoding="utf-8")
     return path
 
 
@@ -43,7 +46,8 @@ def _spec(pool: Path, minilm_path: str, **changes) -> dict:
         "embedding": {"model": minilm_path, "max_length": 64},
         "index": {"type": "flat"},
         "steps": [
-            {"step": "rds", "budget": 160, "targets": "bundled:demo_targets.jsonl", "target_task_column": "task"},
+            {"step": "rds", "budget": 160, "targets": "bundled:demo_targets.jsonl", "target_task_column": "task",
+             "group_column": "source", "group_quotas": {"chitchat/continuation": 12}},
             {"step": "smote", "name": "balanced", "input": "rds", "labels": "label", "k_neighbors": 2},
             {"step": "batches", "input": "rds", "batch_size": 32, "community_size": 8, "rank_window": [1, 9]},
         ],
@@ -84,9 +88,16 @@ def test_run_writes_every_step_and_a_run_manifest(first_run, small_pool, dask_cl
         p = root / f"{task}.jsonl"
         p.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows if r["task"] == task), encoding="utf-8")
         targets[task] = p
-    alone = select_rds(store.path, targets, root / "alone", budget=160, client=dask_client, progress=False)
+    alone = select_rds(store.path, targets, root / "alone", budget=160, group_column="source",
+                       group_quotas={"chitchat/continuation": 12}, client=dask_client, progress=False)
     rds = open_curated(root / "run" / "steps" / "01-rds")
     assert rds.to_table().column("id").to_pylist() == alone.to_table().column("id").to_pylist()
+    # the per-source cap holds (the pool's continuation rows would otherwise take more of the budget)
+    sources = rds.to_table().column("source").to_pylist()
+    assert sources.count("chitchat/continuation") <= 12 and len(sources) == 160
+    assert read_manifest(root / "run" / "steps" / "01-rds")["summary"]["per_group_selected"]["chitchat/continuation"] == sources.count("chitchat/continuation")
+    uncapped = select_rds(store.path, targets, root / "uncapped", budget=160, client=dask_client, progress=False)
+    assert uncapped.to_table().column("source").to_pylist().count("chitchat/continuation") > 12
 
     # the two steps fed by rds see exactly its rows: batches are whole, from rds only; smote's originals are rds rows
     rds_ids = set(rds.to_table().column("id").to_pylist())
@@ -193,6 +204,8 @@ BAD_SPECS = [
     ("missing target file", lambda s: s["steps"][0].update(targets="nope.jsonl"), r"target file .*nope.jsonl does not exist"),
     ("unknown bundled file", lambda s: s["steps"][0].update(targets="bundled:nope.jsonl"), r"bundled:nope.jsonl: no such bundled file"),
     ("eps out of range", lambda s: s["steps"].insert(0, {"step": "semdedup", "clusters": 4, "eps": 1.5}), r"steps\[0\]\.eps: Input should be less than 1"),
+    ("group quotas without a column", lambda s: s["steps"][0].pop("group_column"), r"group_column and group_quotas go together"),
+    ("group column not in the pool", lambda s: s["steps"][0].update(group_column="site"), r"column 'site' is not in the pool"),
     ("two cluster places", lambda s: s.update(cluster={"scheduler": "tcp://x:1", "local": True}), r"choose one of scheduler, slurm, local"),
 ]
 

@@ -285,6 +285,7 @@ def _run_step(step: Any, store: Any, run_dir: Path, plan: StepPlan, subset: np.n
 
         return select_rds(
             store.path, _rds_targets(step, run_dir), out, budget=step.budget, aggregation=step.aggregation, quotas=step.quotas,
+            group_column=step.group_column, group_quotas=step.group_quotas,
             dedup=step.dedup, decontaminate=step.decontaminate, target_text=step.target_text,
             target_text_column=step.target_text_column, target_messages_column=step.target_messages_column, **common,
         )
@@ -373,9 +374,9 @@ def _embed_inputs(spec: PipelineSpec) -> tuple[Any, Any, Any]:
     if missing:
         raise SpecError(f"pool: column {missing[0]!r} needed for the text is not in {p.path}; the pool has columns {pool.column_names}.")
     for i, step in enumerate(spec.steps):
-        column = getattr(step, "labels", None) or getattr(step, "group_column", None)
-        if column and column not in pool.column_names:
-            raise SpecError(f"steps[{i}] ({step_name(step)}): column {column!r} is not in the pool; it has {pool.column_names}.")
+        for column in (getattr(step, "labels", None), getattr(step, "group_column", None)):
+            if column and column not in pool.column_names:
+                raise SpecError(f"steps[{i}] ({step_name(step)}): column {column!r} is not in the pool; it has {pool.column_names}.")
     return pool, builder, encoder
 
 

@@ -39,6 +39,8 @@ def select_rds(
     budget: int | float,
     aggregation: str = "max",
     quotas: Mapping[str, int] | None = None,
+    group_column: str | None = None,
+    group_quotas: Mapping[Any, int] | None = None,
     dedup: bool = False,
     decontaminate: float | None = None,
     target_text: str | None = None,
@@ -67,6 +69,11 @@ def select_rds(
         Rows to select, or a fraction of the pool.
     quotas : mapping of task to count, optional
         Per-task caps for the round-robin (they must add up to at least the budget).
+    group_column, group_quotas : str, mapping of value to count, optional
+        Per-source caps: at most ``group_quotas[v]`` selected rows whose pool
+        column ``group_column`` is ``v`` (values without a quota are uncapped).
+        Rows of a full group are passed over; when that exhausts a task's top-k
+        the pool is scored again with a larger k, so the result is exact.
     dedup : bool
         Drop exact-duplicate texts before selection (the first occurrence stays).
     decontaminate : float, optional
@@ -80,12 +87,13 @@ def select_rds(
     -------
     thresher.stores.CuratedShards
     """
+    from thresher.exceptions import ParameterError
     from thresher.fingerprint import fingerprint_of
     from thresher.jobs.cluster import TaskRetries, dask_map, run_on_cluster
     from thresher.jobs.score_job import score_store
     from thresher.pipeline.targets import load_targets
     from thresher.selectors._base import resolve_budget
-    from thresher.selectors.rds import RDSPlus
+    from thresher.selectors.rds import NeedDeeperRankings, RDSPlus
     from thresher.stores.curated import write_curated
     from thresher.stores.embedding_store import open_embedding_store
     from thresher.stores.pool import reopen_pool
@@ -97,20 +105,37 @@ def select_rds(
     selector = RDSPlus(aggregation=aggregation, decontaminate=decontaminate)
     selector._validate_params()
     n_budget = resolve_budget(budget, pool.n_rows, "RDSPlus")
+    if (group_column is None) != (group_quotas is None):
+        raise ParameterError("select_rds takes group_column and group_quotas together (--group-column with --group-quota).")
     arrays, target_fps = load_targets(targets, store, text=target_text, text_column=target_text_column, messages_column=target_messages_column)
     scorer = selector.scorer(arrays)
     scorer.check_dim(store.dim, str(store.path))
     exclude = exact_duplicate_positions(store, subset) if dedup else None
 
     params = {**selector.get_params(), "budget": n_budget, "quotas": dict(quotas) if quotas else None, "dedup": dedup, "targets": list(arrays)}
+    if group_column is not None:
+        params.update(group_column=group_column, group_quotas={str(k): int(v) for k, v in group_quotas.items()})
     if subset is not None:
         params["subset"] = subset_digest(subset)
     fingerprint = fingerprint_of("rds_plus", RDS_STAGE_VERSION, params, [store.fingerprint, *target_fps.values()])
 
     def run(dask: Any) -> Any:
         retried = TaskRetries(dask)
-        top, counts = score_store(store, selector, scorer, n_budget, client=dask, exclude=exclude, subset=subset, retried=retried)
-        selection = selector.finish(pool, top, scorer, counts, budget=n_budget, quotas=quotas)
+        groups = None
+        if group_column is not None:
+            from thresher.pipeline.columns import read_labels
+
+            groups = read_labels(store, group_column, dask_map(dask, retried=retried) if dask is not None else map)
+            groups = groups if subset is None else groups[subset]
+        k = n_budget
+        while True:
+            top, counts = score_store(store, selector, scorer, k, client=dask, exclude=exclude, subset=subset, retried=retried)
+            try:
+                selection = selector.finish(pool, top, scorer, counts, budget=n_budget, quotas=quotas, groups=groups,
+                                            group_quotas=group_quotas, depth=k)
+                break
+            except NeedDeeperRankings:
+                k = min(2 * k, pool.n_rows)
         summary = {**selection.summary, "n_exact_duplicates_removed": 0 if exclude is None else int(len(exclude)), "rows_in": pool.n_rows}
         return write_curated(
             out, pool=reopen_pool(store.manifest["pool"]), positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),

@@ -135,8 +135,16 @@ class RDSStep(_Step):
     target_messages_column: str | None = None
     aggregation: Literal["max", "mean"] = "max"
     quotas: dict[str, int] | None = None
+    group_column: str | None = None
+    group_quotas: dict[str, int] | None = None
     dedup: bool = False
     decontaminate: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _groups_together(self) -> RDSStep:
+        if (self.group_column is None) != (self.group_quotas is None):
+            raise ValueError("group_column and group_quotas go together (per-source caps: column, and value → most rows)")
+        return self
 
     @field_validator("budget")
     @classmethod

@@ -204,11 +204,15 @@ def _slices(lengths: Sequence[int]) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def round_robin(rankings: Sequence[np.ndarray], budget: int, quotas: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def round_robin(rankings: Sequence[np.ndarray], budget: int, quotas: Sequence[int] | None = None, *,
+                groups: np.ndarray | None = None, group_caps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-task rankings (positions, best first) by taking turns until ``budget`` unique picks.
 
     An already chosen example spends the task's turn. With ``quotas``, a task
-    stops taking turns once it has picked its quota.
+    stops taking turns once it has picked its quota. With ``groups`` (a group
+    index per position, e.g. the pool row's source) and ``group_caps`` (the most
+    rows each group may give), a row of a full group is passed over without
+    spending the turn: the task proposes its next row instead.
 
     Returns
     -------
@@ -216,9 +220,15 @@ def round_robin(rankings: Sequence[np.ndarray], budget: int, quotas: Sequence[in
     task : ndarray of int64, shape (n_picked,)
         Index of the task that picked each row.
     """
+    positions, task, _ = _round_robin(rankings, budget, quotas, groups, group_caps)
+    return positions, task
+
+
+def _round_robin(rankings, budget, quotas, groups, group_caps) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+    """:func:`round_robin`, also saying which tasks ran out of their ranking while still taking turns."""
     n_tasks = len(rankings)
     depth = max((len(r) for r in rankings), default=0)
-    if quotas is None:
+    if quotas is None and groups is None:
         # proposals in turn order (round 0: task 0, task 1, …; round 1: …); a proposal is a pick iff it is the
         # first occurrence of that position, since every earlier occurrence was itself picked or a repeat
         proposals = np.full((depth, n_tasks), -1, dtype=np.int64)
@@ -228,25 +238,45 @@ def round_robin(rankings: Sequence[np.ndarray], budget: int, quotas: Sequence[in
         valid = np.flatnonzero(flat >= 0)
         _, first = np.unique(flat[valid], return_index=True)
         picks = np.sort(valid[first])[:budget]
-        return flat[picks], picks % n_tasks
+        return flat[picks], picks % n_tasks, [False] * n_tasks  # (ran_out matters only with group caps)
+    quota_of = list(quotas) if quotas is not None else [budget] * n_tasks
     taken: set[int] = set()
     picked, by = [], []
     counts = [0] * n_tasks
-    for r in range(depth):
+    group_counts = np.zeros(len(group_caps), dtype=np.int64) if group_caps is not None else None
+    pointer = [0] * n_tasks
+    ran_out = [False] * n_tasks
+    while len(picked) < budget:
+        active = False
         for t in range(n_tasks):
             if len(picked) == budget:
                 break
-            if counts[t] >= quotas[t] or r >= len(rankings[t]):
+            if counts[t] >= quota_of[t] or ran_out[t]:
                 continue
-            p = int(rankings[t][r])
+            ranking = rankings[t]
+            if groups is not None:
+                while pointer[t] < len(ranking) and group_counts[groups[ranking[pointer[t]]]] >= group_caps[groups[ranking[pointer[t]]]]:
+                    pointer[t] += 1
+            if pointer[t] >= len(ranking):
+                ran_out[t] = True
+                continue
+            active = True
+            p = int(ranking[pointer[t]])
+            pointer[t] += 1
             if p not in taken:
                 taken.add(p)
                 picked.append(p)
                 by.append(t)
                 counts[t] += 1
-        if len(picked) == budget:
+                if groups is not None:
+                    group_counts[groups[p]] += 1
+        if not active:
             break
-    return np.asarray(picked, dtype=np.int64), np.asarray(by, dtype=np.int64)
+    return np.asarray(picked, dtype=np.int64), np.asarray(by, dtype=np.int64), ran_out
+
+
+class NeedDeeperRankings(Exception):
+    """Group caps passed over so many rows that a task ran out of its top-k: score again with a larger k."""
 
 
 class RDSPlus(BaseSelector):
@@ -324,9 +354,20 @@ class RDSPlus(BaseSelector):
                 exact_top.update(scores, positions)
         return exact_top, counts
 
-    def finish(self, pool: PoolLike, top: TopK, scorer: RDSScorer, counts: Mapping[str, int], *, budget: int, quotas: Mapping[str, int] | None = None) -> Selection:
-        """The driver's step: round-robin over the merged per-task rankings, then per-task scores of the picks."""
+    def finish(self, pool: PoolLike, top: TopK, scorer: RDSScorer, counts: Mapping[str, int], *, budget: int,
+               quotas: Mapping[str, int] | None = None, groups: np.ndarray | None = None,
+               group_quotas: Mapping[Any, int] | None = None, depth: int | None = None) -> Selection:
+        """The driver's step: round-robin over the merged per-task rankings, then per-task scores of the picks.
+
+        ``groups`` (a value per pool row, e.g. its source) with ``group_quotas``
+        (value → most rows) caps what each group may give; rows of a full group
+        are passed over. ``depth`` is the k the rankings were scored with: when
+        caps make a task run out of a ranking that long, :class:`NeedDeeperRankings`
+        is raised so the caller scores again with a larger k (the result is then
+        the same as with rankings of the whole pool).
+        """
         rankings = top.finish()
+        codes, caps = _group_caps(groups, group_quotas, pool.n_rows, budget)
         quota_list = None
         if quotas is not None:
             unknown = sorted(set(quotas) - set(scorer.tasks))
@@ -340,7 +381,16 @@ class RDSPlus(BaseSelector):
             raise ParameterError(
                 f"RDSPlus can pick only {available} rows after exclusions but the budget is {budget}: lower the budget."
             )
-        positions, task_index = round_robin([p for _, p in rankings], budget, quota_list)
+        positions, task_index, ran_out = _round_robin([p for _, p in rankings], budget, quota_list, codes, caps)
+        # a task that ran out of a full-length ranking might have proposed rows beyond it
+        truncated = any(out and len(p) >= depth for out, (_, p) in zip(ran_out, rankings)) if depth is not None else False
+        if codes is not None and truncated and depth < pool.n_rows:
+            raise NeedDeeperRankings(depth)
+        if codes is not None and len(positions) < budget:
+            raise ParameterError(
+                f"RDSPlus can pick only {len(positions)} rows within the group quotas {dict(group_quotas)} but the budget is {budget}: "
+                "raise the quotas or lower the budget."
+            )
         task_scores = scorer.exact_scores(pool.take(positions), positions)
         picked_score = task_scores[np.arange(len(positions)), task_index]
         all_ids = pool.ids()
@@ -349,6 +399,9 @@ class RDSPlus(BaseSelector):
         summary = {
             "tasks": scorer.tasks,
             "per_task_selected": {t: int((task_index == i).sum()) for i, t in enumerate(scorer.tasks)},
+            **({"ranking_depth": int(depth)} if codes is not None and depth is not None else {}),
+            **({"per_group_selected": {str(k): int(v) for k, v in zip(*np.unique(np.asarray(groups, dtype=object)[positions].astype(str), return_counts=True))}}
+               if codes is not None else {}),
             "score_quantiles": _quantiles(picked_score),
             "per_task_score_quantiles": {t: _quantiles(picked_score[task_index == i]) for i, t in enumerate(scorer.tasks)},
             **{k: int(v) for k, v in counts.items()},
@@ -357,7 +410,8 @@ class RDSPlus(BaseSelector):
             positions=positions,
             ids=ids,
             selector=self.name,
-            params={**self.get_params(), "tasks": scorer.tasks, "quotas": dict(quotas) if quotas else None},
+            params={**self.get_params(), "tasks": scorer.tasks, "quotas": dict(quotas) if quotas else None,
+                    **({"group_quotas": {str(k): int(v) for k, v in group_quotas.items()}} if group_quotas else {})},
             score=picked_score,
             columns={"task": tasks, "task_scores": task_scores},
             seed=self.seed,
@@ -365,19 +419,27 @@ class RDSPlus(BaseSelector):
         )
 
     def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, targets: Mapping[str, Any] | None = None,
-                quotas: Mapping[str, int] | None = None, exclude: Sequence[int] | np.ndarray | None = None) -> Selection:
+                quotas: Mapping[str, int] | None = None, exclude: Sequence[int] | np.ndarray | None = None,
+                groups: Sequence[Any] | np.ndarray | None = None, group_quotas: Mapping[Any, int] | None = None) -> Selection:
         if targets is None:
             raise ParameterError("RDSPlus.select needs targets={'task': query_embeddings, …}.")
         scorer = self.scorer(targets)
         scorer.check_dim(pool.dim, "its embeddings")
         excluded = None if exclude is None else np.unique(np.asarray(exclude, dtype=np.int64))
-        top, counts = self.score_partition(pool.iter_blocks(self.block_rows or scorer.default_block_rows()), scorer, budget, pool.take, excluded)
-        return self.finish(pool, top, scorer, counts, budget=budget, quotas=quotas)
+        k = budget
+        while True:
+            top, counts = self.score_partition(pool.iter_blocks(self.block_rows or scorer.default_block_rows()), scorer, k, pool.take, excluded)
+            try:
+                return self.finish(pool, top, scorer, counts, budget=budget, quotas=quotas, groups=groups, group_quotas=group_quotas, depth=k)
+            except NeedDeeperRankings:
+                k = min(2 * k, pool.n_rows)
 
 
-def brute_force_rds(pool: np.ndarray, targets: Mapping[str, np.ndarray], budget: int, *, aggregation: Aggregation = "max") -> tuple[np.ndarray, np.ndarray]:
+def brute_force_rds(pool: np.ndarray, targets: Mapping[str, np.ndarray], budget: int, *, aggregation: Aggregation = "max",
+                    groups: Any = None, group_quotas: Mapping[Any, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The definition, in memory: every pool × query cosine in float64 (fixed summation order), per-task
-    max (or mean), per-task ranking by score then position, round-robin. For tests and small pools only."""
+    max (or mean), per-task ranking of the whole pool by score then position, round-robin (with group caps).
+    For tests and small pools only."""
     x = np.asarray(pool)
     normalize_rows(x, what="the pool")  # the same refusals as the selector
     rankings = []
@@ -387,7 +449,30 @@ def brute_force_rds(pool: np.ndarray, targets: Mapping[str, np.ndarray], budget:
         sims = np.stack([exact_cosine_rows(x, np.broadcast_to(v, x.shape)) for v in directions], axis=1)
         s = sims.max(axis=1)
         rankings.append(np.lexsort((np.arange(len(x)), -s)))
-    return round_robin(rankings, budget)
+    codes, caps = _group_caps(groups, group_quotas, len(x), budget)
+    return round_robin(rankings, budget, groups=codes, group_caps=caps)
+
+
+def _group_caps(groups: Any, group_quotas: Mapping[Any, int] | None, n_rows: int, budget: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Group codes per row and the cap of each code (groups without a quota are not capped)."""
+    if group_quotas is None and groups is None:
+        return None, None
+    if group_quotas is None or groups is None:
+        raise ParameterError("RDSPlus takes groups and group_quotas together (a value per pool row, and value → most rows).")
+    values = np.asarray(groups, dtype=object)
+    if values.shape != (n_rows,):
+        raise ParameterError(f"The 'groups' of RDSPlus must hold one value per pool row ({n_rows}); got shape {values.shape}.")
+    keys = values.astype(str)
+    present, codes = np.unique(keys, return_inverse=True)
+    unknown = sorted(str(g) for g in group_quotas if str(g) not in set(present.tolist()))
+    if unknown:
+        raise ParameterError(f"The 'group_quotas' of RDSPlus name groups no row has: {unknown}; the rows' groups are {present.tolist()[:20]}.")
+    caps = np.full(len(present), budget, dtype=np.int64)
+    for g, q in group_quotas.items():
+        if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or q < 0:
+            raise ParameterError(f"The 'group_quotas' of RDSPlus must be counts >= 0; got {g!r}: {q!r}.")
+        caps[int(np.searchsorted(present, str(g)))] = int(q)
+    return codes.astype(np.int64), caps
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float] | None:

@@ -122,3 +122,41 @@ def test_bad_inputs_are_named():
         RDSPlus(aggregation="median").select(pool, budget=5, targets=targets)
     with pytest.raises(ParameterError, match="not targets"):
         RDSPlus().select(pool, budget=5, targets=targets, quotas={"nope": 5})
+
+
+def test_round_robin_passes_over_rows_of_a_full_group_without_spending_the_turn():
+    groups = np.array([0, 0, 1, 1, 0, 1, 0, 1, 1, 1])  # group of each position
+    caps = np.array([1, 10])
+    # task 0 ranks 0, 1, 2; task 1 ranks 4, 3, 5: 0 (group 0) fills group 0, so task 1 passes over 4 and takes 3
+    positions, task = round_robin([np.array([0, 1, 2]), np.array([4, 3, 5])], 4, groups=groups, group_caps=caps)
+    assert positions.tolist() == [0, 3, 2, 5] and task.tolist() == [0, 1, 0, 1]
+
+
+def test_group_quotas_equal_the_definition_and_score_deeper_when_caps_bite():
+    pool, targets = make_data(n_tasks=2, n=2000)
+    plain, _ = brute_force_rds(pool, targets, 300)
+    groups = np.full(len(pool), "web", dtype=object)
+    groups[plain[:250]] = "forum"  # the rows RDS+ likes best are capped: each task must look past its top 100
+    groups[::97] = "books"
+    quotas = {"forum": 10, "books": 3}
+    expected_positions, expected_task = brute_force_rds(pool, targets, 100, groups=groups, group_quotas=quotas)
+    sel = RDSPlus(block_rows=333).select(pool, budget=100, targets=targets, groups=groups, group_quotas=quotas)
+    np.testing.assert_array_equal(sel.positions, expected_positions)
+    np.testing.assert_array_equal(sel.columns["task"], np.array(list(targets), dtype=object)[expected_task])
+    picked = groups[sel.positions]
+    assert (picked == "forum").sum() == 10 and (picked == "books").sum() <= 3
+    assert sel.summary["per_group_selected"]["forum"] == 10 and sel.params["group_quotas"] == quotas
+    assert sel.summary["ranking_depth"] > 100  # the first top-100 rankings ran out and were scored again deeper
+
+
+@pytest.mark.parametrize("groups,quotas,message", [
+    (None, {"a": 1}, "groups and group_quotas together"),
+    (np.array(["a"] * 10, dtype=object), {"b": 1}, "name groups no row has"),
+    (np.array(["a"] * 10, dtype=object), {"a": -1}, "counts >= 0"),
+    (np.array(["a"] * 9, dtype=object), {"a": 1}, "one value per pool row"),
+    (np.array(["a"] * 10, dtype=object), {"a": 3}, "only 3 rows within the group quotas"),
+])
+def test_bad_group_quotas_are_refused(groups, quotas, message):
+    pool, targets = make_data(n_tasks=1, n=10)
+    with pytest.raises(ParameterError, match=message):
+        RDSPlus().select(pool, budget=5, targets=targets, groups=groups, group_quotas=quotas)
