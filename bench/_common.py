@@ -126,6 +126,16 @@ def update_benchmarks_md(section: str, body: str) -> None:
     BENCHMARKS_MD.write_text(text.rstrip() + "\n", encoding="utf-8")
 
 
+def load_note(load_start: float) -> str:
+    """The line saying how loaded the machine was at the start and end of a run (times are noisy when it was shared)."""
+    import os
+
+    load_end = os.getloadavg()[0]
+    shared = max(load_start, load_end) > (os.cpu_count() or 1)
+    return (f"Load average (1 min) at the start and end of the run: {load_start:.1f} and {load_end:.1f} on {os.cpu_count()} cores"
+            + (" — the machine was shared with other jobs, so times are noisy; ratios compare variants run back to back." if shared else "."))
+
+
 def machine_line() -> str:
     import platform
 

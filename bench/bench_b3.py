@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakMemory, machine_line, run_variant, update_benchmarks_md, write_generated_store  # noqa: E402
+from _common import PeakMemory, load_note, machine_line, run_variant, update_benchmarks_md, write_generated_store  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DIM, BATCH, COMMUNITY, WINDOW = 384, 1024, 32, (30, 130)
@@ -165,9 +165,7 @@ def main() -> None:
             f"{rnd['seconds']:.3f} | {b3['n_edges']:,} | {b3['n_batches']} | {b3['b3_sim']:.4f} | {b3['random_sim']:.4f} |"
         )
         print(lines[-1], flush=True)
-    load_end = os.getloadavg()[0]
-    lines += ["", f"Load average (1 min) at the start and end of the run: {load_start:.1f} and {load_end:.1f} on {os.cpu_count()} cores"
-              + (" — the machine was shared with other jobs, so times are noisy; ratios compare variants run back to back." if max(load_start, load_end) > os.cpu_count() else ".")]
+    lines += ["", load_note(load_start)]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakMemory, machine_line, run_variant, update_benchmarks_md  # noqa: E402
+from _common import PeakMemory, load_note, machine_line, run_variant, update_benchmarks_md  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DIM, MINORITY, CLUSTERS = 384, 0.05, 1000
@@ -148,9 +148,7 @@ def main() -> None:
                 f"{'yes' if same else 'no'} | {search_note(ours['neighbor_search'])} |"
             )
             print(lines[-1], flush=True)
-    load_end = os.getloadavg()[0]
-    lines += ["", f"Load average (1 min) at the start and end of the run: {load_start:.1f} and {load_end:.1f} on {os.cpu_count()} cores"
-              + (" — the machine was shared with other jobs, so times are noisy; ratios compare variants run back to back." if max(load_start, load_end) > os.cpu_count() else ".")]
+    lines += ["", load_note(load_start)]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
