@@ -16,7 +16,7 @@ from thresher.cli import main
 from thresher.describe import describe_artifact, lineage_chain
 from thresher.jobs.events import read_events
 from thresher.pipeline.runner import run_pipeline
-from thresher.pipeline.spec import SpecError, load_spec
+from thresher.pipeline.spec import load_spec
 from thresher.stores.curated import open_curated
 from thresher.stores.embedding_store import open_embedding_store
 from thresher.stores.manifest import read_manifest

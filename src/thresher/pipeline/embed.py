@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,13 +78,69 @@ def embed(
     -------
     thresher.stores.EmbeddingStore
     """
-    from thresher.embeddings.encoders import EncoderSpec
     from thresher.jobs.cluster import run_on_cluster
-    from thresher.jobs.embed_job import run_embed_job
+
+    resources = _check_resources(resources)
+    inputs = prepare_embed(
+        pool, text=text, text_column=text_column, messages_column=messages_column, chat_format=chat_format, id_column=id_column,
+        format=format, split=split, model=model, pooling=pooling, layer=layer, normalize=normalize, max_length=max_length,
+        batch_size=batch_size, device=device, model_dtype=model_dtype, padding_side=padding_side, gguf_file=gguf_file,
+        trust_remote_code=trust_remote_code, dtype=dtype, partition_rows=partition_rows,
+    )
+    return run_on_cluster(
+        lambda dask: run_embed(inputs, out, client=dask, resources=resources, overwrite=overwrite, progress=progress),
+        client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress,
+    )
+
+
+@dataclass(frozen=True)
+class EmbedInputs:
+    """What an embedding store is made from: the opened pool, how rows become text, the encoder, the stored dtype."""
+
+    pool: Any
+    text: Any
+    encoder: Any
+    dtype: str
+
+    def fingerprint(self) -> str:
+        """The store's fingerprint, known before any row is embedded."""
+        from thresher.jobs.embed_job import embed_fingerprint
+
+        return embed_fingerprint(self.pool, self.text, self.encoder, self.dtype)
+
+
+def prepare_embed(
+    pool: Any,
+    *,
+    text: str | None = None,
+    text_column: str | None = None,
+    messages_column: str | None = None,
+    chat_format: Literal["tulu", "plain"] = "tulu",
+    id_column: str | None = None,
+    format: str = "auto",
+    split: str | None = None,
+    model: str = "default",
+    pooling: str | None = None,
+    layer: int = -1,
+    normalize: bool = True,
+    max_length: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    model_dtype: str = "auto",
+    padding_side: Literal["right", "left"] | None = None,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: Literal["float32", "float16"] = "float32",
+    partition_rows: int | None = None,
+) -> EmbedInputs:
+    """Check the options, open the pool (one streaming pass that plans partitions and hashes content) and build the encoder spec.
+
+    Parameters as :func:`embed`; nothing is embedded and no cluster starts.
+    """
+    from thresher.embeddings.encoders import EncoderSpec
     from thresher.pipeline.text import TextBuilder
     from thresher.stores.pool import open_pool
 
-    resources = _check_resources(resources)
     if dtype not in ("float32", "float16"):
         raise ParameterError(f"The 'dtype' parameter of embed must be 'float32' or 'float16'; got {dtype!r}.")
     if text is None and text_column is None and messages_column is None:
@@ -104,14 +161,19 @@ def embed(
     )
     opened = open_pool(pool, format=format, id_column=id_column, partition_rows=partition_rows, split=split)
     _check_columns(opened, builder)
+    return EmbedInputs(opened, builder, spec, dtype)
 
-    def job(dask: Any) -> Any:
-        if dask is not None and resources:
-            _check_workers_have(dask, resources)
-        return run_embed_job(opened, builder, spec, out, client=dask, dtype=dtype, overwrite=overwrite, progress=progress,
-                             resources=resources if dask is not None else None)
 
-    return run_on_cluster(job, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
+def run_embed(inputs: EmbedInputs, out: str | Path, *, client: Any | None, resources: Mapping[str, float] | None = None,
+              overwrite: bool = False, progress: bool = True) -> Any:
+    """Run the embed job for ``inputs`` on ``client`` (None: in this process), its tasks needing ``resources``."""
+    from thresher.jobs.embed_job import run_embed_job
+
+    resources = _check_resources(resources)
+    if client is not None and resources:
+        _check_workers_have(client, resources)
+    return run_embed_job(inputs.pool, inputs.text, inputs.encoder, out, client=client, dtype=inputs.dtype, overwrite=overwrite,
+                         progress=progress, resources=resources if client is not None else None)
 
 
 def _check_resources(resources: Mapping[str, float] | None) -> dict[str, float] | None:

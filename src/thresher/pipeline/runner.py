@@ -89,19 +89,18 @@ class RunResult:
     report: Path | None
 
 
-def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], dict[str, Any]]:
+def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], Any]:
     """Fingerprints, cache state, expected sizes and memory of every step, without doing any work.
 
-    Reads the pool once (its content hash and row count) — the same pass the embed job makes.
+    Reads the pool once (its content hash and row count) — the same pass the embed job makes — and
+    returns the embed stage's inputs (:class:`thresher.pipeline.embed.EmbedInputs`) with the plan.
     """
-    from thresher.jobs.embed_job import embed_fingerprint
-
-    pool, builder, encoder = _embed_inputs(spec)
-    n_rows = pool.n_rows
+    inputs = _embed_inputs(spec)
+    n_rows = inputs.pool.n_rows
     if n_rows == 0:
         raise SpecError(f"pool {spec.pool.path}: it has no rows.")
     _check_budgets(spec, n_rows)
-    fp_embed = embed_fingerprint(pool, builder, encoder, spec.embedding.dtype)
+    fp_embed = inputs.fingerprint()
     plans = [StepPlan("embed", "embed", "embeddings", fp_embed, _manifest_fp(out / "embeddings") == fp_embed,
                       f"{n_rows:,} rows × dim", _embed_memory(spec), None)]
     fp_index = None
@@ -112,13 +111,13 @@ def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], dict[str, A
     step_fps: list[str] = []
     for i, step in enumerate(spec.steps):
         src = source_index(spec, i)
-        inputs = [fp_embed if src is None else step_fps[src]] + ([fp_index] if isinstance(step, BatchesStep) and not step.exact and fp_index else [])
-        fp = fingerprint_of(step.step, STEP_VERSIONS[step.step], _step_params(step), inputs)
+        upstream = [fp_embed if src is None else step_fps[src]] + ([fp_index] if isinstance(step, BatchesStep) and not step.exact and fp_index else [])
+        fp = fingerprint_of(step.step, STEP_VERSIONS[step.step], _step_params(step), upstream)
         step_fps.append(fp)
         directory = f"steps/{i + 1:02d}-{step_name(step)}"
         plans.append(StepPlan(step_name(step), step.step, directory, fp, _lineage_fp(out / directory) == fp,
                               _expected_rows(spec, i, n_rows), _step_memory(step, upper_bound_before(spec, i, n_rows)), step))
-    return plans, {"pool": pool, "builder": builder, "encoder": encoder, "n_rows": n_rows}
+    return plans, inputs
 
 
 def run_pipeline(
@@ -201,7 +200,7 @@ def run_pipeline(
     return RunResult(run_dir, records, output, report)
 
 
-def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan], inputs: dict[str, Any], run_dir: Path,
+def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan], inputs: Any, run_dir: Path,
              dask: Any, progress: bool, echo: Any) -> list[StepRecord]:
     from thresher.jobs.events import current_step, emit
     from thresher.stores.manifest import manifest_lineage
@@ -209,7 +208,7 @@ def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan]
     records: list[StepRecord] = []
     kept: dict[str, np.ndarray] = {}  # step name → store positions of the pool rows it output
     store = None
-    n_rows = inputs["n_rows"]
+    n_rows = inputs.pool.n_rows
     for plan in plans:
         subset, source = None, None
         if plan.spec is not None:
@@ -246,16 +245,14 @@ def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan]
     return records
 
 
-def _run_embed(spec: PipelineSpec, inputs: dict[str, Any], out: Path, plan: StepPlan, dask: Any, progress: bool) -> Any:
-    from thresher.jobs.embed_job import run_embed_job
+def _run_embed(spec: PipelineSpec, inputs: Any, out: Path, plan: StepPlan, dask: Any, progress: bool) -> Any:
+    from thresher.pipeline.embed import run_embed
     from thresher.stores.embedding_store import open_embedding_store
 
     if plan.cached:
         return open_embedding_store(out)
-    overwrite = _holds_other(out, plan.fingerprint, lineage=False)
-    kwargs = {"resources": spec.embedding.worker_resources} if spec.embedding.worker_resources else {}
-    return run_embed_job(inputs["pool"], inputs["builder"], inputs["encoder"], out, client=dask, dtype=spec.embedding.dtype,
-                         overwrite=overwrite, progress=progress, **kwargs)
+    return run_embed(inputs, out, client=dask, resources=spec.embedding.worker_resources,
+                     overwrite=_holds_other(out, plan.fingerprint, lineage=False), progress=progress)
 
 
 def _run_index(spec: PipelineSpec, store: Any, out: Path, plan: StepPlan) -> int:
@@ -358,26 +355,24 @@ def _positions(store: Any, curated: Any) -> np.ndarray:
     return np.unique(store.positions_of(ids)).astype(np.int64)
 
 
-def _embed_inputs(spec: PipelineSpec) -> tuple[Any, Any, Any]:
-    from thresher.embeddings.encoders import EncoderSpec
-    from thresher.pipeline.text import TextBuilder
-    from thresher.stores.pool import open_pool
+def _embed_inputs(spec: PipelineSpec) -> Any:
+    """The embed stage's inputs from the spec (the pool opened once), and the columns later steps need checked."""
+    from thresher.pipeline.embed import prepare_embed
 
     p, e = spec.pool, spec.embedding
-    text_column = p.text_column if (p.text or p.text_column or p.messages_column) else "text"
-    builder = TextBuilder(p.text, text_column=text_column, messages_column=p.messages_column, chat_format=p.chat_format)
-    encoder = EncoderSpec(model=e.model, pooling=e.pooling, layer=e.layer, normalize=e.normalize, max_length=e.max_length,
-                          batch_size=e.batch_size, device=e.device, dtype=e.model_dtype, padding_side=e.padding_side,
-                          gguf_file=e.gguf_file, trust_remote_code=e.trust_remote_code)
-    pool = open_pool(p.path, format=p.format, id_column=p.id_column, partition_rows=p.partition_rows, split=p.split)
-    missing = [c for c in builder.required_columns if c not in pool.column_names]
-    if missing:
-        raise SpecError(f"pool: column {missing[0]!r} needed for the text is not in {p.path}; the pool has columns {pool.column_names}.")
+    inputs = prepare_embed(
+        p.path, text=p.text, text_column=p.text_column, messages_column=p.messages_column, chat_format=p.chat_format,
+        id_column=p.id_column, format=p.format, split=p.split, model=e.model, pooling=e.pooling, layer=e.layer,
+        normalize=e.normalize, max_length=e.max_length, batch_size=e.batch_size, device=e.device, model_dtype=e.model_dtype,
+        padding_side=e.padding_side, gguf_file=e.gguf_file, trust_remote_code=e.trust_remote_code, dtype=e.dtype,
+        partition_rows=p.partition_rows,
+    )
+    columns = inputs.pool.column_names
     for i, step in enumerate(spec.steps):
         for column in (getattr(step, "labels", None), getattr(step, "group_column", None)):
-            if column and column not in pool.column_names:
-                raise SpecError(f"steps[{i}] ({step_name(step)}): column {column!r} is not in the pool; it has {pool.column_names}.")
-    return pool, builder, encoder
+            if column and column not in columns:
+                raise SpecError(f"steps[{i}] ({step_name(step)}): column {column!r} is not in the pool; it has {columns}.")
+    return inputs
 
 
 def _check_budgets(spec: PipelineSpec, n_rows: int) -> None:
