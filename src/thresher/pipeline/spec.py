@@ -391,7 +391,7 @@ def apply_overrides(raw: Any, overrides: Sequence[str], *, where: str = "spec") 
                 raise SpecError(f"--set {item!r}: {head!r} is neither a spec section ({', '.join(_SECTIONS)}) nor a step name ({', '.join(map(str, steps)) or 'no steps'}).")
             target = raw["steps"][index]
             parts = parts[1:]
-        for j, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             nxt = _child(target, part, item)
             if nxt is None:
                 nxt = {}
@@ -459,9 +459,8 @@ def _collect_lines(node: Any, key: tuple, out: dict[tuple, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             child = key + (k.value,)
-            out[child] = k.start_mark.line + 1
             _collect_lines(v, child, out)
-            out[child] = k.start_mark.line + 1
+            out[child] = k.start_mark.line + 1  # a key's line, not its value's
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             _collect_lines(v, key + (i,), out)
