@@ -449,6 +449,18 @@ CASES: list[Case] = [
          "--budget", "0"), r"^error: .*'budget'.*got 0", (predictions(),), subprocess=True),
 ]
 
+# Errors found at the CLI boundary before any work: FAISS factory strings, fsspec protocols, cluster addresses,
+# SLURM files, spec files (issue 14, parts 3 and 4).
+CASES_BOUNDARY: list[Case] = [
+]
+
+# Inputs whose schema or kind is wrong (column types, chat shapes, devices, FIFOs, gzip under a .jsonl name, ...)
+# and behaviour that used to be silent (issue 14, parts 3 and 5).
+CASES_INPUTS: list[Case] = [
+]
+
+CASES += CASES_BOUNDARY + CASES_INPUTS
+
 
 # --------------------------------------------------------------------------------------------------
 # Running a case

@@ -161,6 +161,25 @@ def test_changing_a_late_step_reuses_everything_before_it(first_run, dask_client
     assert [p.cached for p in plans] == [True, True, False, False, False]
 
 
+def test_bumping_a_stage_version_invalidates_that_step_and_everything_downstream(first_run, monkeypatch):
+    """The runner reads each step's version from its stage module (SMOTE once sat at 2 there and 1 in the runner)."""
+    import thresher.pipeline.select as select_stage
+    import thresher.pipeline.smote as smote_stage
+    from thresher.pipeline.runner import step_version
+
+    root, spec, _ = first_run
+    assert step_version("smote") == smote_stage.SMOTE_STAGE_VERSION == 2
+    overrides = ["batches.seed=7"]  # what the run directory holds after the test above
+    plans = run_pipeline(spec, overrides, out=root / "run", dry_run=True, echo=lambda *_: None)
+    assert [(p.name, p.cached) for p in plans] == [("embed", True), ("index", True), ("rds", True), ("balanced", True), ("batches", True)]
+    monkeypatch.setattr(smote_stage, "SMOTE_STAGE_VERSION", smote_stage.SMOTE_STAGE_VERSION + 1)
+    plans = run_pipeline(spec, overrides, out=root / "run", dry_run=True, echo=lambda *_: None)
+    assert [(p.name, p.cached) for p in plans] == [("embed", True), ("index", True), ("rds", True), ("balanced", False), ("batches", True)]
+    monkeypatch.setattr(select_stage, "RDS_STAGE_VERSION", select_stage.RDS_STAGE_VERSION + 1)
+    plans = run_pipeline(spec, overrides, out=root / "run", dry_run=True, echo=lambda *_: None)
+    assert [p.cached for p in plans] == [True, True, False, False, False]
+
+
 def test_cli_dry_run_prints_the_plan(tmp_path, small_pool, minilm_path, monkeypatch):
     (tmp_path / "specs").mkdir()
     spec = _write(tmp_path / "specs" / "spec.yaml", _spec(small_pool, minilm_path, out="from-spec"))

@@ -47,10 +47,27 @@ from thresher.pipeline.spec import (
 )
 
 RUN_VERSION = 1
-INDEX_STEP_VERSION = 1
-STEP_VERSIONS = {"semdedup": 1, "rds": 1, "smote": 1, "batches": 1}
+# Where each step kind's version lives: the stage module that computes it. The runner reads the stage's own
+# constant at plan time, so bumping a stage's version (its output changed meaning) invalidates the runner's
+# cache of that step and of every step downstream. A second table here once fell behind (SMOTE was at 2
+# while the runner said 1 and kept serving outputs without synthetic ids).
+_STEP_VERSION_SOURCES = {
+    "index": ("thresher.stores.index", "INDEX_VERSION"),
+    "semdedup": ("thresher.pipeline.dedup", "SEMDEDUP_STAGE_VERSION"),
+    "rds": ("thresher.pipeline.select", "RDS_STAGE_VERSION"),
+    "smote": ("thresher.pipeline.smote", "SMOTE_STAGE_VERSION"),
+    "batches": ("thresher.pipeline.select", "B3_STAGE_VERSION"),
+}
 EVENTS_NAME = "events.jsonl"
 REPORT_NAME = "report.html"
+
+
+def step_version(kind: str) -> int:
+    """The version of a step kind, read from the stage module that owns it (one source of truth)."""
+    import importlib
+
+    module, attribute = _STEP_VERSION_SOURCES[kind]
+    return int(getattr(importlib.import_module(module), attribute))
 
 
 @dataclass
@@ -105,14 +122,14 @@ def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], Any]:
                       f"{n_rows:,} rows × dim", _embed_memory(spec), None)]
     fp_index = None
     if spec.index is not None:
-        fp_index = fingerprint_of("index", INDEX_STEP_VERSION, spec.index.model_dump(mode="json"), [fp_embed])
+        fp_index = fingerprint_of("index", step_version("index"), spec.index.model_dump(mode="json"), [fp_embed])
         plans.append(StepPlan("index", "index", "index", fp_index, _lineage_fp(out / "index") == fp_index,
                               f"{n_rows:,} vectors ({spec.index.type})", "the index's size (see `thresher inspect`)", None))
     step_fps: list[str] = []
     for i, step in enumerate(spec.steps):
         src = source_index(spec, i)
         upstream = [fp_embed if src is None else step_fps[src]] + ([fp_index] if isinstance(step, BatchesStep) and not step.exact and fp_index else [])
-        fp = fingerprint_of(step.step, STEP_VERSIONS[step.step], _step_params(step), upstream)
+        fp = fingerprint_of(step.step, step_version(step.step), _step_params(step), upstream)
         step_fps.append(fp)
         directory = f"steps/{i + 1:02d}-{step_name(step)}"
         plans.append(StepPlan(step_name(step), step.step, directory, fp, _lineage_fp(out / directory) == fp,
