@@ -1,8 +1,9 @@
 """The ``thresher`` command line: one thin command per pipeline function.
 
-Every command validates its options, calls the Python function of the same
-name, and turns a :class:`thresher.exceptions.ThresherError` into a one-line
-message on stderr with exit code 2 (no traceback for a user's mistake).
+Every command validates its options and calls the Python function of the same
+name; :class:`_Group` turns whatever it raises into a one-line message on
+stderr: exit 2 for the user's input, 1 for the environment or an internal
+error, 130 for Ctrl-C (never a traceback unless ``THRESHER_DEBUG=1``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,60 @@ import click
 from thresher.exceptions import ThresherError
 
 
+EXIT_INPUT = 2  # the user's input (options, files, specs): fix the command
+EXIT_ENVIRONMENT = 1  # the machine (disk, permissions, memory, network, packages) or a bug: the same command may work later
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
+
+
+def _debug() -> bool:
+    return os.environ.get("THRESHER_DEBUG", "") not in ("", "0")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 class _Group(click.Group):
+    """The CLI boundary: whatever a command raises becomes one line on stderr and an exit code, never a traceback.
+
+    Exit 2 for the user's input (:class:`ThresherError`, click's usage errors), 1 for the
+    environment (``OSError`` including disk full, permissions and refused connections;
+    ``MemoryError``; :class:`~thresher.exceptions.EnvironmentProblemError`) and for unexpected
+    internal errors, 130 for Ctrl-C. Output locks are context managers, so they are released
+    on the way out and the same command resumes. ``THRESHER_DEBUG=1`` re-raises instead, with
+    the traceback.
+    """
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ThresherError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except OSError as exc:  # the environment (disk full, permissions, a path under a file): one line naming the path, exit 1
-            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
-            sys.exit(1)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click prints these itself (usage errors exit 2)
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            click.echo("interrupted; rerun the same command to resume", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as exc:
+            if _debug():
+                raise
+            message, code = _describe_failure(exc)
+            click.echo(f"error: {_one_line(message)}", err=True)
+            sys.exit(code)
+
+
+def _describe_failure(exc: Exception) -> tuple[str, int]:
+    """The one-line message and exit code for an exception that reached the CLI boundary."""
+    if isinstance(exc, ThresherError):
+        return str(exc), getattr(exc, "exit_code", EXIT_INPUT)
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({_one_line(str(exc)) or 'MemoryError'}); free memory or lower the batch, block or partition size", EXIT_ENVIRONMENT
+    if isinstance(exc, OSError):  # the environment (disk full, permissions, a path under a file, a refused connection)
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        return f"{exc.strerror or exc}{where}", EXIT_ENVIRONMENT
+    detail = _one_line(str(exc))
+    return (f"internal error ({type(exc).__name__}){': ' + detail if detail else ''} — "
+            "rerun with THRESHER_DEBUG=1 for the traceback, and report it"), EXIT_ENVIRONMENT
 
 
 def _offline_by_default() -> None:
@@ -45,10 +89,20 @@ def main() -> None:
     _offline_by_default()
 
 
+def _check_slurm(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Read the --slurm file when the command line is parsed, so a bad one is refused before any work."""
+    if value is not None:
+        from thresher.jobs.cluster import read_slurm_config
+
+        read_slurm_config(value)
+    return value
+
+
 def _cluster_options(f):
     f = click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786). Default: an in-process local cluster.")(f)
     f = click.option("--workers", type=int, default=None, help="Local worker processes (default: one per 4 cores), or SLURM jobs with --slurm.")(f)
-    f = click.option("--slurm", type=click.Path(exists=True, dir_okay=False), default=None, help="YAML file of dask_jobqueue.SLURMCluster arguments.")(f)
+    f = click.option("--slurm", type=click.Path(exists=True, dir_okay=False), default=None, callback=_check_slurm,
+                     help="YAML file of dask_jobqueue.SLURMCluster arguments.")(f)
     f = click.option("--local", is_flag=True, help="Run in this process without Dask (debugging).")(f)
     return f
 
@@ -82,7 +136,6 @@ def embed(pool, out, text, text_column, messages_column, chat_format, id_column,
     """Embed a data pool into an embedding store (a Dask job, one task per partition)."""
     from thresher.pipeline.embed import embed as run
 
-    _refuse_output_over_input(out, ("--pool", list(pool)))
     if text is not None:
         text = codecs.decode(text, "unicode_escape") if "\\" in text else text
     store = run(
@@ -95,6 +148,10 @@ def embed(pool, out, text, text_column, messages_column, chat_format, id_column,
     m = store.manifest
     click.echo(f"embedded {store.n_rows} rows into {store.path} ({store.n_shards} shards, dim {store.dim}, "
                f"{m.get('n_truncated', 0)} truncated, {m.get('wall_seconds', 0)} s)")
+    skipped = (m.get("pool") or {}).get("skipped") or []
+    if skipped:
+        shown = "".join(f"\n  {s}" for s in skipped[:20]) + (f"\n  ... and {len(skipped) - 20} more (see manifest.json)" if len(skipped) > 20 else "")
+        click.echo(f"skipped {len(skipped)} path{'s' if len(skipped) > 1 else ''} in the pool's directories:{shown}")
 
 
 @main.command()
@@ -111,7 +168,6 @@ def index(embeddings, out, index_type, metric, memory_budget, nprobe, seed, over
     from thresher.stores import open_embedding_store
     from thresher.stores.index import build_index
 
-    _refuse_output_over_input(out, ("--embeddings", embeddings))
     built = build_index(open_embedding_store(embeddings), out, index_type=index_type, metric=metric,
                         memory_budget_bytes=memory_budget, nprobe=nprobe, seed=seed, overwrite=overwrite)
     m = built.manifest
@@ -142,21 +198,6 @@ def report(path, html_path, columns, map_rows, seed) -> None:
 
     out = write_report(path, html_path, columns=list(columns) or None, map_rows=map_rows, seed=seed)
     click.echo(f"report written to {out}")
-
-
-def _refuse_output_over_input(out: str, *inputs: tuple[str, Any]) -> None:
-    """Refuse an --out that is, or contains, an input: --overwrite would delete the input before it is read."""
-    from thresher.exceptions import ParameterError
-
-    target = Path(out).resolve()
-    for option, values in inputs:
-        for value in values if isinstance(values, (list, tuple)) else [values]:
-            if value is None:
-                continue
-            source = Path(value).resolve()
-            if source == target or target in source.parents:
-                raise ParameterError(f"--out {out} {'is' if source == target else 'contains'} the input {option} {value}; "
-                                     "write the output to another directory.")
 
 
 def _parse_budget(value: str) -> int | float:
@@ -217,7 +258,6 @@ def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, group
     if target_text is not None and "\\" in target_text:
         target_text = codecs.decode(target_text, "unicode_escape")
     target_paths = _parse_pairs(targets, "--targets")
-    _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings), ("--targets", list(target_paths.values())))
     curated = run(
         pool_embeddings, target_paths, out, budget=_parse_budget(budget), aggregation=aggregation,
         quotas=_parse_pairs(quotas, "--quota", int) or None, group_column=group_column,
@@ -227,6 +267,8 @@ def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, group
     )
     summary = curated.manifest["summary"]
     click.echo(f"selected {curated.n_rows} of {curated.manifest['n_pool']} rows into {curated.path}")
+    if summary.get("budget_rounding"):
+        click.echo(f"  {summary['budget_rounding']}")
     for task, count in summary["per_task_selected"].items():
         q = summary["per_task_score_quantiles"].get(task) or {}
         click.echo(f"  {task}: {count} rows, score min {q.get('min')} median {q.get('median')} max {q.get('max')}")
@@ -270,7 +312,6 @@ def select_smote(pool_embeddings, labels, out, sampling_strategy, undersample_ma
     """SMOTE: synthetic minority rows in embedding space, with majority under-sampling (Chawla et al., JAIR 2002)."""
     from thresher.pipeline.smote import select_smote as run
 
-    _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings))
     curated = run(
         pool_embeddings, out, labels=labels, sampling_strategy=_parse_sampling_strategy(sampling_strategy),
         undersample_majority=undersample_majority, k_neighbors=k_neighbors, neighbors=neighbors, seed=seed, scheduler=scheduler,
@@ -306,7 +347,6 @@ def select_batches(pool_embeddings, index, batch_size, community_size, rank_wind
         p, stop = (int(v) for v in rank_window.split(":"))
     except ValueError:
         raise click.BadParameter(f"--rank-window must look like P:P+M (e.g. 30:130); got {rank_window!r}") from None
-    _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings), ("--index", index))
     curated = run(pool_embeddings, out, index=index, batch_size=batch_size, community_size=community_size, rank_window=(p, stop),
                   n_hard_negatives=n_hard_negatives, group_column=group_column, drop_last=not keep_last, seed=seed, overwrite=overwrite,
                   scheduler=scheduler, workers=workers, slurm=slurm, local=local, progress=not quiet)
@@ -338,7 +378,6 @@ def select_acquire(pool_embeddings, predictions, labeled, score, sampling, beta,
     """Active learning: acquire the most informative rows by model uncertainty, optionally in an AnchorAL sub-pool (runs in-process)."""
     from thresher.pipeline.acquire import select_acquire as run
 
-    _refuse_output_over_input(out, ("--pool-embeddings", pool_embeddings), ("--predictions", predictions), ("--labeled", labeled), ("--index", index))
     curated = run(pool_embeddings, out, predictions=predictions, labeled=labeled, score=score, sampling=sampling, beta=beta, anchoral=anchoral,
                   n_anchors=n_anchors, n_neighbors=n_neighbors, subpool_size=subpool_size, index=index, budget=budget, round=round_,
                   seed=seed, overwrite=overwrite)
@@ -420,11 +459,10 @@ def plan() -> None:
 @click.option("--initial-score", type=float, default=3.0, show_default=True, help="Score of samples not trained yet.")
 def plan_infobatch_init(out, n_samples, epochs, prune_ratio, delta, seed, initial_score) -> None:
     """Create a fresh InfoBatch state (Qin et al., ICLR 2024)."""
-    from thresher.exceptions import ArtifactError
-    from thresher.selectors.infobatch import STATE_FILE, InfoBatch
+    from thresher.selectors.infobatch import InfoBatch
+    from thresher.stores.output_guard import check_output
 
-    if (Path(out) / STATE_FILE).exists():
-        raise ArtifactError(f"{out} already holds an InfoBatch state; choose another directory.")
+    check_output(out, "infobatch", new=True)
     ib = InfoBatch(n_samples=n_samples, epochs=epochs, prune_ratio=prune_ratio, delta=delta, seed=seed, initial_score=initial_score)
     ib.save(out)
     click.echo(f"InfoBatch state for {n_samples} samples, {epochs} epochs (annealing from epoch {ib.annealing_epoch}) in {out}")
@@ -440,8 +478,9 @@ def plan_infobatch_init(out, n_samples, epochs, prune_ratio, delta, seed, initia
 def plan_infobatch(state_dir, epoch, out, loss_dirs, rows_per_shard, overwrite) -> None:
     """InfoBatch: apply fed-back losses, then write one epoch's plan (sample indices + loss weights) as shards."""
     from thresher.pipeline.plan import update_state, write_plan
+    from thresher.stores.output_guard import check_output
 
-    _refuse_output_over_input(out, ("--scores", state_dir), ("--losses", list(loss_dirs)))
+    check_output(out, "curated", inputs={"ib_or_scores": state_dir, "loss_dirs": list(loss_dirs)}, overwrite=overwrite)  # before the state is updated
     if loss_dirs:
         update_state(state_dir, *loss_dirs)
     curated = write_plan(state_dir, epoch, out, rows_per_shard=rows_per_shard, overwrite=overwrite)

@@ -46,12 +46,15 @@ class RuntimeConfig:
         Address of an existing Dask scheduler (``THRESHER_SCHEDULER``); None starts a local cluster.
     memory_budget_bytes : int
         Memory an index may use (``THRESHER_MEMORY_BUDGET``, bytes, default 4 GiB).
+    scheduler_timeout : int
+        Seconds to wait for an existing scheduler to answer (``THRESHER_SCHEDULER_TIMEOUT``, default 10).
     """
 
     block_rows: int = field(default_factory=lambda: _env_int("THRESHER_BLOCK_ROWS", 65_536))
     partition_rows: int = field(default_factory=lambda: _env_int("THRESHER_PARTITION_ROWS", 50_000))
     scheduler: str | None = field(default_factory=lambda: _env_str("THRESHER_SCHEDULER", None))
     memory_budget_bytes: int = field(default_factory=lambda: _env_int("THRESHER_MEMORY_BUDGET", 4 << 30))
+    scheduler_timeout: int = field(default_factory=lambda: _env_int("THRESHER_SCHEDULER_TIMEOUT", 10))
 
 
 def runtime_config() -> RuntimeConfig:

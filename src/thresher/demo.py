@@ -8,11 +8,8 @@ the curated shards, the run manifest, the event log and the HTML report.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
-
-from thresher.exceptions import ArtifactError
 
 
 def demo_spec_path() -> Path:
@@ -26,12 +23,14 @@ def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True, **clu
     from thresher.describe import describe_artifact
     from thresher.pipeline.runner import run_pipeline
 
+    from thresher.stores.output_guard import check_output, clear_output
+
     out = Path(out)
-    if overwrite and out.exists():
-        if not (out / "manifest.json").is_file() and not (out / "events.jsonl").is_file() and any(out.iterdir()):
-            raise ArtifactError(f"{out} is not a thresher run directory; refusing to clear it for --overwrite.")
-        shutil.rmtree(out)
-    result = run_pipeline(demo_spec_path(), out=out, progress=progress, **cluster)
+    spec = demo_spec_path()
+    check_output(out, "run", inputs={"spec_path": spec, "pool.path": spec.parent}, overwrite=overwrite)
+    if overwrite and out.is_dir():
+        clear_output(out, "run")  # only what thresher wrote; anything else was refused above
+    result = run_pipeline(spec, out=out, progress=progress, **cluster)
     for record in result.steps:
         took = "cached" if record.cached else f"{record.seconds:.1f} s"
         print(f"  {record.name:<10} {took:>9}  {record.rows_in:>7,} → {record.rows_out:>7,} rows  {out / record.dir}")

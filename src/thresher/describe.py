@@ -17,17 +17,58 @@ def describe_artifact(path: Path, *, n_rows: int = 5, as_json: bool = False, ver
     if path.is_file():
         return _describe_shard_file(path, n_rows)
     manifest = read_manifest(path)
+    verified_steps = None
     if verify:
         verify_shards(path, manifest)
+        if manifest.get("artifact") == "run":
+            verified_steps = verify_run(path, manifest)
     if as_json:
         return json.dumps(manifest, indent=2, sort_keys=True)
     kind = manifest["artifact"]
     lines = [f"{kind} artefact at {path}", f"  fingerprint {manifest['fingerprint']}  created {manifest.get('created_at')}"]
-    if verify:
+    if verified_steps is not None:
+        lines.append(f"  verified: {verified_steps[0]} step artefacts, {verified_steps[1]} file checksums match")
+    elif verify:
         lines.append(f"  verified: {len(manifest.get('shards', []))} shard checksums match")
     lines += {"embeddings": _embeddings, "index": _index, "curated": _curated, "run": _run}.get(kind, lambda p, m, n: [])(path, manifest, n_rows)
     lines += _lineage_lines(path, manifest)
     return "\n".join(lines)
+
+
+def verify_run(path: Path, manifest: dict[str, Any]) -> tuple[int, int]:
+    """Verify every step artefact a run manifest lists: present, finished, made by that step, every file intact.
+
+    Returns (steps checked, files checked). Raises ArtifactError naming the first step directory that is
+    missing, unfinished, holds another step's output, or has a file whose checksum differs.
+    """
+    from thresher.exceptions import ArtifactError
+    from thresher.stores.manifest import listed_files
+
+    path = Path(path)
+    steps = manifest.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("dir"), str) for s in steps):
+        raise ArtifactError(f"{path / 'manifest.json'} has a malformed 'steps' list.")
+    root = path.resolve()
+    n_files = 0
+    for step in steps:
+        name, directory = step.get("name", "?"), path / step["dir"]
+        if not directory.resolve().is_relative_to(root):
+            raise ArtifactError(f"The run at {path} lists step {name!r} in {step['dir']!r}, outside the run directory.")
+        if not directory.is_dir():
+            raise ArtifactError(f"The run at {path} lists step {name!r} in {directory}, which is missing; run the spec again to rebuild it.")
+        try:
+            step_manifest = read_manifest(directory)
+        except ArtifactError as exc:
+            raise ArtifactError(f"Step {name!r} of the run at {path}: {exc}") from None
+        made_by = (step_manifest.get("lineage") or {}).get("step_fingerprint")
+        if made_by is not None and step.get("fingerprint") is not None and made_by != step["fingerprint"]:
+            raise ArtifactError(
+                f"Step {name!r} of the run at {path}: {directory} holds the output of step fingerprint {made_by}, not the "
+                f"run's {step['fingerprint']}; run the spec again to rebuild it."
+            )
+        verify_shards(directory, step_manifest)
+        n_files += len(listed_files(directory, step_manifest))
+    return len(steps), n_files
 
 
 def lineage_chain(path: Path, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:

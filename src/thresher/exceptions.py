@@ -37,6 +37,16 @@ class DimensionMismatchError(ThresherError, ValueError):
     """Two things that must share a vector width do not."""
 
 
+class EnvironmentProblemError(ThresherError):
+    """Something outside the user's input stops the run: a package not installed, a host or scheduler unreachable.
+
+    The CLI exits with 1 for these (the environment), not 2 (the user's input):
+    the same command can succeed once the package is installed or the host is up.
+    """
+
+    exit_code = 1
+
+
 def parameter_error(owner: str, name: str, expected: str, got: Any) -> ParameterError:
     """Build the standard message for a bad parameter.
 

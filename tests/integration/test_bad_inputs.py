@@ -451,12 +451,203 @@ CASES: list[Case] = [
 
 # Errors found at the CLI boundary before any work: FAISS factory strings, fsspec protocols, cluster addresses,
 # SLURM files, spec files (issue 14, parts 3 and 4).
+SPEC_HEAD = "pool:\n  path: pool.jsonl\nout: out\n"
+SPEC_RDS = SPEC_HEAD + "steps:\n  - step: rds\n    budget: 5\n    targets: pool.jsonl\n"
+EMBED_CLUSTER = ("embed", "--pool", "{pool}", "--out", "{tmp}/out", "--model", "{model}", "--quiet")
+
 CASES_BOUNDARY: list[Case] = [
+    # ---- FAISS factory strings that abort, segfault or hang FAISS: refused in a real process that survives
+    Case("index-factory-aborts", "--index-type HNSW0 (FAISS aborts the process on it)", ("index", "--embeddings", "{emb}", "--out", "{tmp}/out",
+         "--index-type", "HNSW0"), r"^error: The 'index_type' parameter .*M in \[2, 1024\].*got 'HNSW0'", subprocess=True),
+    Case("index-factory-div-by-zero", "--index-type PQ4x0 (0-bit codes: FAISS divides by zero)", ("index", "--embeddings", "{emb}", "--out",
+         "{tmp}/out", "--index-type", "PQ4x0"), r"'index_type'.*1 to 16 bits.*'PQ4x0'", subprocess=True),
+    Case("index-factory-hangs", "--index-type NSG1 (FAISS loops forever adding to it)", ("index", "--embeddings", "{emb}", "--out", "{tmp}/out",
+         "--index-type", "NSG1"), r"'index_type'.*NSG graph.*'NSG1'"),
+    Case("index-factory-segfault", "--index-type RR0,Flat (FAISS segfaults training it)", ("index", "--embeddings", "{emb}", "--out", "{tmp}/out",
+         "--index-type", "RR0,Flat"), r"'index_type'.*random rotation.*'RR0,Flat'"),
+    Case("index-factory-wrong-metric", "--index-type LSH on an inner-product store (trial build fails)", ("index", "--embeddings", "{emb}", "--out",
+         "{tmp}/out", "--index-type", "LSH"), r"'index_type'.*can build for dim 384.*METRIC_L2.*'LSH'"),
+    Case("index-factory-dim", "--index-type PQ7 for dim 384 (not a divisor)", ("index", "--embeddings", "{emb}", "--out", "{tmp}/out",
+         "--index-type", "PQ7"), r"'index_type'.*multiple of the number of subquantizers.*'PQ7'"),
+    # ---- fsspec protocols: unknown (input), package missing or host unreachable (environment)
+    Case("embed-unknown-protocol", "a pool URL with a protocol fsspec does not know", (*EMBED, "bogus://bucket/pool.jsonl", *EMBED_OPTS),
+         r"^error: The pool path bogus://bucket/pool\.jsonl uses the protocol 'bogus', which fsspec does not know"),
+    Case("embed-s3-not-installed", "an s3:// pool without s3fs installed", (*EMBED, "s3://bucket/pool.jsonl", *EMBED_OPTS),
+         r"^error: The pool path s3://bucket/pool\.jsonl needs .*'s3'.*not installed.*s3fs", exit_code=1, subprocess=True),
+    Case("embed-gcs-not-installed", "a gs:// pool without gcsfs installed", (*EMBED, "gs://bucket/pool.jsonl", *EMBED_OPTS), r"'gs'.*gcsfs",
+         exit_code=1),
+    Case("embed-https-not-installed", "an https:// pool without aiohttp installed", (*EMBED, "https://127.0.0.1:1/pool.jsonl", *EMBED_OPTS),
+         r"'https'.*aiohttp", exit_code=1),
+    Case("embed-unreachable-host", "an ftp:// pool on a host that refuses the connection", (*EMBED, "ftp://127.0.0.1:1/pool.jsonl", *EMBED_OPTS),
+         r"^error: Cannot reach the pool at ftp://127\.0\.0\.1:1/pool\.jsonl: .*refused", exit_code=1, subprocess=True),
+    # ---- the cluster: scheduler addresses (environment) and SLURM files (input)
+    Case("embed-scheduler-refused", "--scheduler where nothing listens", (*EMBED_CLUSTER, "--scheduler", "tcp://127.0.0.1:1"),
+         r"^error: cannot reach the Dask scheduler at tcp://127\.0\.0\.1:1: .*Timed out", exit_code=1, subprocess=True),
+    Case("embed-scheduler-malformed", "--scheduler without a port", (*EMBED_CLUSTER, "--scheduler", "nonsense"),
+         r"cannot reach the Dask scheduler at nonsense: missing port", exit_code=1),
+    Case("embed-scheduler-scheme", "--scheduler with an unknown scheme", (*EMBED_CLUSTER, "--scheduler", "bogus://host:8786"),
+         r"cannot reach the Dask scheduler at bogus://host:8786: unknown address scheme", exit_code=1),
+    Case("embed-slurm-syntax", "--slurm file that is not YAML", (*EMBED_CLUSTER, "--slurm", "{tmp}/slurm.yaml"),
+         r"^error: .*slurm\.yaml:3: the SLURM config is not valid YAML", (text("slurm.yaml", "queue: gpu\ncores: [1\n"),), subprocess=True),
+    Case("embed-slurm-not-mapping", "--slurm file holding a list", (*EMBED_CLUSTER, "--slurm", "{tmp}/slurm.yaml"),
+         r"SLURM config .*slurm\.yaml must be a mapping.*got a list", (text("slurm.yaml", "- gpu\n- 4\n"),)),
+    Case("embed-slurm-unknown-argument", "--slurm file with an argument SLURMCluster does not take", (*EMBED_CLUSTER, "--slurm", "{tmp}/slurm.yaml"),
+         r"slurm\.yaml names 'cpus', not an argument of dask_jobqueue\.SLURMCluster", (text("slurm.yaml", "queue: gpu\ncpus: 4\n"),)),
+    Case("embed-slurm-duplicate-key", "--slurm file naming a key twice", (*EMBED_CLUSTER, "--slurm", "{tmp}/slurm.yaml"),
+         r"slurm\.yaml:2: key 'cores' repeated \(first at line 1\)", (text("slurm.yaml", "cores: 4\ncores: 8\n"),)),
+    # ---- spec files and --set
+    Case("run-duplicate-key", "a YAML spec naming a key twice", ("run", "{tmp}/spec.yaml"),
+         r"spec\.yaml:8: key 'budget' repeated \(first at line 6\)", (text("spec.yaml", SPEC_RDS + "    budget: 6\n"),)),
+    Case("run-toml-duplicate-key", "a TOML spec naming a key twice", ("run", "{tmp}/spec.toml"), r"spec\.toml.*not valid TOML.*line 3",
+         (text("spec.toml", '[pool]\npath = "pool.jsonl"\npath = "other.jsonl"\n'),)),
+    Case("run-set-unknown-key", "--set naming a key the step lacks", ("run", "{tmp}/spec.yaml", "--set", "rds.budgt=5"),
+         r"^error: --set rds\.budgt=5: steps\[0\]\.budgt: unknown key", (text("spec.yaml", SPEC_RDS),)),
+    Case("run-set-bad-value", "--set giving a bad value", ("run", "{tmp}/spec.yaml", "--set", "rds.budget=-3"),
+         r"^error: --set rds\.budget=-3: steps\[0\]\.budget: .*positive", (text("spec.yaml", SPEC_RDS),)),
+    Case("run-set-new-section-key", "--set creating an unknown nested key", ("run", "{tmp}/spec.yaml", "--set", "embedding.foo.bar=1"),
+         r"^error: --set embedding\.foo\.bar=1: embedding\.foo: unknown key", (text("spec.yaml", SPEC_RDS),)),
+    Case("run-too-many-steps", "a spec of 1,001 steps", ("run", "{tmp}/spec.yaml"), r"spec\.yaml:4: 1001 steps; a spec holds at most 1000",
+         (text("spec.yaml", SPEC_HEAD + "steps:\n" + "".join(f"  - {{step: rds, name: s{i}, budget: 5, targets: pool.jsonl}}\n" for i in range(1001))),)),
+    Case("run-index-type-aborts", "a spec whose index.type is HNSW0", ("run", "{tmp}/spec.yaml"), r"spec\.yaml:5: index\.type: .*'HNSW0'",
+         (text("spec.yaml", SPEC_HEAD + "index:\n  type: HNSW0\n"),)),
 ]
 
 # Inputs whose schema or kind is wrong (column types, chat shapes, devices, FIFOs, gzip under a .jsonl name, ...)
 # and behaviour that used to be silent (issue 14, parts 3 and 5).
+def fifo(name: str) -> Callable[[Path, World], None]:
+    """A named pipe with no writer: opening it for reading would block for ever."""
+    return lambda tmp, world: os.mkfifo(tmp / name)
+
+
+def symlink(name: str, target: str) -> Callable[[Path, World], None]:
+    return lambda tmp, world: (tmp / name).symlink_to(target)
+
+
+def gzipped(name: str, content: str) -> Callable[[Path, World], None]:
+    import gzip
+
+    return lambda tmp, world: (tmp / name).write_bytes(gzip.compress(content.encode("utf-8")))
+
+
+def folder(name: str, files: dict[str, str]) -> Callable[[Path, World], None]:
+    def make(tmp: Path, world: World) -> None:
+        for rel, content in files.items():
+            (tmp / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name / rel).write_text(content, encoding="utf-8")
+    return make
+
+
+def spec(device: str) -> Callable[[Path, World], None]:
+    """A run spec over the world's pool that embeds on ``device``."""
+    def make(tmp: Path, world: World) -> None:
+        (tmp / "spec.yaml").write_text(f"pool:\n  path: {world.pool}\n  id_column: uid\nembedding:\n  model: {world.model}\n"
+                                       f"  device: '{device}'\ncluster:\n  local: true\n", encoding="utf-8")
+    return make
+
+
+def run_dir(*, step_dir: str = "embeddings", copy: bool = False, edit: Callable[[Path], None] | None = None) -> Callable[[Path, World], None]:
+    """A run directory whose manifest lists one embed step in ``step_dir`` (a copy of the world's store when ``copy``)."""
+    def make(tmp: Path, world: World) -> None:
+        from thresher.stores.manifest import write_manifest
+
+        run = tmp / "run"
+        run.mkdir()
+        if copy:
+            shutil.copytree(world.emb, run / step_dir)
+            if edit is not None:
+                edit(run / step_dir)
+        write_manifest(run, "run", fingerprint="crafted-run", body={
+            "spec": {}, "output": step_dir, "outputs": [step_dir], "report": None, "events": "events.jsonl",
+            "steps": [{"name": "embed", "step": "embed", "dir": step_dir, "fingerprint": None, "cached": False,
+                       "rows_in": N_POOL, "rows_out": N_POOL, "seconds": 1.0}]})
+    return make
+
+
+TEXT_ROWS = [{"text": "first"}, {"text": "second"}]
+CHAT = ("--messages-column", "messages")
+
 CASES_INPUTS: list[Case] = [
+    # ---- column types, found from the pool's schema before the output directory exists
+    Case("embed-text-column-int", "the text column holds integers", (*EMBED, "{tmp}/pool.jsonl", *EMBED_OPTS),
+         r"Column 'text' .*pool\.jsonl must hold strings; it holds int64 values \(row id='pool\.jsonl:0' holds 1\)",
+         (jsonl("pool.jsonl", [{"text": 1}, {"text": 2}]),)),
+    Case("embed-text-column-list", "the text column holds lists of strings", (*EMBED, "{tmp}/pool.jsonl", *EMBED_OPTS),
+         r"Column 'text' .*must hold strings; it holds list<item: string> values", (jsonl("pool.jsonl", [{"text": ["a", "b"]}]),)),
+    Case("embed-text-column-struct", "the text column holds objects", (*EMBED, "{tmp}/pool.jsonl", *EMBED_OPTS),
+         r"Column 'text' .*must hold strings; it holds struct<", (jsonl("pool.jsonl", [{"text": {"q": "a"}}]),)),
+    Case("embed-template-column-float", "a --text template over a column of floats", (*EMBED, "{tmp}/pool.jsonl", "--text", "Q: {{q}} A: {{a}}",
+         *EMBED_OPTS), r"Column 'a' named by the text template .*must hold strings; it holds double",
+         (jsonl("pool.jsonl", [{"q": "x", "a": 1.5}, {"q": "y", "a": 2.5}]),)),
+    Case("embed-parquet-text-binary", "a Parquet text column of binary values", (*EMBED, "{tmp}/pool.parquet", *EMBED_OPTS),
+         r"Column 'text' .*pool\.parquet must hold strings; it holds binary",
+         (lambda tmp, w: pq.write_table(pa.table({"text": pa.array([b"a", b"b"], pa.binary())}), tmp / "pool.parquet"),)),
+    Case("embed-messages-not-a-list", "chat messages that are a string, not a list", (*EMBED, "{tmp}/pool.jsonl", *CHAT, *EMBED_OPTS),
+         r"Column 'messages' .*must hold a list of .*messages per row; it holds string values, not lists \(row id='pool\.jsonl:0' holds 'hi'\)",
+         (jsonl("pool.jsonl", [{"messages": "hi"}]),)),
+    Case("embed-messages-without-role", "chat messages without role and content", (*EMBED, "{tmp}/pool.jsonl", *CHAT, *EMBED_OPTS),
+         r"Column 'messages' .*its messages have no 'role' and no 'content' field", (jsonl("pool.jsonl", [{"messages": [{"from": "u", "value": "hi"}]}]),)),
+    Case("embed-messages-content-not-string", "chat messages whose content is a number", (*EMBED, "{tmp}/pool.jsonl", *CHAT, *EMBED_OPTS),
+         r"the 'content' of its messages holds int64 values, not strings.*row id='pool\.jsonl:0'",
+         (jsonl("pool.jsonl", [{"messages": [{"role": "user", "content": 3}]}]),)),
+    Case("embed-messages-of-strings", "chat messages that are plain strings", (*EMBED, "{tmp}/pool.jsonl", *CHAT, *EMBED_OPTS),
+         r"its messages are string values, not \{'role', 'content'\} objects", (jsonl("pool.jsonl", [{"messages": ["hi", "hello"]}]),)),
+    # ---- devices
+    Case("embed-device-absent-cuda", "--device cuda:99, a GPU this machine lacks", (*EMBED, "{pool}", "--device", "cuda:99", *EMBED_OPTS),
+         r"^error: device 'cuda:99' is not available on this machine \(torch sees (no CUDA device|\d+ CUDA devices?: cuda:0)"),
+    Case("embed-device-absent-mps", "--device mps on a machine without Apple GPU", (*EMBED, "{pool}", "--device", "mps", *EMBED_OPTS),
+         r"^error: device 'mps' is not available on this machine \(torch sees no MPS device\)"),
+    Case("embed-device-unknown", "--device gpu (no such torch device)", (*EMBED, "{pool}", "--device", "gpu", *EMBED_OPTS),
+         r"'device' parameter .*'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'; got 'gpu'"),
+    Case("embed-device-meta", "--device meta (a torch device no model can run on)", (*EMBED, "{pool}", "--device", "meta", *EMBED_OPTS),
+         r"device 'meta' is a torch device type thresher does not embed on"),
+    Case("run-device-absent", "a spec embedding on cuda:99 (thresher run)", ("run", "{tmp}/spec.yaml", "--out", "{tmp}/out", "--quiet"),
+         r"device 'cuda:99' is not available on this machine", (spec("cuda:99"),)),
+    # ---- what the pool path is
+    Case("embed-fifo-pool", "the pool is a FIFO (never opened: it would block)", (*EMBED, "{tmp}/pool.jsonl", *EMBED_OPTS),
+         r"pool\.jsonl is a FIFO \(named pipe\), not a regular file", (fifo("pool.jsonl"),), subprocess=True),
+    Case("embed-fifo-in-directory", "a FIFO named .jsonl inside a pool directory", (*EMBED, "{tmp}/data", *EMBED_OPTS),
+         r"data/b\.jsonl is a FIFO \(named pipe\), not a regular file",
+         (folder("data", {"a.jsonl": '{"text": "a"}\n'}), fifo("data/b.jsonl")), subprocess=True),
+    Case("embed-socket-pool", "the pool is a Unix socket", (*EMBED, "{tmp}/s.jsonl", *EMBED_OPTS), r"s\.jsonl is a socket, not a regular file",
+         (lambda tmp, w: __import__("socket").socket(__import__("socket").AF_UNIX).bind(str(tmp / "s.jsonl")),)),
+    Case("embed-device-file-pool", "the pool is a character device (/dev/zero)", (*EMBED, "/dev/zero", "--format", "jsonl", *EMBED_OPTS),
+         r"/dev/zero is a character device, not a regular file"),
+    Case("embed-symlink-to-itself", "the pool is a symbolic link to itself", (*EMBED, "{tmp}/pool.jsonl", *EMBED_OPTS),
+         r"pool\.jsonl is a symbolic link loop", (symlink("pool.jsonl", "pool.jsonl"),)),
+    Case("embed-symlink-loop-pair", "two symbolic links pointing at each other", (*EMBED, "{tmp}/a", *EMBED_OPTS), r"/a is a symbolic link loop",
+         (symlink("a", "b"), symlink("b", "a"))),
+    Case("embed-dangling-symlink", "a symbolic link to a file that does not exist", (*EMBED, "{tmp}/pool.jsonl", *EMBED_OPTS),
+         r"pool\.jsonl is a symbolic link to gone\.jsonl, which does not exist", (symlink("pool.jsonl", "gone.jsonl"),)),
+    Case("embed-gzip-named-jsonl", "a gzip file named .jsonl", (*EMBED, "{tmp}/pool.jsonl", *EMBED_OPTS),
+         r"pool\.jsonl is gzip-compressed but named \.jsonl; rename it pool\.jsonl\.gz", (gzipped("pool.jsonl", '{"text": "a"}\n'),)),
+    Case("embed-gzip-named-csv", "a gzip file named .csv", (*EMBED, "{tmp}/pool.csv", *EMBED_OPTS),
+         r"pool\.csv is gzip-compressed but named \.csv; rename it pool\.csv\.gz", (gzipped("pool.csv", "text\nhello\n"),)),
+    Case("embed-gzip-named-json", "a gzip file named .json", (*EMBED, "{tmp}/pool.json", *EMBED_OPTS),
+         r"pool\.json is gzip-compressed but named \.json; rename it pool\.json\.gz", (gzipped("pool.json", '[{"text": "a"}]'),)),
+    Case("embed-gzip-named-parquet", "a gzip file named .parquet", (*EMBED, "{tmp}/pool.parquet", *EMBED_OPTS),
+         r"pool\.parquet is gzip-compressed, and parquet files cannot be read compressed", (gzipped("pool.parquet", "PAR1"),)),
+    Case("embed-lone-surrogate-jsonl", "a JSON Lines string holding a lone surrogate \\ud800", (*EMBED, "{tmp}/pool.jsonl", *EMBED_OPTS),
+         r"Line 2 of .*pool\.jsonl holds the lone surrogate \\ud800", (text("pool.jsonl", '{"text": "fine"}\n{"text": "bad \\ud800 half"}\n'),)),
+    Case("embed-lone-surrogate-json", "a JSON array string holding a lone surrogate \\udc00", (*EMBED, "{tmp}/pool.json", *EMBED_OPTS),
+         r"Element 1 of the JSON array in .*pool\.json holds the lone surrogate \\udc00",
+         (text("pool.json", '[{"text": "fine"}, {"text": "x\\udc00"}]'),)),
+    Case("embed-directory-without-data", "a pool directory holding only hidden and unsupported files", (*EMBED, "{tmp}/data", *EMBED_OPTS),
+         r"No files matched in directory .*data.*it holds only .*\.hidden\.jsonl \(hidden.*notes\.txt \(not a supported extension\)",
+         (folder("data", {".hidden.jsonl": '{"text": "a"}\n', "notes.txt": "hello\n"}),)),
+    Case("embed-directory-other-format", "--format csv on a directory of .jsonl files", (*EMBED, "{tmp}/data", "--format", "csv", *EMBED_OPTS),
+         r"No files matched in directory .*holds only .*a\.jsonl \(a jsonl file, not csv\)", (folder("data", {"a.jsonl": '{"text": "a"}\n'}),)),
+    # ---- parameters that size an allocation up front
+    Case("init-n-samples-huge", "--n-samples 10^13 (more memory than the machine has)", (*INIT, "--n-samples", "10000000000000", "--epochs", "3"),
+         r"--n-samples 10000000000000\) needs 270\.0 TB of memory for the InfoBatch state.*this machine has \d"),
+    # ---- what used to be silent
+    Case("batches-hard-negatives-wider-than-window", "--hard-negatives 5 with a rank window 2:6 (4 wide)", (*BATCHES, "--batch-size", "4",
+         "--community-size", "2", "--rank-window", "2:6", "--hard-negatives", "5"), r"'n_hard_negatives' parameter of BatchMiner \(5\).*\(2, 6\) \(m = 4\)"),
+    Case("inspect-run-missing-step", "a run whose step directory is gone, with --verify", ("inspect", "{tmp}/run", "--verify"),
+         r"run at .*run lists step 'embed' in .*run/embeddings, which is missing", (run_dir(),), out=None),
+    Case("inspect-run-corrupt-step", "a run whose step shard is truncated, with --verify", ("inspect", "{tmp}/run", "--verify"),
+         r"run/embeddings/part-00001\.arrow.*(corrupt|truncated)", (run_dir(copy=True, edit=truncate_shard),), out=None),
+    Case("inspect-run-step-outside", "a run manifest pointing a step outside the run, with --verify", ("inspect", "{tmp}/run", "--verify"),
+         r"lists step 'embed' in '\.\./elsewhere', outside the run directory", (run_dir(step_dir="../elsewhere"),), out=None),
 ]
 
 CASES += CASES_BOUNDARY + CASES_INPUTS

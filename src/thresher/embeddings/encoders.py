@@ -184,6 +184,7 @@ class EncoderSpec:
     def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
         """Rebuild a spec from :meth:`to_dict`'s output (or any mapping of its fields)."""
         data = dict(data)
+        data.pop("weights", None)  # recorded beside the settings (see weights_fingerprint), not one of them
         model_path = data.pop("model_path", None)
         if model_path is not None and data.get("model") == DEFAULT_MODEL_NAME:
             data["model"] = DEFAULT_MODEL
@@ -671,6 +672,54 @@ def _resolve_model(spec: EncoderSpec) -> tuple[Path, str | None]:
     return folder, gguf_file
 
 
+#: Files that hold a model's weights, in any of the formats transformers and sentence-transformers load.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
+_WEIGHTS_CACHE: dict[tuple[str, int, int], str] = {}
+_WEIGHTS_LOCK = threading.Lock()
+
+
+def weights_fingerprint(spec: EncoderSpec) -> str:
+    """The identity of the weights ``spec`` loads: an xxh3 over its weight files' names and contents.
+
+    A model is named by a string (a folder, a cache name); two folders of the
+    same name can hold different weights, which embed texts differently. This
+    hash is what the embed fingerprint and the store's manifest record, so
+    stores embedded by different weights are never taken as comparable. Every
+    file ending in one of :data:`WEIGHT_SUFFIXES` under the model folder
+    counts (only the GGUF file, for a GGUF model). Hashing runs at GB/s; a
+    file's hash is kept for the process, keyed by its path, size and mtime.
+
+    Raises
+    ------
+    ParameterError
+        The model cannot be found, or its folder holds no weight file.
+    """
+    from thresher.fingerprint import hash_bytes, hash_file
+
+    folder, gguf_file = _resolve_model(spec)
+    if gguf_file is not None:
+        files = [folder / gguf_file]
+    else:
+        files = sorted(
+            f for f in folder.rglob("*")
+            if f.suffix in WEIGHT_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(folder).parts) and f.is_file()
+        )
+    if not files:
+        raise ParameterError(f"The model folder {folder} of EncoderSpec holds no weight file (none ends in {', '.join(WEIGHT_SUFFIXES)}).")
+    parts = []
+    for f in files:
+        stat = f.stat()
+        key = (str(f.resolve()), stat.st_size, stat.st_mtime_ns)
+        with _WEIGHTS_LOCK:
+            digest = _WEIGHTS_CACHE.get(key)
+        if digest is None:
+            digest = hash_file(f)
+            with _WEIGHTS_LOCK:
+                _WEIGHTS_CACHE[key] = digest
+        parts.append(f"{f.relative_to(folder).as_posix()}:{digest}")
+    return f"xxh3_128:{hash_bytes(chr(10).join(parts).encode('utf-8'))}"
+
+
 def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~", "\\")) or model.count("/") > 1 or (len(model) > 1 and model[1] == ":")
 
@@ -692,10 +741,54 @@ def _cached_snapshot(name: str) -> Path:
 def _resolve_device(spec: EncoderSpec) -> torch.device:
     if spec.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise parameter_error(_OWNER, "device", "a device this machine has (CUDA is not available here)", spec.device)
-    return device
+    check_device_available(spec.device)
+    return torch.device(spec.device)
+
+
+# Device types thresher can run a model on, with how torch reports whether (and how many) are present.
+_DEVICE_KINDS = {"cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
+
+
+def _device_count(kind: str) -> int:
+    if kind == "cuda":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "mps":
+        return 1 if torch.backends.mps.is_available() else 0
+    xpu = getattr(torch, "xpu", None)
+    return xpu.device_count() if xpu is not None and xpu.is_available() else 0
+
+
+def check_device_available(device: str, *, where: str = "this machine") -> None:
+    """Refuse a device string torch cannot parse, or a device ``where`` does not have, before any work starts.
+
+    "auto" and "cpu" always pass. A device string is checked in the process that will run the model:
+    the caller's for in-process and local-cluster runs, each worker's for a remote cluster.
+
+    Raises
+    ------
+    ParameterError
+        e.g. "device 'cuda' is not available on this machine (torch sees no CUDA device)".
+    """
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise parameter_error(_OWNER, "device", "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'", device) from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type not in _DEVICE_KINDS:
+        raise ParameterError(
+            f"device {device!r} is a torch device type thresher does not embed on; use 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu'."
+        )
+    label, count = _DEVICE_KINDS[parsed.type], _device_count(parsed.type)
+    if count == 0:
+        raise ParameterError(f"device {device!r} is not available on {where} (torch sees no {label} device).")
+    if parsed.index is not None and parsed.index >= count:
+        seen = ", ".join(f"{parsed.type}:{i}" for i in range(count))
+        raise ParameterError(
+            f"device {device!r} is not available on {where} (torch sees {count} {label} device{'s' if count > 1 else ''}: {seen})."
+        )
 
 
 def _resolve_dtype(spec: EncoderSpec, device: torch.device) -> torch.dtype:

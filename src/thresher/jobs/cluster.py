@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thresher.exceptions import ParameterError
+from thresher.exceptions import EnvironmentProblemError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,14 @@ def dask_client(
 
     from thresher.config import runtime_config
 
-    scheduler = scheduler or runtime_config().scheduler
+    config = runtime_config()
+    source = "" if scheduler else " (from THRESHER_SCHEDULER)"
+    scheduler = scheduler or config.scheduler
     if scheduler and slurm:
         raise ParameterError("Give either 'scheduler' or 'slurm', not both.")
     cluster = None
     if scheduler:
-        client = Client(scheduler, timeout="30s")
+        client = connect_scheduler(scheduler, timeout=config.scheduler_timeout, source=source)
     elif slurm is not None:
         cluster = make_slurm_cluster(slurm)
         cluster.scale(jobs=workers or 1)
@@ -107,24 +109,74 @@ def dask_client(
             cluster.close()
 
 
-def make_slurm_cluster(config: str | Path | dict[str, Any]) -> Any:
-    """Build a :class:`dask_jobqueue.SLURMCluster` from a dict or a YAML file of its keyword arguments."""
-    from dask_jobqueue import SLURMCluster
+def connect_scheduler(address: str, *, timeout: float = 10.0, source: str = "") -> Any:
+    """A :class:`distributed.Client` connected to the scheduler at ``address``, or one line saying why not.
 
+    Raises :class:`~thresher.exceptions.EnvironmentProblemError` (exit 1) for a malformed address or
+    one where no scheduler answers within ``timeout`` seconds (``THRESHER_SCHEDULER_TIMEOUT``).
+    """
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=f"{timeout}s")
+    except Exception as exc:  # malformed (ValueError), refused or timed out (OSError), unknown protocol (KeyError, ValueError)
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        waited = f" (waited {timeout:g} s; THRESHER_SCHEDULER_TIMEOUT sets it)" if isinstance(exc, OSError) else ""
+        raise EnvironmentProblemError(f"cannot reach the Dask scheduler at {address}{source}: {cause}{waited}") from None
+
+
+def read_slurm_config(config: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :class:`dask_jobqueue.SLURMCluster` in a dict or YAML file, checked.
+
+    Refused in one line naming the file (and line, for a syntax error): unreadable, not YAML, a
+    key repeated, not a mapping, an argument SLURMCluster does not take, or dask-jobqueue missing.
+    """
+    from thresher.yaml_files import load_yaml
+
+    where = "The SLURM config" if isinstance(config, dict) else f"The SLURM config {config}"
     if not isinstance(config, dict):
-        import yaml
-
         path = Path(config)
         try:
-            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ParameterError(f"Cannot read the SLURM config {path}: {exc}") from exc
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ParameterError(f"Cannot read the SLURM config {path}: {exc}") from None
+        config, _ = load_yaml(text, path, what="the SLURM config is ")
+        config = {} if config is None else config
         if not isinstance(config, dict):
-            raise ParameterError(f"The SLURM config {path} must be a mapping of SLURMCluster arguments.")
+            raise ParameterError(f"{where} must be a mapping of SLURMCluster arguments (queue: ..., cores: ...); got a {type(config).__name__}.")
+    try:
+        allowed = slurm_arguments()
+    except ImportError:
+        raise ParameterError(f"{where} needs dask-jobqueue, which is not installed: pip install dask-jobqueue") from None
+    unknown = [str(k) for k in config if k not in allowed]
+    if unknown:
+        raise ParameterError(f"{where} names {', '.join(repr(k) for k in unknown)}, not an argument of dask_jobqueue.SLURMCluster "
+                             f"(it takes: {', '.join(sorted(allowed))}).")
+    return dict(config)
+
+
+def slurm_arguments() -> set[str]:
+    """The keyword arguments :class:`dask_jobqueue.SLURMCluster` accepts (its cluster's and its jobs')."""
+    import inspect
+
+    from dask_jobqueue.core import Job, JobQueueCluster
+    from dask_jobqueue.slurm import SLURMJob
+
+    names: set[str] = set()
+    for fn in (JobQueueCluster.__init__, Job.__init__, SLURMJob.__init__):
+        names.update(p.name for p in inspect.signature(fn).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+    return names - {"self", "scheduler", "job_cls", "loop", "job_kwargs", "base_class_kwargs"}
+
+
+def make_slurm_cluster(config: str | Path | dict[str, Any]) -> Any:
+    """Build a :class:`dask_jobqueue.SLURMCluster` from a dict or a YAML file of its keyword arguments."""
+    config = read_slurm_config(config)
+    from dask_jobqueue import SLURMCluster
+
     try:
         return SLURMCluster(**config)
     except (TypeError, ValueError) as exc:
-        raise ParameterError(f"Bad SLURM config: {exc}") from exc
+        raise ParameterError(f"Bad SLURM config: {' '.join(str(exc).split())}") from exc
 
 
 def cores_per_worker(client: Any) -> dict[str, int]:

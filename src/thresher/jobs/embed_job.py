@@ -42,7 +42,10 @@ EMBED_JOB_VERSION = 1
 def embed_fingerprint(pool: Any, text: Any, spec: Any, dtype: str) -> str:
     """Identity of a store: the pool's content, how texts are built, the encoder, the dtype and the partitioning."""
     # where the model lies on this machine and which device runs it do not change what is computed
+    from thresher.embeddings.encoders import weights_fingerprint
+
     encoder = {k: v for k, v in spec.to_dict().items() if k not in ("model_path", "device")}
+    encoder["weights"] = weights_fingerprint(spec)  # same name, other weights: another store
     params = {
         "encoder": encoder,
         "text": text.describe(),
@@ -184,6 +187,8 @@ def run_embed_job(
     finally:
         bar.close()
 
+    from thresher.embeddings.encoders import weights_fingerprint
+
     remove_temporaries(out)  # a worker lost mid-write leaves its temporary file behind
     shards = [ShardInfo(**records[i]["shard"]) for i in range(len(pool.partitions))]
     dims = {records[i]["dim"] for i in records}
@@ -199,7 +204,8 @@ def run_embed_job(
         "job": dict(retried),
     }
     finalize_embedding_store(
-        out, shards=shards, fingerprint=fingerprint, dim=store_dim, dtype=dtype, encoder=spec.to_dict(), pool=pool.describe(), extra=extra
+        out, shards=shards, fingerprint=fingerprint, dim=store_dim, dtype=dtype, encoder={**spec.to_dict(), "weights": weights_fingerprint(spec)},
+        pool=pool.describe(), extra=extra
     )
     for i in range(len(pool.partitions)):
         _marker_path(out, i).unlink(missing_ok=True)

@@ -304,8 +304,11 @@ def select_acquire(
     from thresher.selectors.anchoral import anchoral_subpool
     from thresher.stores.curated import write_curated
     from thresher.stores.embedding_store import open_embedding_store
-    from thresher.stores.pool import reopen_pool
 
+    from thresher.stores.output_guard import artefact_inputs, check_output
+
+    check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "predictions": predictions, "labeled": labeled, "index": index,
+                                       "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     Acquisition(method=score, sampling=sampling, beta=beta, seed=seed)._validate_params()
     for name, value, low in (("budget", budget, 1), ("round", round, 0)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
@@ -313,6 +316,7 @@ def select_acquire(
     if anchoral and labeled is None:
         raise ParameterError("AnchorAL (anchoral=True) needs the labelled rows (labeled=PATH with id and label columns) to pick anchors.")
     store = open_embedding_store(pool_embeddings)
+    pool = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     ids = store.ids()
     values, pred_positions, pred_fp = read_predictions(predictions, store, ids)
     n_classes = values.shape[2]
@@ -377,7 +381,7 @@ def select_acquire(
         "score_mean_candidates": float(np.nanmean(scores.score)) if np.isfinite(scores.score).any() else None,
     }
     return write_curated(
-        out, pool=reopen_pool(store.manifest["pool"]), positions=picked, columns=columns, expected_ids=ids[picked],
+        out, pool=pool, positions=picked, columns=columns, expected_ids=ids[picked],
         selector="acquisition", params=params, fingerprint=fingerprint, seed=seed, inputs=inputs, summary=summary, overwrite=overwrite,
     )
 

@@ -43,9 +43,8 @@ def read_labels(store: Any, column: str, map_fn: Callable[..., Any] = map) -> np
     import functools
 
     from thresher.exceptions import ArtifactError, InputDataError
-    from thresher.stores.pool import reopen_pool
 
-    pool = reopen_pool(store.manifest["pool"])
+    pool = store.reopen_pool()  # refuses pool files changed since they were embedded
     if column not in pool.column_names:
         raise InputDataError(f"The pool has no label column {column!r}; it has columns {pool.column_names}.")
     rows = [p.n_rows for p in pool.partitions]

@@ -172,11 +172,14 @@ def select_semdedup(
     from thresher.selectors.semdedup import SemDeDup, pack_clusters
     from thresher.stores.curated import open_curated, write_curated
     from thresher.stores.embedding_store import open_embedding_store
-    from thresher.stores.manifest import read_manifest
-    from thresher.stores.pool import reopen_pool
+    from thresher.stores.manifest import damage, read_manifest
     from thresher.stores.subset import check_subset, subset_digest
 
+    from thresher.stores.output_guard import artefact_inputs, check_output
+
+    check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     store = open_embedding_store(pool_embeddings)
+    pool = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     rows = check_subset(subset, store.n_rows, "select_semdedup")
     n_in = store.n_rows if rows is None else len(rows)
     selector = SemDeDup(n_clusters=n_clusters, eps=eps, sample_size=sample_size, n_iter=n_iter, block_rows=block_rows, seed=seed)
@@ -186,7 +189,7 @@ def select_semdedup(
     fingerprint = fingerprint_of("semdedup", SEMDEDUP_STAGE_VERSION, params, [store.fingerprint])
     if not overwrite:
         try:
-            if read_manifest(out, "curated").get("fingerprint") == fingerprint:
+            if read_manifest(out, "curated").get("fingerprint") == fingerprint and damage(out) is None:
                 return open_curated(out)
         except ArtifactError:
             pass  # absent or unfinished: write_curated decides
@@ -225,7 +228,6 @@ def select_semdedup(
         selection = selector.finish([r for task in results for r in task], lambda p: ids_at(store, p), n_rows=n_in,
                                     centroids=centroids, sample_size=len(sample))
         del results
-        pool = reopen_pool(store.manifest["pool"])
         removed = selection.removed
         removed_table = pa.table({
             "id": _id_array(removed.ids, pool.id_type),
@@ -254,14 +256,14 @@ def read_removed(path: str | Path, *, verify: bool = True) -> pa.Table:
     from thresher.exceptions import ArtifactError
     from thresher.fingerprint import hash_file
     from thresher.stores.arrow_io import read_stream_shard
-    from thresher.stores.manifest import read_manifest
+    from thresher.stores.manifest import artifact_file, read_manifest
 
     path = Path(path)
     manifest = read_manifest(path, "curated")
     entry = next((a for a in manifest.get("attachments", []) if a["file"] == REMOVED_FILE), None)
     if manifest.get("selector") != "semdedup" or entry is None:
         raise ArtifactError(f"{path} is not a semdedup output: its manifest lists no {REMOVED_FILE}.")
-    file = path / REMOVED_FILE
+    file = artifact_file(path, REMOVED_FILE, key="attachments")  # never a link out of the directory
     if verify and file.is_file():
         algo, _, expected = entry["checksum"].partition(":")
         if hash_file(file) != expected:

@@ -79,8 +79,14 @@ def embed(
     thresher.stores.EmbeddingStore
     """
     from thresher.jobs.cluster import run_on_cluster
+    from thresher.stores.output_guard import check_output
 
+    check_output(out, "embeddings", inputs={"pool": pool}, overwrite=overwrite)
     resources = _check_resources(resources)
+    if local or (client is None and scheduler is None and slurm is None):
+        from thresher.embeddings.encoders import check_device_available
+
+        check_device_available(device)  # the model runs on this machine: no cluster is started for a device it lacks
     inputs = prepare_embed(
         pool, text=text, text_column=text_column, messages_column=messages_column, chat_format=chat_format, id_column=id_column,
         format=format, split=split, model=model, pooling=pooling, layer=layer, normalize=normalize, max_length=max_length,
@@ -172,8 +178,40 @@ def run_embed(inputs: EmbedInputs, out: str | Path, *, client: Any | None, resou
     resources = _check_resources(resources)
     if client is not None and resources:
         _check_workers_have(client, resources)
+    check_device_where_it_runs(inputs.encoder.device, client)
     return run_embed_job(inputs.pool, inputs.text, inputs.encoder, out, client=client, dtype=inputs.dtype, overwrite=overwrite,
                          progress=progress, resources=resources if client is not None else None)
+
+
+def check_device_where_it_runs(device: str, client: Any | None) -> None:
+    """Refuse ``device`` when the process that will run the model lacks it: this one, or any connected Dask worker.
+
+    A cluster with no worker yet (SLURM jobs still queued) is let through; its tasks then fail on the worker.
+    """
+    from thresher.embeddings.encoders import check_device_available
+
+    if device == "auto":
+        return
+    if client is None:
+        check_device_available(device)
+        return
+    problems = client.run(_device_problem, device)
+    for address, problem in sorted(problems.items()):
+        if problem:
+            raise ParameterError(f"{problem} (Dask worker {address})")
+
+
+def _device_problem(device: str) -> str | None:
+    """On a worker: why ``device`` is unusable there, or None."""
+    import socket
+
+    from thresher.embeddings.encoders import check_device_available
+
+    try:
+        check_device_available(device, where=f"the worker's machine {socket.gethostname()}")
+    except ParameterError as exc:
+        return str(exc).rstrip(".")
+    return None
 
 
 def _check_resources(resources: Mapping[str, float] | None) -> dict[str, float] | None:
@@ -206,8 +244,26 @@ def _check_columns(pool: Any, builder: Any) -> None:
     from thresher.exceptions import InputDataError
 
     missing = [c for c in builder.required_columns if c not in pool.column_names]
+    where = pool.partitions[0].source or "the dataset"
     if missing:
-        where = pool.partitions[0].source or "the dataset"
         raise InputDataError(
             f"Column {missing[0]!r} needed for the text is not in {where}; the pool has columns {pool.column_names}."
         )
+    builder.check_schema(pool.schema, where=where, example=lambda column: _first_value(pool, column))
+
+
+def _first_value(pool: Any, column: str) -> str:
+    """"row id=... holds ...": the first non-null value of ``column`` in the pool's first partition, for an error message."""
+    from thresher.exceptions import ThresherError
+
+    try:
+        table = pool.read_partition(0, columns=[column])
+    except ThresherError:
+        return ""
+    values = table.column(column)
+    for row in range(table.num_rows):
+        if values[row].is_valid:
+            shown = repr(values[row].as_py())
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            return f"row id={table.column('id')[row].as_py()!r} holds {shown}"
+    return ""

@@ -46,7 +46,13 @@ def _as_infobatch(ib_or_scores: InfoBatch | str | Path) -> InfoBatch:
     )
 
 
-@locks_output("out")
+def _check_plan_output(arguments: dict[str, Any]) -> None:
+    from thresher.stores.output_guard import check_output
+
+    check_output(arguments["out"], "curated", inputs={"ib_or_scores": arguments["ib_or_scores"]}, overwrite=arguments["overwrite"])
+
+
+@locks_output("out", check=_check_plan_output)
 def write_plan(
     ib_or_scores: InfoBatch | str | Path,
     epoch: int,

@@ -82,6 +82,7 @@ class StepPlan:
     expected_rows: str
     memory_per_worker: str
     spec: Any = None
+    recompute: str | None = None  # why a step whose fingerprint matches is recomputed anyway (its output failed verification)
 
 
 @dataclass
@@ -134,7 +135,46 @@ def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], Any]:
         directory = f"steps/{i + 1:02d}-{step_name(step)}"
         plans.append(StepPlan(step_name(step), step.step, directory, fp, _lineage_fp(out / directory) == fp,
                               _expected_rows(spec, i, n_rows), _step_memory(step, upper_bound_before(spec, i, n_rows)), step))
+    _verify_cached(plans, spec, out)
     return plans, inputs
+
+
+def _verify_cached(plans: list[StepPlan], spec: PipelineSpec, out: Path) -> None:
+    """Reuse a cached step only if its files are intact; recompute a damaged one and every step downstream of it.
+
+    A shard replaced by another valid shard (or truncated, or deleted) fails
+    the quick check of :func:`thresher.stores.manifest.damage` (size and mtime
+    first, then the checksum). Downstream steps are recomputed too, even when
+    intact: they may have been made from the damaged rows.
+    """
+    from thresher.stores.manifest import damage
+
+    redone: dict[str, str] = {}  # step name → why it is recomputed
+    for plan in plans:
+        if plan.cached:
+            problem = damage(out / plan.dir)
+            if problem is not None:
+                plan.cached, plan.recompute = False, f"cached output failed verification ({problem}); recomputing"
+            else:
+                upstream = next((u for u in _upstream(plan, spec) if u in redone), None)
+                if upstream is not None:
+                    plan.cached, plan.recompute = False, f"its input {upstream} is recomputed after failing verification; recomputing"
+        if plan.recompute is not None:
+            redone[plan.name] = plan.recompute
+
+
+def _upstream(plan: StepPlan, spec: PipelineSpec) -> list[str]:
+    """Names of the plans whose outputs ``plan`` reads."""
+    if plan.step == "embed":
+        return []
+    if plan.spec is None:  # the index
+        return ["embed"]
+    i = spec.steps.index(plan.spec)
+    src = source_index(spec, i)
+    names = ["embed" if src is None else step_name(spec.steps[src])]
+    if isinstance(plan.spec, BatchesStep) and not plan.spec.exact and spec.index is not None:
+        names.append("index")
+    return names
 
 
 def run_pipeline(
@@ -176,6 +216,7 @@ def run_pipeline(
     if spec.out is None:
         raise SpecError(f"{spec_path}: no output directory: give 'out' in the spec or --out.")
     run_dir = Path(spec.out)
+    _check_run_dir(run_dir, spec, spec_path)
     plans, inputs = plan_run(spec, run_dir)
     if dry_run:
         echo(format_plan(plans, run_dir))
@@ -191,9 +232,14 @@ def run_pipeline(
     from thresher.jobs.events import EventLog, current_event_log, emit
     from thresher.stores.lock import output_lock
 
+    if options["local"] or (client is None and not options["scheduler"] and not options["slurm"]):
+        from thresher.embeddings.encoders import check_device_available
+
+        check_device_available(spec.embedding.device)  # the model runs on this machine; remote workers are checked by run_embed
     run_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(run_dir):
         (run_dir / "manifest.json").unlink(missing_ok=True)  # the run is incomplete until its manifest is rewritten
+        _mark_run_partial(run_dir, plans)
         with EventLog(run_dir / EVENTS_NAME) as log, current_event_log(log):
             emit("run_start", spec=str(spec_path), out=str(run_dir), steps=[p.name for p in plans],
                  cached=[p.name for p in plans if p.cached])
@@ -215,6 +261,22 @@ def run_pipeline(
             _write_run_manifest(run_dir, resolved, records, plans, report, outputs)
             emit("run_end", seconds=round(time.perf_counter() - started, 3), output=str(output))
     return RunResult(run_dir, records, output, report)
+
+
+def _check_run_dir(run_dir: Path, spec: PipelineSpec, spec_path: str | Path) -> None:
+    """Refuse a run directory thresher must not write (see :mod:`thresher.stores.output_guard`), before the pool is read."""
+    from thresher.stores.output_guard import check_output
+
+    targets = {f"steps[{i}].targets": step.targets for i, step in enumerate(spec.steps) if isinstance(step, RDSStep)}
+    check_output(run_dir, "run", inputs={"spec_path": spec_path, "pool.path": spec.pool.path, **targets})
+
+
+def _mark_run_partial(run_dir: Path, plans: list[StepPlan]) -> None:
+    """The run's partial-run marker: until its manifest is written, the directory is known as a run thresher is writing."""
+    from thresher.stores.atomic import atomic_write_json
+    from thresher.stores.manifest import PARTIAL_NAME
+
+    atomic_write_json(run_dir / PARTIAL_NAME, {"artifact": "run", "fingerprint": fingerprint_of("run", RUN_VERSION, {}, [p.fingerprint for p in plans])})
 
 
 def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan], inputs: Any, run_dir: Path,
@@ -244,22 +306,41 @@ def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan]
         rows_in = n_rows if subset is None else len(subset)
         started = time.perf_counter()
         with current_step(plan.name), manifest_lineage(lineage):
+            if plan.recompute is not None:
+                _demote(run_dir / plan.dir)
+                emit("step_recompute", reason=plan.recompute)
+                echo(f"[{plan.name}] {plan.recompute}")
             emit("step_start", kind=plan.step, dir=plan.dir, cached=plan.cached, fingerprint=plan.fingerprint, rows_in=rows_in)
             echo(f"[{plan.name}] {'cached' if plan.cached else 'running'} → {run_dir / plan.dir}")
             if plan.step == "embed":
                 store = _run_embed(spec, inputs, run_dir / plan.dir, plan, dask, progress)
                 rows_out = store.n_rows
+                skipped = (store.manifest.get("pool") or {}).get("skipped") or []
+                if skipped:
+                    echo(f"[{plan.name}] skipped {len(skipped)} path{'s' if len(skipped) > 1 else ''} in the pool's directories: "
+                         + ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more (see its manifest.json)" if len(skipped) > 5 else ""))
             elif plan.step == "index":
                 rows_out = _run_index(spec, store, run_dir / plan.dir, plan)
             else:
                 curated = _run_step(plan.spec, store, run_dir, plan, subset, dask, progress)
                 rows_out = curated.n_rows
+                rounding = (curated.manifest.get("summary") or {}).get("budget_rounding")
+                if rounding:
+                    echo(f"[{plan.name}] {rounding}")
                 if not isinstance(plan.spec, SMOTEStep):
                     kept[plan.name] = _positions(store, curated)
             seconds = round(time.perf_counter() - started, 3)
             emit("step_end", rows_in=rows_in, rows_out=rows_out, seconds=seconds, cached=plan.cached)
         records.append(StepRecord(plan.name, plan.step, plan.dir, plan.fingerprint, plan.cached, rows_in, rows_out, seconds))
     return records
+
+
+def _demote(directory: Path) -> None:
+    """Make a step's finished output a partial run of the same fingerprint, so its stage recomputes it (see ``_verify_cached``)."""
+    from thresher.stores.manifest import MANIFEST_NAME, demote_to_partial
+
+    if (directory / MANIFEST_NAME).is_file():
+        demote_to_partial(directory)
 
 
 def _run_embed(spec: PipelineSpec, inputs: Any, out: Path, plan: StepPlan, dask: Any, progress: bool) -> Any:
@@ -510,7 +591,8 @@ def format_plan(plans: list[StepPlan], run_dir: Path) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     todo = sum(not p.cached for p in plans)
-    return "\n".join([f"plan for {run_dir}: {todo} of {len(plans)} steps to run", *lines])
+    notes = [f"  {p.name}: {p.recompute}" for p in plans if p.recompute is not None]
+    return "\n".join([f"plan for {run_dir}: {todo} of {len(plans)} steps to run", *lines, *notes])
 
 
 def _write_report(run_dir: Path, spec: PipelineSpec, records: list[StepRecord]) -> Path:

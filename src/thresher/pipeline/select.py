@@ -92,14 +92,17 @@ def select_rds(
     from thresher.jobs.cluster import TaskRetries, dask_map, run_on_cluster
     from thresher.jobs.score_job import score_store
     from thresher.pipeline.targets import load_targets
-    from thresher.selectors._base import resolve_budget
+    from thresher.selectors._base import budget_rounding, resolve_budget
     from thresher.selectors.rds import NeedDeeperRankings, RDSPlus
     from thresher.stores.curated import write_curated
     from thresher.stores.embedding_store import open_embedding_store
-    from thresher.stores.pool import reopen_pool
     from thresher.stores.subset import StoreSubset, check_subset, subset_digest
 
+    from thresher.stores.output_guard import artefact_inputs, check_output
+
+    check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "targets": targets, "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     store = open_embedding_store(pool_embeddings)
+    pool_rows = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     subset = check_subset(subset, store.n_rows, "select_rds")
     pool = store if subset is None else StoreSubset(store, subset)
     selector = RDSPlus(aggregation=aggregation, decontaminate=decontaminate)
@@ -137,8 +140,11 @@ def select_rds(
             except NeedDeeperRankings:
                 k = min(2 * k, pool.n_rows)
         summary = {**selection.summary, "n_exact_duplicates_removed": 0 if exclude is None else int(len(exclude)), "rows_in": pool.n_rows}
+        rounding = budget_rounding(budget, pool.n_rows, n_budget)
+        if rounding is not None:
+            summary["budget_rounding"] = rounding
         return write_curated(
-            out, pool=reopen_pool(store.manifest["pool"]), positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
+            out, pool=pool_rows, positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
             expected_ids=selection.ids, selector=selector.name, params=params, fingerprint=fingerprint, seed=selector.seed,
             inputs={"pool_embeddings": store.fingerprint, **{f"target:{t}": fp for t, fp in target_fps.items()}},
             summary=summary, overwrite=overwrite, map_fn=dask_map(dask, retried=retried) if dask is not None else map, job=retried,
@@ -190,10 +196,13 @@ def select_batches(
     from thresher.stores.curated import write_curated
     from thresher.stores.embedding_store import open_embedding_store
     from thresher.stores.index import open_index
-    from thresher.stores.pool import reopen_pool
     from thresher.stores.subset import StoreSubset, check_subset, subset_digest
 
+    from thresher.stores.output_guard import artefact_inputs, check_output
+
+    check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "index": index, "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     store = open_embedding_store(pool_embeddings)
+    pool_rows = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     subset = check_subset(subset, store.n_rows, "select_batches")
     pool = store if subset is None else StoreSubset(store, subset)
     neighbors = None
@@ -223,7 +232,7 @@ def select_batches(
     inputs = {"pool_embeddings": store.fingerprint, **({"index": neighbors.manifest["fingerprint"]} if neighbors else {})}
     fingerprint = fingerprint_of("b3", B3_STAGE_VERSION, params, list(inputs.values()))
     return write_curated(
-        out, pool=reopen_pool(store.manifest["pool"]), positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
+        out, pool=pool_rows, positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
         expected_ids=selection.ids, selector=miner.name, params=params, fingerprint=fingerprint, seed=seed, inputs=inputs,
         summary={**selection.summary, "rows_in": pool.n_rows}, rows_per_shard=max(batch_size, (50_000 // batch_size) * batch_size), overwrite=overwrite, job=job,
     )

@@ -100,15 +100,18 @@ def select_smote(
     from thresher.selectors.smote import SMOTE, check_labels, synthetic_ids
     from thresher.stores.curated import open_curated, write_curated
     from thresher.stores.embedding_store import open_embedding_store
-    from thresher.stores.manifest import read_manifest
-    from thresher.stores.pool import reopen_pool
+    from thresher.stores.manifest import damage, read_manifest
     from thresher.stores.subset import StoreSubset, check_subset, subset_digest
 
+    from thresher.stores.output_guard import artefact_inputs, check_output
+
+    check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     if not isinstance(labels, str) or not labels:
         raise ParameterError(f"The 'labels' parameter of select_smote must name a pool column; got {labels!r}.")
     if labels in SMOTE_COLUMNS:
         raise ParameterError(f"The label column may not be named {labels!r}: SMOTE writes a column of that name ({list(SMOTE_COLUMNS)}).")
     store = open_embedding_store(pool_embeddings)
+    pool = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     subset = check_subset(subset, store.n_rows, "select_smote")
     view = store if subset is None else StoreSubset(store, subset)
     selector = SMOTE(k_neighbors=k_neighbors, sampling_strategy=sampling_strategy, undersample_majority=undersample_majority,
@@ -131,12 +134,11 @@ def select_smote(
         fingerprint = fingerprint_of("smote", SMOTE_STAGE_VERSION, params, [store.fingerprint])
         if not overwrite:
             try:
-                if read_manifest(out, "curated").get("fingerprint") == fingerprint:
+                if read_manifest(out, "curated").get("fingerprint") == fingerprint and damage(out) is None:
                     return open_curated(out)
             except ArtifactError:
                 pass  # absent or unfinished: write_curated decides
         selection = selector.select(view, budget=1.0, labels=y)
-        pool = reopen_pool(store.manifest["pool"])
         id_type = pool.id_type
         n_kept, synthetic = len(selection), selection.synthetic
         columns = {

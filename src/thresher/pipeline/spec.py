@@ -29,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from thresher.exceptions import ParameterError
 
 SPEC_VERSION = 1
+#: The most steps a spec may hold. Each step is a stage with its own output directory and manifest; a
+#: run of more is a generated spec gone wrong, and is better split. (Validating 1,000 steps takes well under a second.)
+MAX_STEPS = 1000
 BUNDLED_PREFIX = "bundled:"
 
 
@@ -81,6 +84,18 @@ class IndexSpec(_Strict):
     ef_search: int | None = Field(default=None, gt=0)
     train_size: int | None = Field(default=None, gt=0)
     seed: int = 0
+
+    @field_validator("type")
+    @classmethod
+    def _factory_survivable(cls, v: str) -> str:
+        if v != "auto" and v.strip().lower() != "flat":  # the trial build needs the dim, known after embedding: build_index runs it
+            from thresher.stores.index import check_factory_numbers
+
+            try:
+                check_factory_numbers(v)
+            except ParameterError as exc:
+                raise ValueError(str(exc).replace("The 'index_type' parameter of build_index", "the index type").rstrip(".")) from None
+        return v
 
 
 class ClusterSpec(_Strict):
@@ -178,6 +193,16 @@ class BatchesStep(_Step):
     exact: bool = False
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _window_holds_negatives(self) -> BatchesStep:
+        p, stop = self.rank_window
+        if not 0 <= p < stop:
+            raise ValueError(f"rank_window must be [p, p + m] with 0 <= p < p + m; got {list(self.rank_window)}")
+        if self.n_hard_negatives > stop - p:
+            raise ValueError(f"n_hard_negatives {self.n_hard_negatives} is more than the rank window {list(self.rank_window)} holds "
+                             f"(m = {stop - p}); hard negatives are drawn from that window")
+        return self
+
 
 STEP_MODELS: dict[str, type[_Strict]] = {"semdedup": SemDedupStep, "rds": RDSStep, "smote": SMOTEStep, "batches": BatchesStep}
 
@@ -224,7 +249,9 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, out: str | Non
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"spec file {path} cannot be read as UTF-8 text: {exc}") from exc
     raw, lines = _parse(path, text)
-    raw = apply_overrides(raw, overrides, where=str(path))
+    origins: dict[tuple, str] = {}
+    raw = apply_overrides(raw, overrides, where=str(path), origins=origins)
+    lines = {**lines, **{key: f"--set {item}" for key, item in origins.items()}}  # an error in a value set by --set names the --set
     if out is not None:
         raw["out"] = out
     spec = validate_spec(raw, where=str(path), lines=lines)
@@ -233,7 +260,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, out: str | Non
     return resolved, resolved.model_dump(mode="json")
 
 
-def validate_spec(raw: Any, *, where: str = "spec", lines: Mapping[tuple, int] | None = None) -> PipelineSpec:
+def validate_spec(raw: Any, *, where: str = "spec", lines: Mapping[tuple, int | str] | None = None) -> PipelineSpec:
     """Validate a plain mapping into a :class:`PipelineSpec`; the first error names its key (and line)."""
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where}: a spec must be a mapping with at least a 'pool' key; got {type(raw).__name__}.")
@@ -241,6 +268,9 @@ def validate_spec(raw: Any, *, where: str = "spec", lines: Mapping[tuple, int] |
     steps = raw.get("steps") or []
     if not isinstance(steps, list):
         raise SpecError(f"{_at(where, lines, ('steps',))}: 'steps' must be a list of steps.")
+    if len(steps) > MAX_STEPS:
+        raise SpecError(f"{_at(where, lines, ('steps',))}: {len(steps)} steps; a spec holds at most {MAX_STEPS} "
+                        "(thresher.pipeline.spec.MAX_STEPS); split the run into several specs.")
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping) or "step" not in step:
             raise SpecError(f"{_at(where, lines, ('steps', i))}: steps[{i}] must be a mapping with a 'step' key (one of {', '.join(STEP_MODELS)}).")
@@ -304,14 +334,24 @@ def source_index(spec: PipelineSpec, i: int) -> int | None:
 
 def upper_bound_before(spec: PipelineSpec, i: int, n_pool: int | None = None) -> int | None:
     """The most rows that can reach step ``i`` (None: unknown before the pool is read)."""
+    chain = []  # the steps rows flow through before step i, nearest first (a loop, not recursion: specs may be long chains)
     src = source_index(spec, i)
-    return n_pool if src is None else upper_bound_after(spec, src, n_pool)
+    while src is not None:
+        chain.append(src)
+        src = source_index(spec, src)
+    bound = n_pool
+    for j in reversed(chain):
+        bound = _bound_after(spec.steps[j], bound)
+    return bound
 
 
 def upper_bound_after(spec: PipelineSpec, i: int, n_pool: int | None = None) -> int | None:
     """The most rows step ``i`` can output (None: unknown)."""
-    step = spec.steps[i]
-    bound = upper_bound_before(spec, i, n_pool)
+    return _bound_after(spec.steps[i], upper_bound_before(spec, i, n_pool))
+
+
+def _bound_after(step: Any, bound: int | None) -> int | None:
+    """The most rows ``step`` can output when at most ``bound`` rows reach it."""
     if isinstance(step, RDSStep):
         if isinstance(step.budget, int):
             return step.budget if bound is None else min(bound, step.budget)
@@ -367,10 +407,12 @@ def bundled_path(name: str) -> Path:
 _SECTIONS = ("version", "name", "out", "pool", "embedding", "index", "steps", "cluster", "report")
 
 
-def apply_overrides(raw: Any, overrides: Sequence[str], *, where: str = "spec") -> dict[str, Any]:
+def apply_overrides(raw: Any, overrides: Sequence[str], *, where: str = "spec", origins: dict[tuple, str] | None = None) -> dict[str, Any]:
     """Apply ``KEY=VALUE`` overrides: ``embedding.batch_size=32``, ``rds.budget=500`` (a step by its name), ``steps.1.eps=0.1``.
 
-    Values are read as YAML scalars (``500`` is an int, ``0.1`` a float, ``null`` None).
+    Values are read as YAML scalars (``500`` is an int, ``0.1`` a float, ``null`` None). ``origins``, when
+    given, receives the key path (as in the spec's line map) of every value an override set or created,
+    mapped to the override, so that a later error names ``--set KEY=VALUE`` rather than a spec line.
     """
     raw = copy.deepcopy(dict(raw)) if isinstance(raw, Mapping) else {}
     for item in overrides:
@@ -390,16 +432,24 @@ def apply_overrides(raw: Any, overrides: Sequence[str], *, where: str = "spec") 
                 steps = [s.get("name") or s.get("step") for s in raw.get("steps") or [] if isinstance(s, Mapping)]
                 raise SpecError(f"--set {item!r}: {head!r} is neither a spec section ({', '.join(_SECTIONS)}) nor a step name ({', '.join(map(str, steps)) or 'no steps'}).")
             target = raw["steps"][index]
+            path: tuple = ("steps", index)
             parts = parts[1:]
+        else:
+            path = ()
         for part in parts[:-1]:
             nxt = _child(target, part, item)
+            path += (int(part) if isinstance(target, list) else part,)
             if nxt is None:
                 nxt = {}
                 _set(target, part, nxt, item)
+                if origins is not None:
+                    origins[path] = item
             target = nxt
         if not parts:
             raise SpecError(f"--set {item!r}: name a key inside the step, e.g. {head}.budget=...")
         _set(target, parts[-1], parsed, item)
+        if origins is not None:
+            origins[path + (int(parts[-1]) if isinstance(target, list) else parts[-1],)] = item
     return raw
 
 
@@ -441,20 +491,16 @@ def _parse(path: Path, text: str) -> tuple[Any, dict[tuple, int]]:
             return tomllib.loads(text), {}
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-        node = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise SpecError(f"{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
-    lines: dict[tuple, int] = {}
+    from thresher.yaml_files import load_yaml
+
+    raw, node = load_yaml(text, path, error=SpecError)
+    lines: dict[tuple, int | str] = {}
     if node is not None:
         _collect_lines(node, (), lines)
     return raw, lines
 
 
-def _collect_lines(node: Any, key: tuple, out: dict[tuple, int]) -> None:
+def _collect_lines(node: Any, key: tuple, out: dict[tuple, int | str]) -> None:
     out[key] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
@@ -466,17 +512,20 @@ def _collect_lines(node: Any, key: tuple, out: dict[tuple, int]) -> None:
             _collect_lines(v, key + (i,), out)
 
 
-def _at(where: str, lines: Mapping[tuple, int] | None, key: tuple) -> str:
+def _at(where: str, lines: Mapping[tuple, int | str] | None, key: tuple) -> str:
+    """Where ``key`` comes from: ``spec.yaml:12`` (its line, or its nearest parent's), or ``--set KEY=VALUE`` (a str entry)."""
     if not lines:
         return where
     for n in range(len(key), -1, -1):
         line = lines.get(tuple(key[:n]))
+        if isinstance(line, str):
+            return line
         if line is not None:
             return f"{where}:{line}"
     return where
 
 
-def _first_error(exc: ValidationError, where: str, lines: Mapping[tuple, int] | None, steps: list[Any]) -> str:
+def _first_error(exc: ValidationError, where: str, lines: Mapping[tuple, int | str] | None, steps: list[Any]) -> str:
     err = exc.errors()[0]
     loc = list(err["loc"])
     # pydantic names the union member tried for a step ("steps", 0, "rds", "budget"): drop that tag

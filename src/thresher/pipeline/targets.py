@@ -2,8 +2,9 @@
 
 RDS+ compares pool and query embeddings, which only means something when
 both come from the same model, pooling and layer: targets given as files are
-embedded with the encoder recorded in the pool store's manifest, and targets
-given as a store must carry the same encoder settings.
+embedded with the encoder recorded in the pool store's manifest (refused if
+that model's weights changed since), and targets given as a store must carry
+the same encoder settings and the same weights' hash.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _embed_file(task, source, store, text, text_column, messages_column, chat_fo
     if missing:
         raise InputDataError(f"Target file {source} of task {task!r} has no column {missing[0]!r} needed for its text; it has {pool.column_names}.")
     spec = EncoderSpec.from_dict(store.manifest["encoder"])
+    _check_same_weights(store, spec, task)
     encoder = cached_encoder(spec)
     parts = []
     for i in range(pool.n_partitions):
@@ -82,8 +84,35 @@ def _embed_file(task, source, store, text, text_column, messages_column, chat_fo
     return vectors, fingerprint_of("embed_targets", 1, {"text": builder.describe(), "encoder": spec.to_dict()}, [pool.fingerprint])
 
 
+def _check_same_weights(store: Any, spec: Any, task: str) -> None:
+    """Refuse to embed target files with a model whose weights are not the ones that embedded the pool store.
+
+    The store records its weights' hash (a store written before it was recorded is not checked).
+    """
+    from thresher.embeddings.encoders import weights_fingerprint
+
+    recorded = store.manifest.get("encoder", {}).get("weights")
+    if recorded is None:
+        return
+    now = weights_fingerprint(spec)
+    if now != recorded:
+        raise ParameterError(
+            f"The model {spec.model!r} that embedded the pool store {store.path} now has other weights ({now}; the store records {recorded}), "
+            f"so the targets of task {task!r} cannot be embedded as the pool was; re-embed the pool or restore the model."
+        )
+
+
 def _check_same_encoder(store: Any, encoder: dict[str, Any], where: str) -> None:
+    """Refuse targets embedded with other settings or other weights than the pool store's (weights compared when both record them)."""
     mine = store.manifest.get("encoder", {})
+    if mine.get("weights") is not None and encoder.get("weights") is not None and mine["weights"] != encoder["weights"]:
+        raise ParameterError(
+            f"The pool store {store.path} and {where} were embedded by different model weights (pool {mine['weights']}, target {encoder['weights']}), "
+            f"though both name the model {mine.get('model')!r}; embed the targets with the pool's model."
+            if mine.get("model") == encoder.get("model") else
+            f"The pool store {store.path} and {where} were embedded by different model weights (pool {mine.get('model')!r} {mine['weights']}, "
+            f"target {encoder.get('model')!r} {encoder['weights']}); embed the targets with the pool's model."
+        )
     diffs = {k: (mine.get(k), encoder.get(k)) for k in _ENCODER_KEYS if mine.get(k) != encoder.get(k)}
     if diffs:
         detail = ", ".join(f"{k}: pool {a!r} vs target {b!r}" for k, (a, b) in diffs.items())

@@ -108,6 +108,40 @@ class TextBuilder:
             return {"kind": "column", "text_column": self.text_column}
         return {"kind": "messages", "messages_column": self.messages_column, "chat_format": self.chat_format}
 
+    def check_schema(self, schema: pa.Schema, *, where: str = "the pool", example: Any = None) -> None:
+        """Refuse, before any row is read, a required column whose type can never give text.
+
+        A text or template column must hold strings; a messages column a list of structs with string
+        ``role`` and ``content`` fields. A column of type null (no value seen yet) is left to :meth:`build`.
+
+        Parameters
+        ----------
+        schema : pyarrow.Schema
+            The pool's column types.
+        where : str
+            The pool's file, for the message.
+        example : callable, optional
+            ``example(column)`` gives a short "row ... holds ..." phrase naming a row with a bad value, or "".
+        """
+        role = "the text template" if self.template is not None else ("text_column" if self.text_column is not None else "messages_column")
+        for name in self.required_columns:
+            if name not in schema.names:
+                continue  # a missing column is named by the caller, with the pool's columns
+            kind = schema.field(name).type
+            if pa.types.is_null(kind):
+                continue
+            if self.messages_column is not None:
+                problem = _messages_type_problem(kind)
+                expected = "a list of {'role': str, 'content': str} messages per row"
+            else:
+                problem = None if _is_string_type(kind) else f"it holds {kind} values"
+                expected = "strings"
+            if problem is not None:
+                shown = example(name) if example is not None else ""
+                raise InputDataError(
+                    f"Column {name!r} named by {role} of {where} must hold {expected}; {problem}{f' ({shown})' if shown else ''}."
+                )
+
     def build(self, table: pa.Table, *, source: str = "") -> list[str]:
         """One text per row of ``table``.
 
@@ -207,8 +241,35 @@ def _parse_template(template: Any) -> list[tuple[str, str | None]]:
     return pieces
 
 
+def _is_string_type(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def _messages_type_problem(kind: pa.DataType) -> str | None:
+    """Why a column of type ``kind`` cannot hold chat messages, or None if it can."""
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return f"it holds {kind} values, not lists"
+    item = kind.value_type
+    if pa.types.is_null(item):
+        return None  # only empty lists seen: refused row by row when read
+    if not pa.types.is_struct(item):
+        return f"its messages are {item} values, not {{'role', 'content'}} objects (it holds {kind})"
+    missing = [f for f in ("role", "content") if item.get_field_index(f) < 0]
+    if missing:
+        return f"its messages have no {' and no '.join(repr(f) for f in missing)} field (it holds {kind})"
+    for f in ("role", "content"):
+        field_type = item.field(f).type
+        if not (_is_string_type(field_type) or pa.types.is_null(field_type)):
+            return f"the {f!r} of its messages holds {field_type} values, not strings (it holds {kind})"
+    return None
+
+
 def _string_column(table: pa.Table, name: str, where: str) -> pa.Array:
     column = table.column(name).combine_chunks()
+    if pa.types.is_dictionary(column.type) and _is_string_type(column.type):
+        column = column.cast(column.type.value_type)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type)):
         row = _row_name(table, 0) if table.num_rows else "any row"
         raise InputDataError(f"Column {name!r} of {where} holds {column.type} values, not strings (e.g. {row}); texts are built from strings.")

@@ -211,7 +211,7 @@ def gather_report(
 
     pool, builder = _pool_and_text(store, data)
     if pool is None and store is None and final is not None:
-        pool = _reopen(final.manifest.get("pool"), data)
+        pool = _reopen_described(final.manifest.get("pool"), str(final.path), data)
     selection_steps = [s for s in data.steps if s.curated is not None]
     data.histograms = _histograms(selection_steps, bins)
     if not data.histograms:
@@ -266,7 +266,9 @@ def _read_run(path: Path, manifest: dict[str, Any], data: ReportData) -> tuple[A
 
 
 def _removed_file(directory: Path) -> Path | None:
-    removed = directory / "removed.arrow"
+    from thresher.stores.manifest import artifact_file
+
+    removed = artifact_file(directory, "removed.arrow", key="attachments")  # never a link out of the directory
     return removed if removed.is_file() else None
 
 
@@ -284,21 +286,34 @@ def _pool_and_text(store: Any, data: ReportData) -> tuple[Any, Any]:
         builder = TextBuilder(text_column=text["text_column"])
     elif text.get("kind") == "messages":
         builder = TextBuilder(messages_column=text["messages_column"], chat_format=text.get("chat_format", "tulu"))
-    pool = _reopen(store.manifest.get("pool"), data)
+    pool = _reopen(store, data)
     if pool is not None and [p.n_rows for p in pool.partitions] != [s.rows for s in store.shards]:
         data.notes["composition"] = f"the pool's partitions no longer line up with the shards of {store.path}; pool composition is left out."
         return None, builder
     return pool, builder
 
 
-def _reopen(description: dict[str, Any] | None, data: ReportData) -> Any:
-    """The pool a manifest describes, or None with a note saying why it cannot be read."""
-    from thresher.stores.pool import reopen_pool
+def _reopen_described(description: dict[str, Any] | None, where: str, data: ReportData) -> Any:
+    """The pool a manifest describes, checked against the files it recorded; None with a note when it cannot be read or changed."""
+    from thresher.stores.pool import check_pool_files, reopen_pool
 
     if not description:
         return None
     try:
-        return reopen_pool(description)
+        pool = reopen_pool(description)
+        check_pool_files(pool, where)
+        return pool
+    except (ThresherError, KeyError, OSError) as exc:
+        data.notes["composition"] = f"the pool cannot be read ({exc}); its composition and the duplicates' texts are left out."
+        return None
+
+
+def _reopen(store: Any, data: ReportData) -> Any:
+    """The pool ``store`` was embedded from, or None with a note saying why it cannot be read (files changed since included)."""
+    if not store.manifest.get("pool"):
+        return None
+    try:
+        return store.reopen_pool()
     except (ThresherError, KeyError, OSError) as exc:
         data.notes["composition"] = f"the pool cannot be read ({exc}); its composition and the duplicates' texts are left out."
         return None

@@ -23,6 +23,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="generator" content="thresher report">
 <title>{{ data.title }}</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -157,11 +158,12 @@ def write_report(path: str | Path, html_path: str | Path | None = None, **option
     Returns the page's path.
     """
     from thresher.report.gather import gather_report
+    from thresher.stores.output_guard import check_output
 
-    data = gather_report(path, **options)
     out = Path(html_path) if html_path is not None else Path(path) / "report.html"
-    if out.is_dir():
-        out = out / "report.html"
+    # a new file or a page thresher wrote; never a directory, an input or a file of an artefact
+    check_output(out, "report", inputs={"path": path}, name="html_path")
+    data = gather_report(path, **options)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, render_html(data).encode("utf-8"))
     return out

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Iterator, Mapping
@@ -89,6 +90,20 @@ def as_pool(pool: Any, owner: str) -> PoolLike:
             raise InputDataError(f"The pool given to {owner} is empty.")
         return pool
     raise InputDataError(f"The pool given to {owner} must be a numpy array or an embedding store; got {type(pool).__name__}.")
+
+
+def budget_rounding(budget: Any, n_available: int, count: int) -> str | None:
+    """Say how a fractional ``budget`` became ``count`` rows when it was not a whole number of them, else None.
+
+    >>> budget_rounding(0.1, 24, 2)
+    'budget 0.1 of 24 rows = 2.4, rounded down to 2'
+    """
+    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (float, np.floating)):
+        return None
+    exact = float(budget) * n_available
+    if abs(exact - count) < 1e-9:
+        return None
+    return f"budget {float(budget):g} of {n_available} rows = {exact:.6g}, rounded {'down' if count < exact else 'up'} to {count}"
 
 
 def resolve_budget(budget: Any, n_available: int, owner: str, *, name: str = "budget") -> int:
@@ -188,7 +203,11 @@ class BaseSelector:
         view = as_pool(pool, type(self).__name__)
         n_budget = resolve_budget(budget, view.n_rows, type(self).__name__)
         rng = as_generator(getattr(self, "seed", 0), type(self).__name__)
-        return self._select(view, budget=n_budget, rng=rng, **inputs)
+        selection = self._select(view, budget=n_budget, rng=rng, **inputs)
+        note = budget_rounding(budget, view.n_rows, n_budget)
+        if note is not None:
+            selection = dataclasses.replace(selection, summary={**selection.summary, "budget_rounding": note})
+        return selection
 
     def _validate_params(self) -> None:
         """Check the stored settings; subclasses raise ParameterError naming the bad one."""

@@ -281,6 +281,13 @@ class BatchMiner(BaseSelector):
             raise parameter_error(OWNER, "rank_window", "a pair (p, p + m) of ints with 0 <= p < p + m", self.rank_window)
         if isinstance(self.n_hard_negatives, bool) or not isinstance(self.n_hard_negatives, (int, np.integer)) or self.n_hard_negatives < 0:
             raise parameter_error(OWNER, "n_hard_negatives", "an int >= 0", self.n_hard_negatives)
+        width = int(window[1]) - int(window[0])
+        if self.n_hard_negatives > width:
+            # The negatives are drawn from the rank window without replacement: more than its width cannot be had.
+            raise ParameterError(
+                f"The 'n_hard_negatives' parameter of BatchMiner ({self.n_hard_negatives}) must be at most the width of "
+                f"'rank_window' {tuple(int(v) for v in window)} (m = {width}): hard negatives are drawn from that window."
+            )
 
     def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, neighbors: Any = None,
                 groups: Sequence[Any] | np.ndarray | None = None, window: np.ndarray | None = None) -> Selection:

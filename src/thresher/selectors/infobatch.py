@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.exceptions import ArtifactError, InputDataError, parameter_error
+from thresher.exceptions import ArtifactError, InputDataError, ParameterError, parameter_error
 from thresher.fingerprint import hash_bytes
 from thresher.rng import as_generator, derive_seed
 from thresher.stores.atomic import atomic_path, atomic_write_json
@@ -251,6 +251,7 @@ class InfoBatch:
         as_generator(seed, _OWNER)  # validates
         if not _is_real(initial_score) or not math.isfinite(initial_score):
             raise parameter_error(_OWNER, "initial_score", "a finite float", initial_score)
+        check_fits_in_memory(int(n_samples))
         self.n_samples = int(n_samples)
         self.epochs = int(epochs)
         self.prune_ratio = float(prune_ratio)
@@ -496,7 +497,13 @@ class InfoBatch:
         self._history = {int(k): dict(v) for k, v in state["history"].items()}
 
     def save(self, directory: str | Path) -> Path:
-        """Write the state to ``directory`` (atomically per file; ``infobatch.json`` last marks it complete)."""
+        """Write the state to ``directory`` (atomically per file; ``infobatch.json`` last marks it complete).
+
+        ``directory`` is new, empty, or a saved state (updated in place); any other directory is refused.
+        """
+        from thresher.stores.output_guard import check_output
+
+        check_output(directory, "infobatch", name="directory")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
@@ -535,6 +542,36 @@ class InfoBatch:
 def _settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> ArtifactError:
     diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
     return ArtifactError(f"InfoBatch state was made with other settings (saved vs this object): {diff}.")
+
+
+# Bytes per sample at the peak of planning a pruning epoch: the state (float32 score, bool kept-well flag)
+# plus plan_epoch's arrays (bool well and keep masks, int64 well_idx and indices, float32 weights).
+BYTES_PER_SAMPLE = 4 + 1 + 1 + 8 + 1 + 8 + 4
+
+
+def check_fits_in_memory(n_samples: int, *, total_bytes: int | None = None) -> None:
+    """Refuse an ``n_samples`` whose state and epoch plan cannot fit in this machine's memory, before allocating anything.
+
+    ``total_bytes`` defaults to the machine's physical memory (psutil).
+    """
+    import psutil
+
+    total = psutil.virtual_memory().total if total_bytes is None else int(total_bytes)
+    needed = n_samples * BYTES_PER_SAMPLE
+    if needed > total:
+        raise ParameterError(
+            f"The 'n_samples' parameter of InfoBatch (--n-samples {n_samples}) needs {_format_bytes(needed)} of memory for the "
+            f"InfoBatch state and an epoch's plan ({BYTES_PER_SAMPLE} bytes a sample); this machine has {_format_bytes(total)}."
+        )
+
+
+def _format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if value < 1000 or unit == "PB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1000
+    return f"{value:.1f} PB"
 
 
 def plan_epoch(

@@ -20,7 +20,7 @@ import functools
 import itertools
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from thresher.exceptions import InputDataError, ParameterError
 from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
 from thresher.stores.lock import locks_output
-from thresher.stores.manifest import ShardInfo, prepare_output_dir, read_manifest, verify_shards, write_manifest
+from thresher.stores.manifest import ShardInfo, check_artifact_files, prepare_output_dir, read_manifest, verify_shards, write_manifest
 
 RANK_COLUMN = "rank"
 _STAGING = ".staging"
@@ -157,7 +157,7 @@ def write_curated(
     if job is not None:
         body["job"] = dict(job)
     if attached:
-        body["attachments"] = [{"file": a.file, "rows": a.rows, "checksum": a.checksum} for a in attached]
+        body["attachments"] = [asdict(a) for a in attached]
     write_manifest(out, "curated", fingerprint=fingerprint, body=body, shards=shards)
     return open_curated(out)
 
@@ -360,6 +360,7 @@ class CuratedShards:
     def __init__(self, path: str | Path, manifest: dict[str, Any]):
         self.path = Path(path)
         self.manifest = manifest
+        check_artifact_files(self.path, manifest)  # no shard or attachment name may lead outside the directory
         self.shards = [ShardInfo(**s) for s in manifest["shards"]]
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from thresher.exceptions import ArtifactError, InputDataError, ParameterError
 from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
-from thresher.stores.manifest import ShardInfo, read_manifest, verify_shards, write_manifest
+from thresher.stores.manifest import ShardInfo, check_artifact_files, read_manifest, verify_shards, write_manifest
 
 StoreDtype = Literal["float32", "float16"]
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -130,6 +130,7 @@ class EmbeddingStore:
     def __init__(self, path: str | Path, manifest: dict[str, Any]):
         self.path = Path(path)
         self.manifest = manifest
+        check_artifact_files(self.path, manifest)  # no shard name may lead outside the store
         self.shards = [ShardInfo(**s) for s in manifest["shards"]]
         self.dim: int = int(manifest["dim"])
         self.dtype: StoreDtype = manifest["dtype"]
@@ -162,6 +163,21 @@ class EmbeddingStore:
     @property
     def layer(self) -> int | None:
         return self.manifest.get("layer")
+
+    def reopen_pool(self) -> Any:
+        """The pool this store was embedded from, refused if any of its files changed since (see :func:`thresher.stores.pool.check_pool_files`).
+
+        Every stage that reads pool rows beside the store's vectors (curated
+        shards join the pool's columns, labels, texts) opens the pool through
+        this, so rows that were never embedded are never written or scored.
+        """
+        from thresher.stores.pool import check_pool_files, reopen_pool
+
+        if not isinstance(self.manifest.get("pool"), dict):
+            raise ArtifactError(f"{self.path / 'manifest.json'} has no pool description; re-embed the pool.")
+        pool = reopen_pool(self.manifest["pool"])
+        check_pool_files(pool, str(self.path))
+        return pool
 
     def shard_table(self, i: int) -> pa.Table:
         table = read_stream_shard(self.path / self.shards[i].file)

@@ -33,8 +33,13 @@ missing neighbour (``k`` larger than the index) has position ``-1`` and score
 from __future__ import annotations
 
 import errno
+import functools
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +54,7 @@ from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
 from thresher.stores.atomic import atomic_path
 from thresher.stores.embedding_store import EmbeddingStore, ids_to_numpy
 from thresher.stores.lock import locks_output
-from thresher.stores.manifest import prepare_output_dir, read_manifest, write_manifest
+from thresher.stores.manifest import artifact_file, check_artifact_files, prepare_output_dir, read_manifest, verify_shards, write_manifest
 
 IndexMetric = Literal["ip", "l2"]
 
@@ -488,7 +493,9 @@ def open_index(path: str | Path, *, verify: bool = False, store: EmbeddingStore 
 
     path = Path(path)
     manifest = read_manifest(path, "index")
+    check_artifact_files(path, manifest)  # the files the manifest lists may not lead outside the index directory
     for name in (INDEX_FILE, IDS_FILE):
+        artifact_file(path, name, key="files")
         if not (path / name).is_file():
             raise ArtifactError(f"The index {path} lacks {name}.")
     if verify:
@@ -514,11 +521,8 @@ def open_index(path: str | Path, *, verify: bool = False, store: EmbeddingStore 
 
 
 def _verify_files(path: Path, manifest: dict[str, Any]) -> None:
-    for name, checksum in manifest.get("files", {}).items():
-        algo, _, expected = checksum.partition(":")
-        actual = hash_file(path / name)
-        if actual != expected:
-            raise ArtifactError(f"{path / name} is corrupt or truncated: its {algo} checksum is {actual}, the manifest says {expected}.")
+    """Re-hash every file the manifest lists (each confined to the index directory)."""
+    verify_shards(path, manifest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -526,7 +530,14 @@ def _verify_files(path: Path, manifest: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@locks_output("out")
+def _check_index_output(arguments: dict[str, Any]) -> None:
+    from thresher.stores.output_guard import check_output
+
+    store = arguments["store"]
+    check_output(arguments["out"], "index", inputs={"store": getattr(store, "path", store)}, overwrite=arguments["overwrite"])
+
+
+@locks_output("out", check=_check_index_output)
 def build_index(
     store: EmbeddingStore,
     out: str | Path,
@@ -596,6 +607,8 @@ def build_index(
     _check_int(recall_sample, "recall_sample", _OWNER, minimum=0)
     _check_int(seed, "seed", _OWNER, minimum=0)
     factory = _resolve_factory(index_type, store, metric, memory_budget_bytes)
+    if factory != "Flat" and index_type != "auto":  # a user's string may crash FAISS: tried in a child process first
+        check_factory(factory, store.dim, metric)
     index = _new_index(faiss, factory, store.dim, metric)
     train_size = _resolve_train_size(faiss, index, train_size, store.n_rows, recall_sample)
     search_params = _resolve_search_params(faiss, index, nprobe, ef_search)
@@ -643,6 +656,8 @@ def build_index(
         "recall_n_queries": int(len(recall_positions)),
         "id_type": str(opened._id_column.type),
         "files": {name: f"xxh3_128:{hash_file(out / name)}" for name in (INDEX_FILE, IDS_FILE)},
+        # size and mtime at write time: a cached index whose files still have both is reused without re-hashing
+        "file_stats": {name: {"size": (out / name).stat().st_size, "mtime_ns": (out / name).stat().st_mtime_ns} for name in (INDEX_FILE, IDS_FILE)},
     }
     manifest = write_manifest(out, "index", fingerprint=fingerprint, body=body)
     return FaissIndex(out, manifest, index, read_stream_shard(out / IDS_FILE).column("id"))
@@ -678,6 +693,132 @@ def _resolve_factory(index_type: str, store: EmbeddingStore, metric: str, memory
     if index_type.lower() == "flat":
         return "Flat"
     return index_type.strip()
+
+
+#: Bounds on the numbers inside a factory string that FAISS does not check itself and that crash the process
+#: (abort, segfault, division by zero) or hang it, found by trying them: component -> (group, low, high, what).
+_FACTORY_NUMBERS = (
+    (re.compile(r"HNSW(\d+)"), 1, 2, 1024, "an HNSW graph with M in [2, 1024] links per node"),
+    (re.compile(r"NSG(\d+)"), 1, 2, 1024, "an NSG graph with R in [2, 1024] links per node"),
+    (re.compile(r"IVF(\d+)"), 1, 1, 1 << 24, "an IVF index with nlist in [1, 16777216] lists"),
+    (re.compile(r"(?<![A-Z])PQ(\d+)"), 1, 1, 4096, "PQ with M in [1, 4096] sub-quantisers"),
+    (re.compile(r"PQ\d+x(\d+)"), 1, 1, 16, "PQ codes of 1 to 16 bits (PQ<M>x<nbits>)"),
+    (re.compile(r"OPQ(\d+)"), 1, 1, 4096, "OPQ with M in [1, 4096]"),
+    (re.compile(r"OPQ\d+_(\d+)"), 1, 1, 1 << 16, "an OPQ output width in [1, 65536]"),
+    (re.compile(r"RR(\d+)"), 1, 1, 1 << 16, "a random rotation to a width in [1, 65536]"),
+    (re.compile(r"PCAW?R?(\d+)"), 1, 1, 1 << 16, "a PCA to a width in [1, 65536]"),
+)
+#: Seconds the trial build of a factory string may take in its child process (a few are typical).
+FACTORY_CHECK_SECONDS = 10.0
+
+_FACTORY_TRIAL = r"""
+import sys
+import numpy as np
+import faiss
+factory, dim, metric = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def say(stage):
+    print(stage, flush=True)
+try:
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+except RuntimeError as exc:
+    print("error", str(exc).replace("\n", " "), flush=True)
+    sys.exit(3)
+say("created")
+x = np.random.default_rng(0).standard_normal((256, dim)).astype("float32")
+if not index.is_trained:
+    parts = [faiss.downcast_index(index)]  # as _skip_polysemous_training: that annealing alone takes seconds
+    if isinstance(parts[0], faiss.IndexPreTransform):
+        parts.append(faiss.downcast_index(parts[0].index))
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        parts.append(faiss.downcast_index(ivf))
+    for part in parts:
+        if hasattr(part, "do_polysemous_training"):
+            part.do_polysemous_training = False
+    try:
+        index.train(x)
+    except RuntimeError:
+        say("ok")  # too few random rows to train this index type: the real training on the store decides
+        sys.exit(0)
+say("trained")
+try:
+    index.add(x)
+    index.search(x[:2], 2)
+except RuntimeError as exc:
+    print("error", str(exc).replace("\n", " "), flush=True)
+    sys.exit(3)
+say("ok")
+"""
+
+
+def check_factory(factory: str, dim: int, metric: IndexMetric = "ip") -> None:
+    """Refuse a ``faiss.index_factory`` string that FAISS cannot build, or that would crash or hang the process.
+
+    FAISS checks some parameters and raises, but others (``HNSW0``, ``PQ4x0``, ``RR0``, ``NSG1``) fail
+    an assertion that aborts the process, divide by zero, segfault, or loop forever, and no Python
+    code can catch that. So the numbers inside the string are first checked against bounds known to
+    be safe, and then the index is built for real in a short-lived child process (created, trained on
+    256 random rows when it needs training, those rows added and searched), with a timeout of
+    :data:`FACTORY_CHECK_SECONDS`. A child that dies or hangs while adding and searching condemns the
+    string; one still training when the time is up does not (the store's own training decides).
+    Results are cached per (factory, dim, metric) for the life of the process.
+
+    Raises
+    ------
+    ParameterError
+        Naming the string and what is wrong with it.
+    """
+    check_factory_numbers(factory)
+    problem = _trial_build(factory, int(dim), metric)
+    if problem:
+        raise parameter_error(_OWNER, "index_type", f"a faiss.index_factory string FAISS can build for dim {dim} ({problem})", factory)
+
+
+def check_factory_numbers(factory: str) -> None:
+    """Refuse a factory string whose numbers are outside the bounds FAISS survives (no dim needed, no FAISS call).
+
+    The cheap half of :func:`check_factory`, which a pipeline spec runs when it is loaded, before the
+    embedding that fixes the dim.
+    """
+    if not isinstance(factory, str) or not factory.strip():
+        raise parameter_error(_OWNER, "index_type", "'auto', 'flat' or a faiss.index_factory string", factory)
+    for pattern, group, low, high, what in _FACTORY_NUMBERS:
+        for match in pattern.finditer(factory):
+            value = int(match.group(group))
+            if not low <= value <= high:
+                raise parameter_error(_OWNER, "index_type", f"a faiss.index_factory string with {what} ({match.group(0)!r} is not)", factory)
+
+
+@functools.lru_cache(maxsize=64)
+def _trial_build(factory: str, dim: int, metric: str) -> str | None:
+    """What goes wrong when FAISS builds ``factory`` in a child process, or None when nothing does."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _FACTORY_TRIAL, factory, str(dim), metric], capture_output=True, text=True,
+                              timeout=FACTORY_CHECK_SECONDS, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        stages = (exc.stdout or b"").decode("utf-8", "replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        if "trained" in stages.split():  # a hang while adding or searching 64 rows: it would hang on the store too
+            return f"adding 256 vectors to it did not finish within {FACTORY_CHECK_SECONDS:g} s"
+        return None
+    lines = done.stdout.split()
+    if done.returncode == 0 and "ok" in lines:
+        return None
+    if done.returncode == 3:
+        text = done.stdout.split("error", 1)[-1].strip()
+        return _first_line(RuntimeError(text))
+    stage = "adding vectors" if "trained" in lines else "training" if "created" in lines else "creating the index"
+    assertion = re.search(r"Faiss assertion '([^']*)' failed", done.stderr or "")
+    if done.returncode < 0:
+        try:
+            how = signal.Signals(-done.returncode).name
+        except ValueError:
+            how = f"signal {-done.returncode}"
+    elif "MemoryError" in (done.stderr or "") or "bad_alloc" in (done.stderr or ""):
+        how = "out of memory"
+    else:
+        how = f"exit code {done.returncode}"
+    return f"FAISS crashed while {stage} ({how}{': assertion ' + repr(assertion.group(1)) + ' failed' if assertion else ''})"
 
 
 def _new_index(faiss: Any, factory: str, dim: int, metric: str) -> Any:

@@ -67,7 +67,10 @@ def _ttl() -> float:
 @contextmanager
 def output_lock(directory: str | Path) -> Iterator[Path]:
     """Hold the write lock of ``directory`` (made if needed) for the duration of the block."""
+    from thresher.stores.output_guard import check_location
+
     directory = Path(directory)
+    check_location(directory.resolve(), f"The output directory {directory}")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     token = uuid.uuid4().hex
@@ -173,8 +176,14 @@ def _refresh(path: Path, token: str, stop: threading.Event, every: float) -> Non
             return
 
 
-def locks_output(param: str = "out"):
-    """Decorator: the function holds the write lock of its ``param`` directory while it runs."""
+def locks_output(param: str = "out", *, check: Any = None):
+    """Decorator: the function holds the write lock of its ``param`` directory while it runs.
+
+    ``check``, if given, is called with the call's bound arguments (defaults
+    applied) before the lock is taken — before the directory is made — so an
+    output the function must refuse (see :mod:`thresher.stores.output_guard`)
+    is refused with nothing created.
+    """
     import functools
     import inspect
 
@@ -183,6 +192,10 @@ def locks_output(param: str = "out"):
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if check is not None:
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                check(bound.arguments)
             with output_lock(signature.bind_partial(*args, **kwargs).arguments[param]):
                 return fn(*args, **kwargs)
 

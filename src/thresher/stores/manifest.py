@@ -16,7 +16,6 @@ import contextlib
 import contextvars
 import datetime as _dt
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -57,16 +56,84 @@ def manifest_lineage(lineage: dict[str, Any] | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard file of an artefact: its name, row count and content checksum."""
+    """One shard file of an artefact: its name, row count and content checksum.
+
+    ``size`` and ``mtime_ns`` are the file's size and modification time when it
+    was written: a later check whose file still has both skips re-hashing it
+    (None in manifests written before they were recorded: always re-hashed).
+    """
 
     file: str
     rows: int
     checksum: str
+    size: int | None = None
+    mtime_ns: int | None = None
 
     @classmethod
     def of(cls, path: str | Path, rows: int) -> ShardInfo:
         path = Path(path)
-        return cls(file=path.name, rows=int(rows), checksum=f"xxh3_128:{hash_file(path)}")
+        before = path.stat()
+        checksum = f"xxh3_128:{hash_file(path)}"
+        return cls(file=path.name, rows=int(rows), checksum=checksum, size=before.st_size, mtime_ns=before.st_mtime_ns)
+
+
+def artifact_file(directory: str | Path, entry: Any, *, key: str = "shards") -> Path:
+    """The path of a file a manifest names, refused unless it lies inside the artefact's directory.
+
+    Every name a manifest lists (shards, attachments, index files) must be a
+    relative path below ``directory``: no absolute path, no ``..``, and no
+    symlink that leads out of the directory, so a crafted or corrupt manifest
+    can never make thresher read (or hash) a file elsewhere.
+
+    Parameters
+    ----------
+    directory : path
+        The artefact directory (the one holding ``manifest.json``).
+    entry : str
+        The file name as the manifest gives it.
+    key : str, default "shards"
+        The manifest key that lists it, for the error message.
+    """
+    directory = Path(directory)
+    where = directory / MANIFEST_NAME
+    if not isinstance(entry, str) or not entry or "\\" in entry or "\x00" in entry:
+        raise ArtifactError(f"{where} lists {entry!r} under {key!r}: a file of an artefact must be a relative path inside {directory}.")
+    relative = Path(entry)
+    if relative.is_absolute() or ".." in relative.parts or entry.startswith("~"):
+        raise ArtifactError(f"{where} lists {entry!r} under {key!r}: a file of an artefact must be a relative path inside {directory}, "
+                            "not an absolute path or one with '..'.")
+    path = directory / relative
+    root = directory.resolve()
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ArtifactError(f"{where} lists {entry!r} under {key!r}, which is a link to {resolved}, outside {directory}.")
+    return path
+
+
+def listed_files(directory: str | Path, manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every file a manifest names, as (manifest key, entry with ``file``, ``checksum`` and maybe ``rows``, ``size``, ``mtime_ns``).
+
+    Shards and attachments are lists of entries; an index's ``files`` maps a
+    name to its checksum, with the size and mtime_ns under ``file_stats``.
+    """
+    where = Path(directory) / MANIFEST_NAME
+    out = []
+    for key in ("shards", "attachments"):
+        entries = manifest.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ArtifactError(f"{where} has a malformed {key!r} list.")
+        out += [(key, e) for e in entries]
+    files, stats = manifest.get("files", {}), manifest.get("file_stats") or {}
+    if not isinstance(files, dict) or not isinstance(stats, dict):
+        raise ArtifactError(f"{where} has a malformed 'files' mapping.")
+    out += [("files", {"file": name, "checksum": checksum, **(stats.get(name) or {})}) for name, checksum in files.items()]
+    return out
+
+
+def check_artifact_files(directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest any of whose files (shards, attachments, index files) lies outside ``directory`` (see :func:`artifact_file`); reads no file."""
+    for key, entry in listed_files(directory, manifest):
+        artifact_file(directory, entry.get("file"), key=key)
 
 
 def library_versions() -> dict[str, str]:
@@ -132,17 +199,52 @@ def read_manifest(directory: str | Path, kind: ArtifactKind | None = None) -> di
     return manifest
 
 
-def verify_shards(directory: str | Path, manifest: dict[str, Any]) -> None:
-    """Check every shard (and attached table, e.g. SemDeDup's removed.arrow) exists with the recorded checksum; name the first bad one."""
+def verify_shards(directory: str | Path, manifest: dict[str, Any], *, quick: bool = False) -> None:
+    """Check every shard (and attached table, e.g. SemDeDup's removed.arrow) exists with the recorded checksum; name the first bad one.
+
+    With ``quick``, a file whose size and mtime_ns still equal the ones the
+    manifest recorded at write time is taken as intact without re-hashing it
+    (the check before a cached artefact is reused); any other is re-hashed.
+    """
     directory = Path(directory)
-    for shard in [*manifest.get("shards", []), *manifest.get("attachments", [])]:
-        path = directory / shard["file"]
-        if not path.is_file():
-            raise ArtifactError(f"Shard {path} listed in the manifest is missing.")
-        algo, _, expected = shard["checksum"].partition(":")
-        actual = hash_file(path)
-        if actual != expected:
-            raise ArtifactError(f"Shard {path} is corrupt or truncated: its {algo} checksum is {actual}, the manifest says {expected}.")
+    check_artifact_files(directory, manifest)
+    for key, shard in listed_files(directory, manifest):
+        problem = shard_problem(directory, shard, quick=quick, key=key)
+        if problem is not None:
+            raise ArtifactError(f"{'Shard' if key == 'shards' else 'File'} {directory / shard['file']} {problem}.")
+
+
+def shard_problem(directory: str | Path, shard: dict[str, Any], *, quick: bool = False, key: str = "shards") -> str | None:
+    """What is wrong with one shard entry of a manifest (``"is missing"``, ``"… checksum differs …"``), or None if it is intact."""
+    path = artifact_file(directory, shard.get("file"), key=key)
+    try:
+        stat = path.stat()
+    except OSError:
+        return "listed in the manifest is missing"
+    if not path.is_file():
+        return "listed in the manifest is not a file"
+    size, mtime_ns = shard.get("size"), shard.get("mtime_ns")
+    if size is not None and stat.st_size != size:
+        return f"is corrupt or truncated: it has {stat.st_size} bytes, the manifest says {size}"
+    if quick and mtime_ns is not None and stat.st_mtime_ns == mtime_ns:
+        return None
+    algo, _, expected = str(shard.get("checksum", "")).partition(":")
+    actual = hash_file(path)
+    if actual != expected:
+        return f"is corrupt or truncated: its {algo} checksum is {actual}, the manifest says {expected}"
+    return None
+
+
+def demote_to_partial(directory: str | Path) -> None:
+    """Turn a finished artefact back into a partial run of the same fingerprint, so the job that owns it redoes it.
+
+    The partial-run marker is written before the manifest goes, so the
+    directory is always recognisably thresher's (never "unrelated files").
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    atomic_write_json(directory / PARTIAL_NAME, {"artifact": manifest["artifact"], "fingerprint": manifest.get("fingerprint")})
+    (directory / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 OutputState = Literal["new", "resume", "complete"]
@@ -159,20 +261,38 @@ def prepare_output_dir(
     or unrelated files, unless ``overwrite`` is set, in which case its
     thresher content is removed first.
     """
+    from thresher.stores.output_guard import check_location
+
     directory = Path(directory)
+    check_location(directory.resolve(), f"The output directory {directory}")
     if directory.exists() and not directory.is_dir():
         raise ArtifactError(f"Output path {directory} exists and is not a directory.")
     if directory.is_dir() and any(p.name != LOCK_NAME for p in directory.iterdir()):
         state = _existing_state(directory, kind, fingerprint)
+        if state == "complete" and damage(directory) is not None:
+            demote_to_partial(directory)  # reused only if intact: a replaced or corrupt shard is recomputed
+            state = "resume"
         if state in ("complete", "resume"):
             remove_temporaries(directory)
             return state
         if not overwrite:
             raise ArtifactError(f"Output directory {directory} {state}; choose another directory or pass overwrite=True (--overwrite).")
-        _clear(directory)
+        _clear(directory, kind)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_json(directory / PARTIAL_NAME, {"artifact": kind, "fingerprint": fingerprint})
     return "new"
+
+
+def damage(directory: str | Path) -> str | None:
+    """Why the finished artefact in ``directory`` may not be reused as it is (a file missing, replaced or corrupt), or None.
+
+    Quick: files whose size and mtime_ns are those the manifest recorded are not re-hashed.
+    """
+    try:
+        verify_shards(directory, read_manifest(directory), quick=True)
+    except ArtifactError as exc:
+        return str(exc)
+    return None
 
 
 def _existing_state(directory: Path, kind: str, fingerprint: str) -> str:
@@ -196,14 +316,8 @@ def _existing_state(directory: Path, kind: str, fingerprint: str) -> str:
     return "is not empty and holds no thresher artefact"
 
 
-def _clear(directory: Path) -> None:
-    """Remove what an overwrite replaces: only a directory thresher itself made is cleared."""
-    if not ((directory / MANIFEST_NAME).exists() or (directory / PARTIAL_NAME).exists()):
-        raise ArtifactError(f"Refusing to overwrite {directory}: it holds files thresher did not write.")
-    for child in directory.iterdir():
-        if child.name == LOCK_NAME:  # held by the job doing the overwrite
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+def _clear(directory: Path, kind: str) -> None:
+    """Remove what an overwrite replaces: only the files thresher wrote (see :func:`thresher.stores.output_guard.clear_output`)."""
+    from thresher.stores.output_guard import clear_output
+
+    clear_output(directory, kind)

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from thresher.exceptions import ArtifactError, InputDataError, parameter_error
+from thresher.exceptions import ArtifactError, EnvironmentProblemError, InputDataError, parameter_error
 from thresher.fingerprint import canonical_json, fingerprint_of, hash_file
 
 PoolFormat = Literal["auto", "jsonl", "json", "parquet", "arrow", "csv", "hf_disk"]
@@ -114,6 +114,15 @@ class Pool:
         The id prefix ``name`` of each source.
     kind : {"files", "hf_disk", "dataset"}
         Where the rows live.
+    files : list of dict or None
+        Per source file (for "files" and "hf_disk"): its ``source``, ``checksum`` (the content key
+        the fingerprint hashes) and, for local files, ``size`` and ``mtime_ns`` when it was hashed;
+        :func:`check_pool_files` compares them cheaply. None for in-memory datasets, and in
+        descriptions written before they were recorded.
+    skipped : list of str
+        What the pool's directories hold but the pool leaves out, each as "path (why)": hidden
+        names, other extensions, links to directories. Shown by ``thresher embed`` and kept in
+        the store's manifest, so a file left out is never a surprise.
     partition_rows : int
         Rows per partition (the last one of each source may hold fewer).
     """
@@ -128,6 +137,8 @@ class Pool:
     kind: Literal["files", "hf_disk", "dataset"]
     partition_rows: int
     dataset_files: list[str] | None = None
+    files: list[dict[str, Any]] | None = field(default=None, compare=False, repr=False)
+    skipped: list[str] = field(default_factory=list, compare=False, repr=False)
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     _dataset: Any = field(default=None, compare=False, repr=False)
 
@@ -196,6 +207,8 @@ class Pool:
             "partition_rows": self.partition_rows,
             "names": dict(self.names),
             "dataset_files": self.dataset_files,
+            "files": self.files,
+            "skipped": list(self.skipped),
             "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
             "partitions": [asdict(p) for p in self.partitions],
         }
@@ -325,7 +338,8 @@ def open_pool(
         raise parameter_error("open_pool", "source", "one save_to_disk folder when format='hf_disk'", source)
     if split is not None:
         raise parameter_error("open_pool", "split", "None for a pool of files (it applies to datasets only)", split)
-    files = _resolve_files(entries, format, options)
+    skipped: list[str] = []
+    files = _resolve_files(entries, format, options, skipped)
     names = _id_names([url for url, _ in files])
     plans = [_plan_file(url, fmt, options, partition_rows) for url, fmt in files]
     schema = _pool_schema(plans)
@@ -345,6 +359,8 @@ def open_pool(
         names=names,
         kind="files",
         partition_rows=partition_rows,
+        files=[_file_record(p.source, p.key, options) for p in plans],
+        skipped=skipped,
         storage_options=options,
     )
 
@@ -378,6 +394,8 @@ def reopen_pool(description: dict[str, Any], *, storage_options: dict[str, Any] 
             kind=description["source_kind"],
             partition_rows=int(description["partition_rows"]),
             dataset_files=description.get("dataset_files"),
+            files=description.get("files"),
+            skipped=list(description.get("skipped") or []),
             storage_options=dict(storage_options or {}),
         )
     except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
@@ -467,9 +485,33 @@ def _as_entries(source: Any) -> list[str]:
 
 
 def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
-    import fsspec
+    """The fsspec filesystem of ``url`` and the path in it, or one line saying why there is none.
 
-    return fsspec.core.url_to_fs(url, **options)
+    An unknown protocol is the user's input (exit 2); a known one whose implementation package is
+    not installed, or a host that cannot be reached, is the environment (exit 1) and names the
+    package to install or the cause.
+    """
+    import fsspec
+    from fsspec.registry import known_implementations, registry
+
+    protocol = url.split("://", 1)[0].split("::")[-1].lower() if "://" in url else ""
+    if protocol and protocol not in registry and protocol not in known_implementations:
+        raise InputDataError(f"The pool path {url} uses the protocol {protocol!r}, which fsspec does not know "
+                             f"(known: {', '.join(sorted(known_implementations))}).")
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as exc:
+        hint = known_implementations.get(protocol, {}).get("err") or str(exc)
+        raise EnvironmentProblemError(f"The pool path {url} needs the fsspec implementation of {protocol!r}, which is not installed: "
+                                      f"{' '.join(hint.split())}.") from None
+    except ValueError as exc:
+        raise InputDataError(f"The pool path {url} is not a usable fsspec URL: {' '.join(str(exc).split())}.") from None
+    except (OSError, TimeoutError) as exc:
+        raise EnvironmentProblemError(f"Cannot reach the pool at {url}: {_cause(exc)}.") from None
+
+
+def _cause(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _is_local(fs: Any) -> bool:
@@ -482,8 +524,16 @@ def _url(fs: Any, path: str) -> str:
     return path if _is_local(fs) else fs.unstrip_protocol(path)
 
 
-def _resolve_files(entries: list[str], format: str, options: dict[str, Any]) -> list[tuple[str, str]]:
-    """Each entry expanded to (url, format) pairs: globs and directories sorted, entries kept in order."""
+def _resolve_files(
+    entries: list[str], format: str, options: dict[str, Any], skipped: list[str] | None = None
+) -> list[tuple[str, str]]:
+    """Each entry expanded to (url, format) pairs: globs and directories sorted, entries kept in order.
+
+    What a directory holds but the pool leaves out is appended to ``skipped`` as "path (why)", so the
+    embed summary and the store's manifest can say so. Local entries that are not regular files (FIFOs,
+    sockets, devices) or that are symbolic-link loops are refused without being opened.
+    """
+    skipped = [] if skipped is None else skipped
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for entry in entries:
@@ -499,16 +549,20 @@ def _resolve_files(entries: list[str], format: str, options: dict[str, Any]) -> 
                 elif _saved_dataset_root(_url(fs, match), options) is not None:
                     raise InputDataError(f"{entry} matches the save_to_disk folder {match}; open such a folder alone.")
                 else:
-                    found.extend(_directory_files(fs, match, format, entry))
+                    found.extend(_directory_files(fs, match, format, entry, skipped))
         elif fs.isdir(path):
             if _saved_dataset_root(entry, options) is not None:
                 raise InputDataError(f"{entry} is a save_to_disk folder; open it alone, not with other sources.")
-            found = _directory_files(fs, path, format, entry)
+            found = _directory_files(fs, path, format, entry, skipped)
         elif fs.exists(path):
             found = [(path, _file_format(path, format))]
         else:
+            if _is_local(fs) and os.path.islink(path):
+                _check_local_kind(path)  # a link loop or a dangling link: say which, not "does not exist"
             raise InputDataError(f"{entry} does not exist: no file, directory or glob match.")
         for path, fmt in found:
+            if _is_local(fs):
+                _check_local_kind(path)
             url = _url(fs, path)
             if url in seen:
                 raise InputDataError(f"{url} is part of the pool twice; each file may appear once.")
@@ -517,20 +571,66 @@ def _resolve_files(entries: list[str], format: str, options: dict[str, Any]) -> 
     return out
 
 
-def _directory_files(fs: Any, root: str, format: str, entry: str) -> list[tuple[str, str]]:
+def _directory_files(fs: Any, root: str, format: str, entry: str, skipped: list[str]) -> list[tuple[str, str]]:
+    """The data files under ``root``; what is left out goes to ``skipped`` (a hidden folder once, not each file in it)."""
     found = []
+    passed: dict[str, str] = {}
+    local = _is_local(fs)
     for path in sorted(fs.find(root)):
         rel = posixpath.relpath(path, root)
-        if any(part.startswith((".", "_")) for part in rel.split("/")):
+        parts = rel.split("/")
+        hidden = next((i for i, part in enumerate(parts) if part.startswith((".", "_"))), None)
+        if hidden is not None:
+            shown = "/".join(parts[: hidden + 1]) + ("/" if hidden < len(parts) - 1 else "")
+            passed.setdefault(shown, "hidden: a name starting with '.' or '_'")
+            continue
+        if local and os.path.islink(path) and os.path.isdir(path):
+            passed[rel] = "a symbolic link to a directory, not followed"
             continue
         fmt = _extension_format(path)
-        if fmt is None or (format != "auto" and fmt != format):
+        if fmt is None:
+            passed[rel] = "not a supported extension"
+            continue
+        if format != "auto" and fmt != format:
+            passed[rel] = f"a {fmt} file, not {format}"
             continue
         found.append((path, fmt))
+    notes = [f"{_url(fs, posixpath.join(root, rel))} ({why})" for rel, why in passed.items()]
     if not found:
         wanted = "supported data files (.jsonl, .ndjson, .json, .parquet, .arrow, .csv)" if format == "auto" else f"{format} files"
-        raise InputDataError(f"No files matched in directory {entry}: it holds no {wanted}.")
+        left = f"; it holds only {_few(notes)}" if notes else ""
+        raise InputDataError(f"No files matched in directory {entry}: it holds no {wanted}{left}.")
+    skipped.extend(notes)
     return found
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    """The first ``n`` items, comma-separated, and how many more."""
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _check_local_kind(path: str) -> None:
+    """Refuse a local path that is not a regular file, without opening it (opening a FIFO blocks until a writer comes)."""
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputDataError(f"{path} is a symbolic link loop: following it leads back to itself (too many levels of symbolic links).") from None
+        if os.path.islink(path):
+            raise InputDataError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist.") from None
+        raise InputDataError(f"{path} cannot be read: {exc.strerror}.") from None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else "a special file")
+    raise InputDataError(
+        f"{path} is {kind}, not a regular file; pool files are read several times (planning, hashing, each partition), "
+        "so save the data to a file first."
+    )
 
 
 def _extension_format(path: str) -> str | None:
@@ -617,6 +717,8 @@ def _content_key(source: str, options: dict[str, Any]) -> str:
 
 def _plan_file(source: str, format: str, options: dict[str, Any], partition_rows: int) -> _FilePlan:
     compressed = source.lower().endswith(".gz")
+    if not compressed:
+        _refuse_unnamed_gzip(source, format, options)
     try:
         if format in ("json", "jsonl"):
             with _open_text_stream(source, options, compressed) as stream:
@@ -631,6 +733,19 @@ def _plan_file(source: str, format: str, options: dict[str, Any], partition_rows
         return _plan_csv(source, options, compressed, partition_rows)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise InputDataError(f"{source} cannot be read: {exc}") from None
+
+
+def _refuse_unnamed_gzip(source: str, format: str, options: dict[str, Any]) -> None:
+    """A gzip file without a .gz name would be parsed as garbage text (or fail with a misleading error): say what it is."""
+    with _open_binary(source, options) as handle:
+        magic = handle.read(2)
+    if magic != b"\x1f\x8b":
+        return
+    base = posixpath.basename(_strip_protocol(source))
+    ext = posixpath.splitext(base)[1] or "without an extension"
+    if format in _GZIP_FORMATS:
+        raise InputDataError(f"{source} is gzip-compressed but named {ext}; rename it {base}.gz (or decompress it).")
+    raise InputDataError(f"{source} is gzip-compressed, and {format} files cannot be read compressed; decompress it (gunzip).")
 
 
 def _first_byte(stream: IO[bytes]) -> bytes:
@@ -779,7 +894,26 @@ def _locate_json_error(data: bytes, source: str, first_line: int) -> InputDataEr
             return InputDataError(
                 f"Line {first_line + offset} of {source} is a JSON {type(value).__name__}, not an object; each line must be one JSON object."
             )
+        surrogate = _lone_surrogate(value)
+        if surrogate is not None:
+            return _surrogate_error(f"Line {first_line + offset} of {source}", surrogate)
     return None
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone UTF-16 surrogate (a JSON escape like \\ud800 with no partner) in a parsed JSON value, or None."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.object[exc.start]
+    return None
+
+
+def _surrogate_error(where: str, surrogate: str) -> InputDataError:
+    return InputDataError(
+        f"{where} holds the lone surrogate \\u{ord(surrogate):04x} in a string: half of a UTF-16 pair, not a character, "
+        "so the text cannot be stored; fix or drop that escape."
+    )
 
 
 def _plan_json_array(source: str, options: dict[str, Any], compressed: bool) -> _FilePlan:
@@ -808,6 +942,9 @@ def _read_json_array(source: str, options: dict[str, Any], compressed: bool) -> 
         return pa.table({})
     try:
         return pa.Table.from_struct_array(pa.array(rows))
+    except UnicodeEncodeError:
+        position, surrogate = next((i, c) for i, row in enumerate(rows) if (c := _lone_surrogate(row)) is not None)
+        raise _surrogate_error(f"Element {position} of the JSON array in {source}", surrogate) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputDataError(f"The objects in {source} hold values of conflicting types: {exc}") from None
 
@@ -1171,7 +1308,9 @@ def _open_saved_dataset(root: str, options: dict[str, Any], *, id_column: str | 
         path = posixpath.join(path, split)
     source = _url(fs, path)
     name = split or "data"
-    fingerprint = _saved_fingerprint(source, options, id_column, name)
+    urls = _saved_files(source, options)
+    keys = [_content_key(url, options) for url in urls]
+    fingerprint = _saved_fingerprint(source, options, id_column, name, keys)
     dataset = _load_saved_dataset(source, _options_key(options), fingerprint)
     schema = dataset.features.arrow_schema
     id_column = _check_id_column(id_column, schema, source)
@@ -1190,15 +1329,21 @@ def _open_saved_dataset(root: str, options: dict[str, Any], *, id_column: str | 
         names={source: name},
         kind="hf_disk",
         partition_rows=partition_rows,
+        files=[_file_record(url, key, options) for url, key in zip(urls, keys)],
         storage_options=options,
     )
 
 
-def _saved_fingerprint(source: str, options: dict[str, Any], id_column: str | None, name: str) -> str:
+def _saved_files(source: str, options: dict[str, Any]) -> list[str]:
+    """URLs of the Arrow files of a save_to_disk folder, from its state.json."""
     fs, path = _filesystem(source, options)
     state = json.loads(fs.cat_file(posixpath.join(path, "state.json")))
-    files = [posixpath.join(path, f["filename"]) for f in state.get("_data_files", [])]
-    keys = [_content_key(_url(fs, f), options) for f in files]
+    return [_url(fs, posixpath.join(path, f["filename"])) for f in state.get("_data_files", [])]
+
+
+def _saved_fingerprint(source: str, options: dict[str, Any], id_column: str | None, name: str, keys: list[str] | None = None) -> str:
+    if keys is None:
+        keys = [_content_key(url, options) for url in _saved_files(source, options)]
     return fingerprint_of("pool", _FINGERPRINT_VERSION, {"id_column": id_column, "format": "hf_disk", "name": name}, keys)
 
 
@@ -1223,6 +1368,62 @@ def _load_saved_dataset(source: str, options_key: str, fingerprint: str) -> Any:
 # ------------------------------------------------------------------------------------------------
 # Verification
 # ------------------------------------------------------------------------------------------------
+
+
+def _file_record(source: str, key: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`check_pool_files` compares later: the content key, plus size and mtime of a local file (its fast path)."""
+    record: dict[str, Any] = {"source": source, "checksum": key, "size": None, "mtime_ns": None}
+    fs, path = _filesystem(source, options)
+    if _is_local(fs):
+        stat = os.stat(path)
+        record.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return record
+
+
+def check_pool_files(pool: Pool, where: str) -> None:
+    """Refuse a pool whose files changed since ``where`` (an embedding store) was made from them.
+
+    Cheap when nothing changed: a local file with the recorded size and
+    mtime_ns is taken as unchanged; any other is hashed again and must give
+    the recorded content key (so a file only touched, or copied elsewhere
+    with the same bytes, is accepted). Remote files are compared by the
+    filesystem's checksum. A description without per-file records (written
+    before they were kept) is checked by recomputing the pool's whole
+    fingerprint, which hashes every file.
+
+    Raises
+    ------
+    InputDataError
+        Naming the first changed or missing file and ``where``.
+    """
+    if pool.files is None:
+        if pool.kind == "dataset":
+            return  # an in-memory dataset: reopen_pool checked its rows and columns against the description
+        try:
+            _verify(pool)
+        except InputDataError:
+            raise InputDataError(
+                f"The pool files of {where} changed since they were embedded (the pool's fingerprint differs); re-embed them or restore the files."
+            ) from None
+        return
+    for record in pool.files:
+        source = record["source"]
+        fs, path = _filesystem(source, pool.storage_options)
+        if _is_local(fs):
+            try:
+                stat = os.stat(path)
+            except OSError:
+                raise InputDataError(f"Pool file {source} embedded into {where} is missing; restore it or re-embed the pool.") from None
+            if stat.st_size == record.get("size") and stat.st_mtime_ns == record.get("mtime_ns"):
+                continue
+        try:
+            key = _content_key(source, pool.storage_options)
+        except (OSError, FileNotFoundError):
+            raise InputDataError(f"Pool file {source} embedded into {where} cannot be read; restore it or re-embed the pool.") from None
+        if key != record.get("checksum"):
+            raise InputDataError(
+                f"Pool file {source} changed since it was embedded into {where} (content differs); re-embed it or restore the file."
+            )
 
 
 def _verify(pool: Pool) -> None:

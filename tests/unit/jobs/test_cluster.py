@@ -41,5 +41,5 @@ def test_bad_slurm_config_is_named(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ParameterError, match="bad.yaml"):
         make_slurm_cluster(bad)
-    with pytest.raises(ParameterError, match="Bad SLURM config"):
+    with pytest.raises(ParameterError, match="names .no_such_option., not an argument of dask_jobqueue.SLURMCluster"):
         make_slurm_cluster({"no_such_option": 1})

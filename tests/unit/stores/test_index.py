@@ -447,7 +447,7 @@ def test_rerun_on_a_complete_directory_reuses_it(make_store, tmp_path):
 
 def test_directory_holding_another_artefact_is_refused(make_store, tmp_path):
     store = make_store(gaussian(100))
-    with pytest.raises(ArtifactError, match="'embeddings'"):
+    with pytest.raises(ParameterError, match="is the input 'store'"):  # the output guard: an input is never an output
         build_index(store, store.path)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
