@@ -316,6 +316,8 @@ CASES: list[Case] = [
          r"idx8.*'index' artefact, not 'embeddings'"),
     Case("index-nan-embedding", "a NaN in a stored embedding", ("index", "--embeddings", "{emb_nan}", "--out", "{tmp}/out"),
          r"id='r5' \(position 5\) in .*emb_nan/part-00000\.arrow is not finite"),
+    Case("index-more-lists-than-rows", "--index-type IVF4096,Flat on a 24-row store (too few rows to train)",
+         ("index", "--embeddings", "{emb}", "--out", "{tmp}/out", "--index-type", "IVF4096,Flat"), r"train_size.*4096"),
     Case("index-bad-factory", "--index-type FAISS cannot parse", ("index", "--embeddings", "{emb}", "--out", "{tmp}/out", "--index-type", "IVF-bogus"),
          r"'index_type'.*IVF-bogus"),
     Case("index-memory-budget-negative", "--memory-budget -1", ("index", "--embeddings", "{emb}", "--out", "{tmp}/out", "--memory-budget", "-1"),
@@ -704,12 +706,15 @@ def run_case(case: Case, world: World, tmp: Path) -> str:
     names = world.placeholders(tmp)
     watched = Path(_fill(case.unchanged, names)) if case.unchanged else None
     before = snapshot(watched) if watched else None
+    out_was_there = bool(case.out) and Path(_fill(case.out, names)).exists()
     code, stderr, crashed = run_cli([_fill(a, names) for a in case.argv], subprocess_=case.subprocess)
     assert not crashed, f"{case.id}: unexpected exception, not a clean error:\n{stderr}"
     assert code == case.exit_code, f"{case.id}: exit code {code}, expected {case.exit_code}; stderr:\n{stderr}"
     assert re.search(case.message, stderr, re.S | re.I), f"{case.id}: stderr does not match {case.message!r}:\n{stderr}"
     if case.out:
         check_no_artefact(Path(_fill(case.out, names)), case.partial_ok)
+        if not out_was_there and not case.partial_ok:  # a refused command leaves no half-made directory behind
+            assert not Path(_fill(case.out, names)).exists(), f"{case.id}: the output directory was left behind"
     if watched:
         assert snapshot(watched) == before, f"{case.id}: {watched} changed although the command failed"
     if case.absent:

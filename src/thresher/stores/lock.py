@@ -71,6 +71,7 @@ def output_lock(directory: str | Path) -> Iterator[Path]:
 
     directory = Path(directory)
     check_location(directory.resolve(), f"The output directory {directory}")
+    made = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     token = uuid.uuid4().hex
@@ -81,13 +82,36 @@ def output_lock(directory: str | Path) -> Iterator[Path]:
     stop = threading.Event()
     refresher = threading.Thread(target=_refresh, args=(path, token, stop, max(0.1, min(REFRESH_SECONDS, _ttl() / 4))), daemon=True)
     refresher.start()
+    failed = True
     try:
         yield path
+        failed = False
     finally:
         stop.set()
         refresher.join()
         if _read(path).get("token") == token:
             path.unlink(missing_ok=True)
+        if failed and made:
+            _remove_if_nothing_written(directory)
+
+
+def _remove_if_nothing_written(directory: Path) -> None:
+    """Leave nothing behind: a directory this job made, which it failed in before writing any data, is removed.
+
+    It may hold only the partial-run marker (a failed run's shards stay, to be resumed);
+    anything else there — shards, another job's lock — keeps it.
+    """
+    from thresher.stores.manifest import PARTIAL_NAME
+
+    try:
+        entries = list(directory.iterdir())
+        if any(p.name != PARTIAL_NAME or not p.is_file() for p in entries):
+            return
+        for p in entries:
+            p.unlink()
+        directory.rmdir()
+    except OSError:
+        pass  # best effort: the error that got us here is the one to report
 
 
 def _acquire(path: Path, holder: dict[str, Any]) -> None:
