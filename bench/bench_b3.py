@@ -8,7 +8,7 @@ more similar in-batch negatives are.
 
 The teacher's effect on the rank window is measured on a sample: for 100
 seeded rows, the window of ranks [p, p + m) found through the index against
-the window of an exact search (``thresher.stores.index.exact_search``):
+the window of an exact search (``thresher.search.exact_search``):
 window recall = |index window ∩ exact window| / m, and top-(p + m) recall.
 
     python bench/bench_b3.py --rows 100000 1000000 --index-type auto IVF2048,Flat --nprobe 2
@@ -59,9 +59,8 @@ def variant_index(store_path: str, index_path: str, index_type: str, nprobe: int
 
 def variant_window(store_path: str, index_path: str) -> dict:
     """Rank-window recall of the index's teacher ranks against exact search, on WINDOW_SAMPLE seeded rows."""
-    from thresher.selectors.batch_mining import _drop_self
+    from thresher.search import drop_self, exact_search
     from thresher.stores import open_embedding_store, open_index
-    from thresher.stores.index import exact_search
 
     store = open_embedding_store(store_path)
     index = open_index(index_path, store=store)
@@ -70,7 +69,7 @@ def variant_window(store_path: str, index_path: str) -> dict:
     queries = store.take(rows)
     _, exact = exact_search(store, queries, stop + 1, metric="ip")
     _, found = index.search_positions(queries, stop + 1)
-    exact, found = _drop_self(exact, rows), _drop_self(found, rows)
+    exact, found = drop_self(exact, rows), drop_self(found, rows)
     window = np.mean([len(set(a[p:stop]) & set(b[p:stop])) / (stop - p) for a, b in zip(found.tolist(), exact.tolist())])
     top = np.mean([len(set(a[:stop]) & set(b[:stop])) / stop for a, b in zip(found.tolist(), exact.tolist())])
     return {"window_recall": float(window), "top_recall": float(top)}

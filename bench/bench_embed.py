@@ -40,6 +40,7 @@ def variant_st(rows: int) -> dict:
 
 def variant_thresher(rows: int, workdir: str) -> dict:
     import thresher
+    from thresher.jobs.executor import Executor
 
     pool = Path(workdir) / "pool.jsonl"
     with pool.open("w", encoding="utf-8") as f:
@@ -47,7 +48,7 @@ def variant_thresher(rows: int, workdir: str) -> dict:
             f.write(json.dumps({"text": text}) + "\n")
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        store = thresher.embed(str(pool), Path(workdir) / "emb", progress=False)
+        store = thresher.embed(str(pool), Path(workdir) / "emb", executor=Executor(progress=False))
         t1 = time.perf_counter()
     return {"variant": "thresher", "rows": rows, "total_s": t1 - t0, "peak_bytes": mem.peak,
             "encode_s": store.manifest["encode_seconds"], "n_truncated": store.manifest["n_truncated"]}

@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PeakMemory, machine_line, run_variant, update_benchmarks_md, write_generated_store  # noqa: E402
+from thresher.jobs.executor import Executor
 
 SCRIPT = Path(__file__).resolve()
 DIM, N_TASKS, N_QUERIES, BUDGET = 384, 5, 1000, 10_000
@@ -66,9 +67,8 @@ def variant_thresher(store_path: str) -> dict:
         t0 = time.perf_counter()
         store = open_embedding_store(store_path)
         selector = RDSPlus()
-        scorer = selector.scorer(tasks)
-        top, counts = score_store(store, selector, scorer, BUDGET, client=None)
-        sel = selector.finish(store, top, scorer, counts, budget=BUDGET)
+        state = selector.prepare(store, budget=BUDGET, targets=tasks)
+        sel = selector.finish(state, score_store(store, selector, state), store)
         seconds = time.perf_counter() - t0
     return {"variant": "thresher", "seconds": seconds, "peak_bytes": mem.peak, "positions": sel.positions[:50].tolist()}
 

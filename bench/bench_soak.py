@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import chitchat_utterances, machine_line, update_benchmarks_md  # noqa: E402
+from thresher.jobs.executor import Executor
 
 WARMUP_JOBS = 4
 
@@ -78,7 +79,7 @@ class Jobs:
         big = write_pool(folder / "big.jsonl", 400, offset=1000)
         store_dir = folder / "store"
         if not store_dir.exists():
-            thresher.embed(str(big), store_dir, text="{text}", id_column="uid", partition_rows=20, client=client, progress=False)
+            thresher.embed(str(big), store_dir, text="{text}", id_column="uid", partition_rows=20, executor=Executor.on_client(client, progress=False))
         self.store = store_dir
         from thresher.stores import open_embedding_store
 
@@ -94,9 +95,9 @@ class Jobs:
         self.n += 1
         started = time.perf_counter()
         if kind == "embed":
-            result = thresher.embed(str(self.pool), out, text="{text}", id_column="uid", partition_rows=20, client=client, progress=False)
+            result = thresher.embed(str(self.pool), out, text="{text}", id_column="uid", partition_rows=20, executor=Executor.on_client(client, progress=False))
         else:
-            result = select_rds(self.store, self.targets, out, budget=20, client=client, progress=False)
+            result = select_rds(self.store, self.targets, out, budget=20, executor=Executor.on_client(client, progress=False))
         seconds = time.perf_counter() - started
         if result.manifest["job"]["retries"] != 0:
             raise RuntimeError(f"a {kind} job re-ran tasks: {result.manifest['job']}")

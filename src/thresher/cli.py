@@ -107,6 +107,13 @@ def _cluster_options(f):
     return f
 
 
+def _executor(scheduler: str | None, workers: int | None, slurm: str | None, local: bool, quiet: bool):
+    """The :class:`thresher.jobs.executor.Executor` the cluster options name."""
+    from thresher.jobs.executor import Executor
+
+    return Executor.from_settings(scheduler=scheduler, workers=workers, slurm=slurm, local=local, progress=not quiet)
+
+
 @main.command()
 @click.option("--pool", "pool", required=True, multiple=True, help="Pool files, globs, directories, a save_to_disk folder or fsspec URLs (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output embedding-store directory.")
@@ -142,8 +149,8 @@ def embed(pool, out, text, text_column, messages_column, chat_format, id_column,
         list(pool) if len(pool) > 1 else pool[0], out, text=text, text_column=text_column, messages_column=messages_column,
         chat_format=chat_format, id_column=id_column, format=fmt, split=split, model=model, pooling=pooling, layer=layer,
         normalize=not no_normalize, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
-        partition_rows=partition_rows, scheduler=scheduler, workers=workers, slurm=slurm, local=local,
-        resources=_parse_pairs(worker_resources, "--worker-resources", float) or None, overwrite=overwrite, progress=not quiet,
+        partition_rows=partition_rows, executor=_executor(scheduler, workers, slurm, local, quiet),
+        resources=_parse_pairs(worker_resources, "--worker-resources", float) or None, overwrite=overwrite,
     )
     m = store.manifest
     click.echo(f"embedded {store.n_rows} rows into {store.path} ({store.n_shards} shards, dim {store.dim}, "
@@ -262,8 +269,8 @@ def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, group
         pool_embeddings, target_paths, out, budget=_parse_budget(budget), aggregation=aggregation,
         quotas=_parse_pairs(quotas, "--quota", int) or None, group_column=group_column,
         group_quotas=_parse_pairs(group_quotas, "--group-quota", int) or None, dedup=dedup, decontaminate=decontaminate, target_text=target_text,
-        target_text_column=target_text_column, target_messages_column=target_messages_column, scheduler=scheduler,
-        workers=workers, slurm=slurm, local=local, overwrite=overwrite, progress=not quiet,
+        target_text_column=target_text_column, target_messages_column=target_messages_column,
+        executor=_executor(scheduler, workers, slurm, local, quiet), overwrite=overwrite,
     )
     summary = curated.manifest["summary"]
     click.echo(f"selected {curated.n_rows} of {curated.manifest['n_pool']} rows into {curated.path}")
@@ -314,8 +321,8 @@ def select_smote(pool_embeddings, labels, out, sampling_strategy, undersample_ma
 
     curated = run(
         pool_embeddings, out, labels=labels, sampling_strategy=_parse_sampling_strategy(sampling_strategy),
-        undersample_majority=undersample_majority, k_neighbors=k_neighbors, neighbors=neighbors, seed=seed, scheduler=scheduler,
-        workers=workers, slurm=slurm, local=local, overwrite=overwrite, progress=not quiet,
+        undersample_majority=undersample_majority, k_neighbors=k_neighbors, neighbors=neighbors, seed=seed,
+        executor=_executor(scheduler, workers, slurm, local, quiet), overwrite=overwrite,
     )
     s = curated.manifest["summary"]
     click.echo(f"wrote {curated.n_rows} rows into {curated.path}: {s['n_kept']} pool rows kept, {s['n_synthetic']} synthetic, "
@@ -349,7 +356,7 @@ def select_batches(pool_embeddings, index, batch_size, community_size, rank_wind
         raise click.BadParameter(f"--rank-window must look like P:P+M (e.g. 30:130); got {rank_window!r}") from None
     curated = run(pool_embeddings, out, index=index, batch_size=batch_size, community_size=community_size, rank_window=(p, stop),
                   n_hard_negatives=n_hard_negatives, group_column=group_column, drop_last=not keep_last, seed=seed, overwrite=overwrite,
-                  scheduler=scheduler, workers=workers, slurm=slurm, local=local, progress=not quiet)
+                  executor=_executor(scheduler, workers, slurm, local, quiet))
     s = curated.manifest["summary"]
     click.echo(f"{s['n_batches']} batches of {batch_size} ({s['n_rows_batched']} of {s['n_rows']} rows) into {curated.path}")
     click.echo(f"  mean in-batch similarity {s['mean_in_batch_similarity']:.4f} vs random batches {s['mean_in_batch_similarity_random']:.4f}")
@@ -404,7 +411,7 @@ def select_semdedup(pool_embeddings, out, n_clusters, eps, sample_size, n_iter, 
     from thresher.pipeline.dedup import select_semdedup as run
 
     curated = run(pool_embeddings, out, n_clusters=n_clusters, eps=eps, sample_size=sample_size, n_iter=n_iter, seed=seed,
-                  overwrite=overwrite, scheduler=scheduler, workers=workers, slurm=slurm, local=local, progress=not quiet)
+                  overwrite=overwrite, executor=_executor(scheduler, workers, slurm, local, quiet))
     s = curated.manifest["summary"]
     click.echo(f"kept {s['kept']} of {s['rows_in']} rows, removed {s['removed']} ({s['clusters']} clusters, eps {s['eps']}) into {curated.path}")
     click.echo(f"  removed rows and what they duplicate: {curated.path / 'removed.arrow'}")
@@ -461,10 +468,11 @@ def plan_infobatch_init(out, n_samples, epochs, prune_ratio, delta, seed, initia
     """Create a fresh InfoBatch state (Qin et al., ICLR 2024)."""
     from thresher.selectors.infobatch import InfoBatch
     from thresher.stores.output_guard import check_output
+    from thresher.training.infobatch import save_state
 
     check_output(out, "infobatch", new=True)
     ib = InfoBatch(n_samples=n_samples, epochs=epochs, prune_ratio=prune_ratio, delta=delta, seed=seed, initial_score=initial_score)
-    ib.save(out)
+    save_state(ib, out)
     click.echo(f"InfoBatch state for {n_samples} samples, {epochs} epochs (annealing from epoch {ib.annealing_epoch}) in {out}")
 
 

@@ -20,6 +20,7 @@ from thresher.pipeline.acquire import select_acquire
 from thresher.selectors.acquisition import sample_batch
 from thresher.selectors.anchoral import anchoral_subpool
 from thresher.rng import as_generator
+from thresher.jobs.executor import Executor
 
 N_ROWS, N_SAMPLES = 48, 4
 
@@ -33,7 +34,7 @@ def setup(tmp_path_factory):
         rows.append({"id": row["id"], "text": row["messages"][0]["content"].strip()})
     pool = tmp / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    store = thresher.embed(str(pool), tmp / "emb", text_column="text", id_column="id", partition_rows=30, local=True, progress=False)
+    store = thresher.embed(str(pool), tmp / "emb", text_column="text", id_column="id", partition_rows=30, executor=Executor.in_process(progress=False))
     ids = store.ids()
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(N_ROWS, N_SAMPLES, 3)) * rng.uniform(0.1, 3.0, size=(N_ROWS, 1, 1))

@@ -154,7 +154,7 @@ def labeled(rows: list[tuple[str, object]]) -> Callable[[Path, World], None]:
 
 def losses(indices: list[int], values: list[float]) -> Callable[[Path, World], None]:
     def make(tmp: Path, world: World) -> None:
-        from thresher.selectors.infobatch import write_loss_shard
+        from thresher.training import write_loss_shard
 
         write_loss_shard(tmp / "losses" / "rank-0.arrow", np.asarray(indices, dtype=np.int64), np.asarray(values, dtype=np.float32))
     return make

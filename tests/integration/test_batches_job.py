@@ -14,6 +14,7 @@ from thresher.data import read_demo_pool
 from thresher.exceptions import ArtifactError
 from thresher.pipeline.select import select_batches
 from thresher.stores import build_index
+from thresher.jobs.executor import Executor
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def chat_store(tmp_path_factory):
         r["source"] = "even" if i % 2 == 0 else "odd"
     pool = tmp / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    store = thresher.embed(str(pool), tmp / "emb", messages_column="messages", partition_rows=200, local=True, progress=False)
+    store = thresher.embed(str(pool), tmp / "emb", messages_column="messages", partition_rows=200, executor=Executor.in_process(progress=False))
     build_index(store, tmp / "index")
     return tmp, store
 
@@ -32,8 +33,8 @@ def chat_store(tmp_path_factory):
 def test_b3_batches_from_the_index(chat_store, dask_client):
     tmp, store = chat_store
     settings = dict(index=tmp / "index", batch_size=32, community_size=8, rank_window=(3, 23), n_hard_negatives=2, seed=0)
-    cur = select_batches(store.path, tmp / "batches", client=dask_client, **settings)
-    local = select_batches(store.path, tmp / "batches-local", local=True, **settings)
+    cur = select_batches(store.path, tmp / "batches", executor=Executor.on_client(dask_client), **settings)
+    local = select_batches(store.path, tmp / "batches-local", executor=Executor.in_process(), **settings)
     assert cur.to_table().equals(local.to_table())  # neighbour search on workers = in-process
     table = cur.to_hf_dataset()
     batch = np.array(table["batch"])
@@ -69,7 +70,7 @@ def test_cli_grouped_batches_and_missing_index(chat_store):
         sources = {s for s, bb in zip(table.column("source").to_pylist(), table.column("batch").to_pylist()) if bb == b}
         assert len(sources) == 1
     with pytest.raises(ArtifactError, match="does not exist"):
-        select_batches(store.path, tmp / "x", index=tmp / "no-index", batch_size=32, community_size=16, rank_window=(2, 18), local=True)
+        select_batches(store.path, tmp / "x", index=tmp / "no-index", batch_size=32, community_size=16, rank_window=(2, 18), executor=Executor.in_process())
 
 
 def test_sharded_windows_equal_the_whole_pool_search(chat_store, dask_client):
@@ -79,5 +80,5 @@ def test_sharded_windows_equal_the_whole_pool_search(chat_store, dask_client):
 
     tmp, store = chat_store
     whole = window_neighbors(store, open_index(tmp / "index"), 3, 20)
-    np.testing.assert_array_equal(window_on_cluster(store, tmp / "index", 3, 20, client=dask_client), whole)
+    np.testing.assert_array_equal(window_on_cluster(store, tmp / "index", 3, 20, executor=Executor.on_client(dask_client)), whole)
     assert store.n_shards > 1

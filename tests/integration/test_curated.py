@@ -11,12 +11,13 @@ import thresher
 from thresher.exceptions import InputDataError, ParameterError
 from thresher.jobs.cluster import dask_map
 from thresher.stores import open_curated, open_pool, write_curated
+from thresher.jobs.executor import Executor
 
 
 @pytest.fixture
 def pool_and_store(text_pool, tmp_path):
     store = thresher.embed(str(text_pool), tmp_path / "emb", text="{instruction}", id_column="uid", partition_rows=20,
-                           local=True, progress=False)
+                           executor=Executor.in_process(progress=False))
     return open_pool(str(text_pool), id_column="uid", partition_rows=20), store
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import thresher
 from thresher.exceptions import ArtifactError, InputDataError, ParameterError
+from thresher.jobs.executor import Executor
 
 TEMPLATE = "{instruction}\n\n{response}"
 
@@ -23,7 +24,7 @@ def test_embed_on_dask_matches_sentence_transformers(text_pool, tmp_path, dask_c
     from sentence_transformers import SentenceTransformer
 
     store = thresher.embed(str(text_pool), tmp_path / "emb", text=TEMPLATE, id_column="uid",
-                           partition_rows=25, client=dask_client, progress=False)
+                           partition_rows=25, executor=Executor.on_client(dask_client, progress=False))
     ids, texts = pool_texts(text_pool)
     assert store.n_rows == len(ids) and store.n_shards == 4 and store.dim == 384
     assert store.ids().tolist() == ids
@@ -42,24 +43,24 @@ def test_embed_on_dask_matches_sentence_transformers(text_pool, tmp_path, dask_c
 
 def test_in_process_run_and_rerun_reuse(text_pool, tmp_path):
     out = tmp_path / "emb"
-    store = thresher.embed(str(text_pool), out, text=TEMPLATE, id_column="uid", partition_rows=50, local=True, progress=False)
+    store = thresher.embed(str(text_pool), out, text=TEMPLATE, id_column="uid", partition_rows=50, executor=Executor.in_process(progress=False))
     created = store.manifest["created_at"]
-    again = thresher.embed(str(text_pool), out, text=TEMPLATE, id_column="uid", partition_rows=50, local=True, progress=False)
+    again = thresher.embed(str(text_pool), out, text=TEMPLATE, id_column="uid", partition_rows=50, executor=Executor.in_process(progress=False))
     assert again.manifest["created_at"] == created  # complete store with the same fingerprint is reused, not rebuilt
     with pytest.raises(ArtifactError, match="other inputs or parameters"):
-        thresher.embed(str(text_pool), out, text="{instruction}", id_column="uid", partition_rows=50, local=True, progress=False)
+        thresher.embed(str(text_pool), out, text="{instruction}", id_column="uid", partition_rows=50, executor=Executor.in_process(progress=False))
 
 
 def test_missing_text_column_fails_before_work_naming_column_and_file(text_pool, tmp_path):
     out = tmp_path / "emb"
     with pytest.raises(InputDataError, match=r"'answer'.*pool\.jsonl"):
-        thresher.embed(str(text_pool), out, text="{instruction} {answer}", local=True, progress=False)
+        thresher.embed(str(text_pool), out, text="{instruction} {answer}", executor=Executor.in_process(progress=False))
     assert not (out / "manifest.json").exists()
 
 
 def test_unknown_pooling_is_refused(text_pool, tmp_path):
     with pytest.raises(ParameterError, match="avg"):
-        thresher.embed(str(text_pool), tmp_path / "emb", text=TEMPLATE, pooling="avg", local=True, progress=False)
+        thresher.embed(str(text_pool), tmp_path / "emb", text=TEMPLATE, pooling="avg", executor=Executor.in_process(progress=False))
     assert not (tmp_path / "emb" / "manifest.json").exists()
 
 
@@ -69,5 +70,5 @@ def test_duplicate_ids_are_refused_and_store_left_incomplete(tmp_path, partition
     pool = tmp_path / "dup.jsonl"
     pool.write_text("\n".join(json.dumps({"k": k, "text": f"text number {i}"}) for i, k in enumerate(["a", "b", "a"])) + "\n")
     with pytest.raises(InputDataError, match=message):
-        thresher.embed(str(pool), tmp_path / "emb", id_column="k", partition_rows=partition_rows, local=True, progress=False)
+        thresher.embed(str(pool), tmp_path / "emb", id_column="k", partition_rows=partition_rows, executor=Executor.in_process(progress=False))
     assert not (tmp_path / "emb" / "manifest.json").exists()

@@ -26,6 +26,7 @@ import thresher
 from thresher.exceptions import ParameterError
 from thresher.jobs.cluster import make_slurm_cluster
 from thresher.pipeline.select import select_rds
+from thresher.jobs.executor import Executor
 
 TEXT = "{instruction}\n\n{response}"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -112,7 +113,7 @@ def reference(tmp_path_factory):
     """A 60-row pool and its store embedded in this process: what the cluster runs must reproduce."""
     tmp = tmp_path_factory.mktemp("reference")
     pool = _write_pool(tmp / "pool.jsonl", 60)
-    store = thresher.embed(str(pool), tmp / "emb", text=TEXT, id_column="uid", partition_rows=15, max_length=64, local=True, progress=False)
+    store = thresher.embed(str(pool), tmp / "emb", text=TEXT, id_column="uid", partition_rows=15, max_length=64, executor=Executor.in_process(progress=False))
     return pool, store
 
 
@@ -140,7 +141,7 @@ def test_cli_embed_and_rds_on_an_existing_scheduler_equal_the_in_process_run(ext
                     "--out", str(tmp / "rds"), "--scheduler", address, "--quiet")
     assert "selected 12 of 60 rows" in out
     on_cluster = thresher.open_curated(tmp / "rds").to_table()
-    in_process = select_rds(local_store.path, {"near": str(targets)}, tmp / "rds-local", budget=12, local=True, progress=False).to_table()
+    in_process = select_rds(local_store.path, {"near": str(targets)}, tmp / "rds-local", budget=12, executor=Executor.in_process(progress=False)).to_table()
     assert on_cluster.column("id").to_pylist() == in_process.column("id").to_pylist()
     np.testing.assert_allclose(on_cluster.column("score").to_numpy(), in_process.column("score").to_numpy(), atol=1e-6)
     # the target rows themselves are in the pool: each is its own nearest neighbour (cosine 1), so they come first
@@ -157,9 +158,9 @@ def test_embed_tasks_needing_a_gpu_run_only_on_the_worker_declaring_one(external
     np.testing.assert_allclose(thresher.open_embedding_store(tmp / "emb-gpu").take(np.arange(60)), local_store.take(np.arange(60)), atol=1e-5)
 
     with pytest.raises(ParameterError, match=r"'TPU'.*none of the cluster's 2 workers.*GPU=1"):
-        thresher.embed(str(pool), tmp / "emb-tpu", text=TEXT, id_column="uid", client=client, resources={"TPU": 1}, progress=False)
+        thresher.embed(str(pool), tmp / "emb-tpu", text=TEXT, id_column="uid", executor=Executor.on_client(client, progress=False), resources={"TPU": 1})
     with pytest.raises(ParameterError, match="'resources'"):
-        thresher.embed(str(pool), tmp / "emb-bad", text=TEXT, id_column="uid", client=client, resources={"GPU": 0}, progress=False)
+        thresher.embed(str(pool), tmp / "emb-bad", text=TEXT, id_column="uid", executor=Executor.on_client(client, progress=False), resources={"GPU": 0})
     assert not (tmp / "emb-tpu").exists()
 
 

@@ -18,7 +18,8 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from thresher.selectors.infobatch import IndexedDataset, InfoBatch  # noqa: E402
+from thresher.selectors.infobatch import InfoBatch  # noqa: E402
+from thresher.training import IndexedDataset  # noqa: E402
 
 EPOCHS, BATCH = 24, 32
 

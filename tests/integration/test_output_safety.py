@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from thresher.cli import main
 from thresher.exceptions import ArtifactError, ParameterError
+from thresher.jobs.executor import Executor
 
 N_POOL = 12
 
@@ -195,17 +196,17 @@ def test_python_entry_points_refuse_before_any_work(world, tmp_path, monkeypatch
     (foreign / "notes.txt").write_text("precious")
     before = tree_digest(world.root, tmp_path)
     with pytest.raises(ParameterError, match=r"'out' / is the filesystem root"):
-        embed(str(world.pool), "/", id_column="uid", model=world.model, local=True, progress=False)
+        embed(str(world.pool), "/", id_column="uid", model=world.model, executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match=r"'out' .*home is|is a home directory"):
-        embed(str(world.pool), tmp_path, id_column="uid", model=world.model, local=True, progress=False, overwrite=True)
+        embed(str(world.pool), tmp_path, id_column="uid", model=world.model, executor=Executor.in_process(progress=False), overwrite=True)
     with pytest.raises(ParameterError, match=r"'out' .*emb is the input 'store'"):
         build_index(open_embedding_store(world.emb), world.emb, overwrite=True)
     with pytest.raises(ArtifactError, match=r"holds a 'curated' artefact, not an 'index'"):
         build_index(open_embedding_store(world.emb), world.plan, overwrite=True)
     with pytest.raises(ParameterError, match=r"is inside the input 'pool_embeddings'"):
-        select_rds(world.emb, {"t": str(world.targets)}, world.emb / "sub", budget=2, local=True, progress=False)
+        select_rds(world.emb, {"t": str(world.targets)}, world.emb / "sub", budget=2, executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match=r"contains the input pool file .*pool\.jsonl"):
-        select_semdedup(world.emb, world.pool.parent, n_clusters=2, eps=0.1, local=True, progress=False, overwrite=True)
+        select_semdedup(world.emb, world.pool.parent, n_clusters=2, eps=0.1, executor=Executor.in_process(progress=False), overwrite=True)
     with pytest.raises(ParameterError, match=r"is the input 'ib_or_scores'"):
         write_plan(world.state, 1, world.state, overwrite=True)
     with pytest.raises(ArtifactError, match=r"'directory' .*mine is not empty and holds no thresher artefact \(it holds 'notes.txt'"):
@@ -223,9 +224,9 @@ def test_run_pipeline_refuses_before_reading_the_pool(world, tmp_path):
 
     before = tree_digest(world.root, tmp_path)
     with pytest.raises(ArtifactError, match=r"holds an 'embeddings' artefact, not a 'run'"):
-        run_pipeline(world.spec, out=world.emb, local=True, progress=False, echo=lambda *_: None)
+        run_pipeline(world.spec, out=world.emb, executor=Executor.in_process(progress=False), echo=lambda *_: None)
     with pytest.raises(ParameterError, match=r"contains the input pool\.path .*pool\.jsonl"):
-        run_pipeline(world.spec, out=world.pool.parent, local=True, progress=False, echo=lambda *_: None)
+        run_pipeline(world.spec, out=world.pool.parent, executor=Executor.in_process(progress=False), echo=lambda *_: None)
     assert tree_digest(world.root, tmp_path) == before
 
 

@@ -18,6 +18,7 @@ from thresher.selectors.rds import brute_force_rds
 from thresher.stores import open_curated
 
 from thresher.data import read_demo_pool
+from thresher.jobs.executor import Executor
 
 
 def write_rows(path, rows):
@@ -35,7 +36,7 @@ def rds_setup(tmp_path_factory):
     write_rows(pool, rows[:240] + [{**rows[i], "id": f"dup-{i}"} for i in range(3)])
     tasks = {"greetings": write_rows(tmp / "greetings.jsonl", rows[1000:1006]), "plans": write_rows(tmp / "plans.jsonl", rows[1500:1520])}
     store = thresher.embed(str(pool), tmp / "emb", messages_column="messages", id_column="id", partition_rows=50,
-                           local=True, progress=False)
+                           executor=Executor.in_process(progress=False))
     return tmp, store, tasks
 
 
@@ -51,8 +52,8 @@ def embed_texts_independently(store, path):
 
 def test_streamed_on_dask_equals_brute_force_and_in_process(rds_setup, dask_client):
     tmp, store, tasks = rds_setup
-    on_dask = select_rds(store.path, tasks, tmp / "rds-dask", budget=40, client=dask_client, progress=False)
-    local = select_rds(store.path, tasks, tmp / "rds-local", budget=40, local=True, progress=False)
+    on_dask = select_rds(store.path, tasks, tmp / "rds-dask", budget=40, executor=Executor.on_client(dask_client, progress=False))
+    local = select_rds(store.path, tasks, tmp / "rds-local", budget=40, executor=Executor.in_process(progress=False))
     targets = {t: embed_texts_independently(store, p) for t, p in tasks.items()}
     positions, task_index = brute_force_rds(store.to_numpy(), targets, 40)
     expected_ids = store.ids()[positions].tolist()
@@ -80,7 +81,7 @@ def test_cli_matches_python_and_dedup_removes_repeats(rds_setup):
     texts = [json.dumps(r["messages"]) for r in map(json.loads, (tmp / "pool.jsonl").read_text().splitlines())]
     n_repeats = len(texts) - len(set(texts))
     assert n_repeats >= 3 and f"exact duplicates removed {n_repeats}," in result.output
-    python = select_rds(store.path, tasks, tmp / "py", budget=0.5, dedup=True, local=True, progress=False)
+    python = select_rds(store.path, tasks, tmp / "py", budget=0.5, dedup=True, executor=Executor.in_process(progress=False))
     cli = open_curated(tmp / "cli")
     assert cli.to_table().column("id").to_pylist() == python.to_table().column("id").to_pylist()
     assert not {f"dup-{i}" for i in range(3)} & set(cli.to_table().column("id").to_pylist())
@@ -90,16 +91,16 @@ def test_cli_matches_python_and_dedup_removes_repeats(rds_setup):
 
 def test_mismatched_or_bad_targets_are_refused(rds_setup):
     tmp, store, tasks = rds_setup
-    other = thresher.embed(str(tasks["greetings"]), tmp / "cls-emb", messages_column="messages", pooling="cls", local=True, progress=False)
+    other = thresher.embed(str(tasks["greetings"]), tmp / "cls-emb", messages_column="messages", pooling="cls", executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match="pooling"):
-        select_rds(store.path, {"greetings": other.path}, tmp / "x1", budget=5, local=True, progress=False)
+        select_rds(store.path, {"greetings": other.path}, tmp / "x1", budget=5, executor=Executor.in_process(progress=False))
     bad = write_rows(tmp / "bad.jsonl", [{"prompt": "hello"}])
     with pytest.raises(InputDataError, match=r"bad\.jsonl.*'messages'"):
-        select_rds(store.path, {"bad": bad}, tmp / "x2", budget=5, local=True, progress=False)
+        select_rds(store.path, {"bad": bad}, tmp / "x2", budget=5, executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match="No target tasks"):
-        select_rds(store.path, {}, tmp / "x3", budget=5, local=True, progress=False)
+        select_rds(store.path, {}, tmp / "x3", budget=5, executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match="only 243 are available"):
-        select_rds(store.path, tasks, tmp / "x4", budget=1000, local=True, progress=False)
+        select_rds(store.path, tasks, tmp / "x4", budget=1000, executor=Executor.in_process(progress=False))
     assert not any((tmp / f"x{i}" / "manifest.json").exists() for i in range(1, 5))
 
 
@@ -108,9 +109,9 @@ def test_weighted_mean_causal_lm_end_to_end(tmp_path, tiny_llama_dir):
     pool = write_rows(tmp_path / "pool.jsonl", rows)
     task = write_rows(tmp_path / "task.jsonl", rows[:2])
     store = thresher.embed(str(pool), tmp_path / "emb", messages_column="messages", id_column="id", model=str(tiny_llama_dir),
-                           pooling="weighted_mean", padding_side="left", partition_rows=25, local=True, progress=False)
+                           pooling="weighted_mean", padding_side="left", partition_rows=25, executor=Executor.in_process(progress=False))
     assert store.pooling == "weighted_mean" and store.dim == 32
-    cur = select_rds(store.path, {"t": task}, tmp_path / "rds", budget=5, local=True, progress=False)
+    cur = select_rds(store.path, {"t": task}, tmp_path / "rds", budget=5, executor=Executor.in_process(progress=False))
     ids = cur.to_table().column("id").to_pylist()
     assert ids[:2] == sorted(ids[:2], key=[r["id"] for r in rows].index) and set(ids[:2]) == {rows[0]["id"], rows[1]["id"]}
     assert cur.to_table().column("score").to_pylist()[0] == pytest.approx(1.0, abs=1e-6)

@@ -26,6 +26,7 @@ from thresher.report import gather as report_gather
 from thresher.report.gather import streaming_histogram
 from thresher.stores import build_index, open_curated
 from thresher.stores.manifest import write_manifest
+from thresher.jobs.executor import Executor
 
 PLACES = ["a night train to Vienna", "a cheap flight to Lisbon", "hiking in the Dolomites", "a beach hotel in Crete", "camping by a lake"]
 DISHES = ["sourdough bread", "a spicy lentil curry", "grilled mackerel", "fresh tagliatelle", "a lemon tart"]
@@ -131,15 +132,15 @@ def run(tmp_path_factory, minilm_path):
     targets.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["Where should I travel by train?", "Any tips for a hiking holiday?"]))
     out = tmp / "run"
     store = thresher.embed(str(pool), out / "embeddings", text_column="text", id_column="id", model=minilm_path, partition_rows=50,
-                           local=True, progress=False)
+                           executor=Executor.in_process(progress=False))
     build_index(store, out / "index")
-    dedup = select_semdedup(store.path, out / "steps/01-semdedup", n_clusters=6, eps=0.05, local=True, progress=False)
+    dedup = select_semdedup(store.path, out / "steps/01-semdedup", n_clusters=6, eps=0.05, executor=Executor.in_process(progress=False))
     kept = np.sort(store.positions_of(ids_of(dedup)))
     rds = select_rds(store.path, {"travel": str(targets)}, out / "steps/02-rds", budget=64, target_text_column="text", subset=kept,
-                     local=True, progress=False)
+                     executor=Executor.in_process(progress=False))
     chosen = np.sort(store.positions_of(ids_of(rds)))
     b3 = select_batches(store.path, out / "steps/03-batches", batch_size=16, community_size=4, rank_window=(2, 10), subset=chosen,
-                        local=True, progress=False)
+                        executor=Executor.in_process(progress=False))
     steps = [{"name": "embed", "step": "embed", "dir": "embeddings", "rows_in": len(rows), "rows_out": store.n_rows}]
     steps += [{"name": "index", "step": "index", "dir": "index", "rows_in": store.n_rows, "rows_out": store.n_rows}]
     n_in = store.n_rows
@@ -273,7 +274,7 @@ def test_single_artefacts_spec_columns_and_runner_records(run, monkeypatch):
     data = gather_report(out, columns=["category_id", "label"])
     assert [c.column for c in data.compositions] == ["label"] and "['category_id']" in data.notes["composition"]
     # the runner reports before its manifest exists: it passes the steps itself
-    smote = select_smote(run["store"].path, run["tmp"] / "run2/steps/01-smote", labels="label", local=True, progress=False)
+    smote = select_smote(run["store"].path, run["tmp"] / "run2/steps/01-smote", labels="label", executor=Executor.in_process(progress=False))
     records = [{"name": "smote", "step": "smote", "dir": "steps/01-smote", "rows_in": run["store"].n_rows, "rows_out": smote.n_rows}]
     shutil.copytree(run["store"].path, run["tmp"] / "run2/embeddings")
     page = Page(write_report(run["tmp"] / "run2", records=records).read_text(encoding="utf-8"))

@@ -20,6 +20,7 @@ from thresher.pipeline.spec import load_spec
 from thresher.stores.curated import open_curated
 from thresher.stores.embedding_store import open_embedding_store
 from thresher.stores.manifest import read_manifest
+from thresher.jobs.executor import Executor
 
 N_POOL = 400
 
@@ -89,14 +90,14 @@ def test_run_writes_every_step_and_a_run_manifest(first_run, small_pool, dask_cl
         p.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows if r["task"] == task), encoding="utf-8")
         targets[task] = p
     alone = select_rds(store.path, targets, root / "alone", budget=160, group_column="source",
-                       group_quotas={"chitchat/continuation": 12}, client=dask_client, progress=False)
+                       group_quotas={"chitchat/continuation": 12}, executor=Executor.on_client(dask_client, progress=False))
     rds = open_curated(root / "run" / "steps" / "01-rds")
     assert rds.to_table().column("id").to_pylist() == alone.to_table().column("id").to_pylist()
     # the per-source cap holds (the pool's continuation rows would otherwise take more of the budget)
     sources = rds.to_table().column("source").to_pylist()
     assert sources.count("chitchat/continuation") <= 12 and len(sources) == 160
     assert read_manifest(root / "run" / "steps" / "01-rds")["summary"]["per_group_selected"]["chitchat/continuation"] == sources.count("chitchat/continuation")
-    uncapped = select_rds(store.path, targets, root / "uncapped", budget=160, client=dask_client, progress=False)
+    uncapped = select_rds(store.path, targets, root / "uncapped", budget=160, executor=Executor.on_client(dask_client, progress=False))
     assert uncapped.to_table().column("source").to_pylist().count("chitchat/continuation") > 12
 
     # the two steps fed by rds see exactly its rows: batches are whole, from rds only; smote's originals are rds rows
@@ -162,22 +163,36 @@ def test_changing_a_late_step_reuses_everything_before_it(first_run, dask_client
 
 
 def test_bumping_a_stage_version_invalidates_that_step_and_everything_downstream(first_run, monkeypatch):
-    """The runner reads each step's version from its stage module (SMOTE once sat at 2 there and 1 in the runner)."""
-    import thresher.pipeline.select as select_stage
+    """One version per step kind, in the registry, read by the stage and the runner (SMOTE once sat at 2 in its stage and 1 in the runner)."""
     import thresher.pipeline.smote as smote_stage
     from thresher.pipeline.runner import step_version
+    from thresher.pipeline.steps import STEPS
 
     root, spec, _ = first_run
-    assert step_version("smote") == smote_stage.SMOTE_STAGE_VERSION == 2
+    assert step_version("smote") == STEPS["smote"].version == smote_stage.SMOTE_STAGE_VERSION == 2
     overrides = ["batches.seed=7"]  # what the run directory holds after the test above
     plans = run_pipeline(spec, overrides, out=root / "run", dry_run=True, echo=lambda *_: None)
     assert [(p.name, p.cached) for p in plans] == [("embed", True), ("index", True), ("rds", True), ("balanced", True), ("batches", True)]
-    monkeypatch.setattr(smote_stage, "SMOTE_STAGE_VERSION", smote_stage.SMOTE_STAGE_VERSION + 1)
+    monkeypatch.setattr(STEPS["smote"], "version", STEPS["smote"].version + 1)
     plans = run_pipeline(spec, overrides, out=root / "run", dry_run=True, echo=lambda *_: None)
     assert [(p.name, p.cached) for p in plans] == [("embed", True), ("index", True), ("rds", True), ("balanced", False), ("batches", True)]
-    monkeypatch.setattr(select_stage, "RDS_STAGE_VERSION", select_stage.RDS_STAGE_VERSION + 1)
+    monkeypatch.setattr(STEPS["rds"], "version", STEPS["rds"].version + 1)
     plans = run_pipeline(spec, overrides, out=root / "run", dry_run=True, echo=lambda *_: None)
     assert [p.cached for p in plans] == [True, True, False, False, False]
+
+
+def test_a_step_version_is_also_its_stage_fingerprint_version(tmp_path, make_text_pool, make_random_store, monkeypatch):
+    """The stage run alone fingerprints its output with the registry's version: bumping it changes the artefact's identity."""
+    from thresher.pipeline.select import select_rds
+    from thresher.pipeline.steps import STEPS
+
+    store = make_random_store(make_text_pool(tmp_path / "pool.jsonl", 40), tmp_path / "emb", partition_rows=20)
+    targets = {"t": store.take([0, 1])}
+    before = select_rds(store.path, targets, tmp_path / "a", budget=5, executor=Executor.in_process(progress=False))
+    monkeypatch.setattr(STEPS["rds"], "version", STEPS["rds"].version + 1)
+    after = select_rds(store.path, targets, tmp_path / "b", budget=5, executor=Executor.in_process(progress=False))
+    assert before.manifest["fingerprint"] != after.manifest["fingerprint"]
+    assert before.to_table().column("id").to_pylist() == after.to_table().column("id").to_pylist()
 
 
 def test_cli_dry_run_prints_the_plan(tmp_path, small_pool, minilm_path, monkeypatch):
@@ -221,6 +236,8 @@ BAD_SPECS = [
     ("two steps of one name", lambda s: s["steps"][2].update(name="rds"), r"two steps are named 'rds'"),
     ("label column not in the pool", lambda s: s["steps"][1].update(labels="colour"), r"column 'colour' is not in the pool"),
     ("missing target file", lambda s: s["steps"][0].update(targets="nope.jsonl"), r"target file .*nope.jsonl does not exist"),
+    ("one target file without its task column", lambda s: s["steps"][0].pop("target_task_column"),
+     r"spec.yaml:\d+: steps\[0\]: Value error, targets is one file .*name its task column with target_task_column"),
     ("unknown bundled file", lambda s: s["steps"][0].update(targets="bundled:nope.jsonl"), r"bundled:nope.jsonl: no such bundled file"),
     ("eps out of range", lambda s: s["steps"].insert(0, {"step": "semdedup", "clusters": 4, "eps": 1.5}), r"steps\[0\]\.eps: Input should be less than 1"),
     ("group quotas without a column", lambda s: s["steps"][0].pop("group_column"), r"group_column and group_quotas go together"),

@@ -17,6 +17,7 @@ from thresher.exceptions import ArtifactError, ParameterError
 from thresher.pipeline.dedup import read_removed, select_semdedup
 from thresher.selectors.semdedup import SemDeDup
 from thresher.stores import open_curated
+from thresher.jobs.executor import Executor
 
 PARAPHRASES = [
     ("How do I reset my email password?", "How can I reset the password of my email?"),
@@ -40,16 +41,16 @@ def dedup_setup(tmp_path_factory):
         rows += [{"id": f"para-{j}a", "text": a}, {"id": f"para-{j}b", "text": b}]
     pool = tmp / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    store = thresher.embed(str(pool), tmp / "emb", text_column="text", id_column="id", partition_rows=20, local=True, progress=False)
+    store = thresher.embed(str(pool), tmp / "emb", text_column="text", id_column="id", partition_rows=20, executor=Executor.in_process(progress=False))
     return tmp, store, rows
 
 
 def test_dask_equals_in_process_equals_the_selector(dedup_setup, dask_client, monkeypatch):
     tmp, store, rows = dedup_setup
-    one_task = select_semdedup(store.path, tmp / "one-task", n_clusters=4, eps=EPS, local=True, progress=False)
+    one_task = select_semdedup(store.path, tmp / "one-task", n_clusters=4, eps=EPS, executor=Executor.in_process(progress=False))
     monkeypatch.setenv("THRESHER_PARTITION_ROWS", "16")  # several dedup tasks and output shards
-    on_dask = select_semdedup(store.path, tmp / "dask", n_clusters=4, eps=EPS, client=dask_client, progress=False)
-    local = select_semdedup(store.path, tmp / "local", n_clusters=4, eps=EPS, local=True, progress=False)
+    on_dask = select_semdedup(store.path, tmp / "dask", n_clusters=4, eps=EPS, executor=Executor.on_client(dask_client, progress=False))
+    local = select_semdedup(store.path, tmp / "local", n_clusters=4, eps=EPS, executor=Executor.in_process(progress=False))
     assert len(on_dask.files) > 1 and len(one_task.files) == 1
     assert one_task.to_table().drop_columns(["rank"]).equals(on_dask.to_table().drop_columns(["rank"]))
     assert read_removed(one_task.path).equals(read_removed(on_dask.path))
@@ -95,7 +96,7 @@ def test_subset_only_sees_its_rows(dedup_setup):
     tmp, store, rows = dedup_setup
     ids = store.ids()
     without_originals = np.flatnonzero(~np.isin(ids, [f"row-{i}" for i in range(4)]))
-    cur = select_semdedup(store.path, tmp / "subset", n_clusters=3, eps=EPS, subset=without_originals, local=True, progress=False)
+    cur = select_semdedup(store.path, tmp / "subset", n_clusters=3, eps=EPS, subset=without_originals, executor=Executor.in_process(progress=False))
     expected = SemDeDup(n_clusters=3, eps=EPS).select(store.to_numpy()[without_originals])
     got = cur.to_table().column("id").to_pylist()
     assert got == ids[without_originals[expected.positions]].tolist()
@@ -114,7 +115,7 @@ def test_cli_matches_python_and_reuses_a_finished_output(dedup_setup):
             "--local", "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    python = select_semdedup(store.path, tmp / "py", n_clusters=4, eps=EPS, local=True, progress=False)
+    python = select_semdedup(store.path, tmp / "py", n_clusters=4, eps=EPS, executor=Executor.in_process(progress=False))
     s = python.manifest["summary"]
     assert f"kept {s['kept']} of {s['rows_in']} rows, removed {s['removed']}" in result.output
     cli = open_curated(tmp / "cli")
@@ -127,11 +128,11 @@ def test_cli_matches_python_and_reuses_a_finished_output(dedup_setup):
 def test_bad_input_is_refused_and_nothing_is_written(dedup_setup):
     tmp, store, rows = dedup_setup
     with pytest.raises(ParameterError, match="'n_clusters' parameter of SemDeDup is 1000 but there are only"):
-        select_semdedup(store.path, tmp / "bad1", n_clusters=1000, eps=EPS, local=True, progress=False)
+        select_semdedup(store.path, tmp / "bad1", n_clusters=1000, eps=EPS, executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match="'eps' parameter of SemDeDup"):
-        select_semdedup(store.path, tmp / "bad2", n_clusters=2, eps=1.0, local=True, progress=False)
+        select_semdedup(store.path, tmp / "bad2", n_clusters=2, eps=1.0, executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match="'subset' parameter of select_semdedup holds the position 1 more than once"):
-        select_semdedup(store.path, tmp / "bad3", n_clusters=2, eps=EPS, subset=[3, 1, 1], local=True, progress=False)
+        select_semdedup(store.path, tmp / "bad3", n_clusters=2, eps=EPS, subset=[3, 1, 1], executor=Executor.in_process(progress=False))
     with pytest.raises(ArtifactError, match="not a semdedup output"):
         read_removed(_other_curated(tmp))
     with pytest.raises(ParameterError, match="An attachment of write_curated must be a plain file name"):

@@ -17,6 +17,7 @@ from thresher.exceptions import ArtifactError, InputDataError, ParameterError
 from thresher.pipeline.smote import select_smote
 from thresher.selectors.smote import SMOTE
 from thresher.stores import open_curated, open_pool, write_curated
+from thresher.jobs.executor import Executor
 
 N_ROWS = 80
 
@@ -34,13 +35,13 @@ def labelled(tmp_path_factory):
         })
     pool = tmp / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    store = thresher.embed(str(pool), tmp / "emb", text_column="text", id_column="id", partition_rows=30, local=True, progress=False)
+    store = thresher.embed(str(pool), tmp / "emb", text_column="text", id_column="id", partition_rows=30, executor=Executor.in_process(progress=False))
     return tmp, pool, store, rows
 
 
 def test_stage_writes_kept_and_synthetic_rows_readable_by_datasets(labelled):
     tmp, pool, store, rows = labelled
-    cur = select_smote(store.path, tmp / "smote", labels="label", undersample_majority=0.5, local=True, progress=False)
+    cur = select_smote(store.path, tmp / "smote", labels="label", undersample_majority=0.5, executor=Executor.in_process(progress=False))
     labels = np.array([r["label"] for r in rows])
     assert (labels == "question").sum() == 20
     s = cur.manifest["summary"]
@@ -91,9 +92,9 @@ def test_stage_writes_kept_and_synthetic_rows_readable_by_datasets(labelled):
 def test_cli_matches_python_and_dask_matches_local(labelled, dask_client):
     tmp, pool, store, rows = labelled
     local = select_smote(store.path, tmp / "py", labels="label", sampling_strategy={"question": 50}, k_neighbors=3, seed=4,
-                         local=True, progress=False)
+                         executor=Executor.in_process(progress=False))
     on_dask = select_smote(store.path, tmp / "dask", labels="label", sampling_strategy={"question": 50}, k_neighbors=3, seed=4,
-                           client=dask_client, progress=False)
+                           executor=Executor.on_client(dask_client, progress=False))
     result = CliRunner().invoke(main, ["select", "smote", "--pool-embeddings", str(store.path), "--labels", "label", "--out", str(tmp / "cli"),
                                        "--sampling-strategy", '{"question": 50}', "--k-neighbors", "3", "--seed", "4", "--local", "--quiet"])
     assert result.exit_code == 0, result.output
@@ -106,22 +107,22 @@ def test_cli_matches_python_and_dask_matches_local(labelled, dask_client):
             assert open(a, "rb").read() == open(b, "rb").read()
     # a finished run is reused, not redone
     again = select_smote(store.path, tmp / "py", labels="label", sampling_strategy={"question": 50}, k_neighbors=3, seed=4,
-                         local=True, progress=False)
+                         executor=Executor.in_process(progress=False))
     assert again.manifest["created_at"] == local.manifest["created_at"]
 
 
 def test_stage_refuses_bad_labels_clearly(labelled):
     tmp, pool, store, rows = labelled
     with pytest.raises(InputDataError, match="no label column 'nope'"):
-        select_smote(store.path, tmp / "e1", labels="nope", local=True, progress=False)
+        select_smote(store.path, tmp / "e1", labels="nope", executor=Executor.in_process(progress=False))
     with pytest.raises(InputDataError, match=f"null for the pool row id={rows[41]['id']!r}"):
-        select_smote(store.path, tmp / "e2", labels="gappy", local=True, progress=False)
+        select_smote(store.path, tmp / "e2", labels="gappy", executor=Executor.in_process(progress=False))
     with pytest.raises(InputDataError, match="at least 2 classes"):
-        select_smote(store.path, tmp / "e3", labels="constant", local=True, progress=False)
+        select_smote(store.path, tmp / "e3", labels="constant", executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match="'undersample_majority'"):
-        select_smote(store.path, tmp / "e4", labels="label", undersample_majority=1.5, local=True, progress=False)
+        select_smote(store.path, tmp / "e4", labels="label", undersample_majority=1.5, executor=Executor.in_process(progress=False))
     with pytest.raises(ParameterError, match="Class 'question' has 20 rows"):
-        select_smote(store.path, tmp / "e5", labels="label", k_neighbors=20, local=True, progress=False)
+        select_smote(store.path, tmp / "e5", labels="label", k_neighbors=20, executor=Executor.in_process(progress=False))
     result = CliRunner().invoke(main, ["select", "smote", "--pool-embeddings", str(store.path), "--labels", "label", "--out", str(tmp / "e6"),
                                        "--undersample-majority", "-0.5", "--local", "--quiet"])
     assert result.exit_code == 2 and "undersample_majority" in result.output

@@ -20,6 +20,7 @@ import pytest
 
 import thresher
 from thresher.pipeline.select import select_rds
+from thresher.jobs.executor import Executor
 
 WARMUP_ROUNDS = 2
 
@@ -48,9 +49,9 @@ def run_rounds(client, tmp_path, make_text_pool, make_random_store, rounds: int)
     snapshots = []
     for r in range(rounds):
         emb = thresher.embed(str(pool), tmp_path / f"emb-{r}", text="{instruction}", id_column="uid", partition_rows=20,
-                             client=client, progress=False)
+                             executor=Executor.on_client(client, progress=False))
         assert emb.n_rows == 40 and emb.manifest["job"] == {"tasks": 2, "retried_tasks": 0, "retries": 0}
-        cur = select_rds(store.path, targets, tmp_path / f"rds-{r}", budget=12, client=client, progress=False)
+        cur = select_rds(store.path, targets, tmp_path / f"rds-{r}", budget=12, executor=Executor.on_client(client, progress=False))
         ids = cur.to_table().column("id").to_pylist()
         assert ids == (expected := expected or ids) and len(ids) == 12  # every round selects the same rows
         del emb, cur

@@ -22,6 +22,7 @@ from thresher.pipeline.select import select_batches, select_rds
 from thresher.pipeline.smote import select_smote
 from thresher.stores import build_index, open_pool
 from thresher.stores.embedding_store import finalize_embedding_store, open_embedding_store, write_embedding_shard
+from thresher.jobs.executor import Executor
 
 N_ROWS = 240
 PARTITION_ROWS = 60
@@ -41,7 +42,7 @@ def chained(tmp_path_factory):
     rows += [{**rows[i], "id": f"dup-{i}"} for i in range(N_DUPLICATES)]
     write_rows(tmp / "pool.jsonl", rows)
     store = thresher.embed(str(tmp / "pool.jsonl"), tmp / "emb", messages_column="messages", id_column="id",
-                           partition_rows=PARTITION_ROWS, local=True, progress=False)
+                           partition_rows=PARTITION_ROWS, executor=Executor.in_process(progress=False))
     keep = np.random.default_rng(0).random(N_ROWS) < 0.7
     keep[PARTITION_ROWS : 2 * PARTITION_ROWS] = False  # a whole shard gone
     keep[:5] = False  # these duplicates' first occurrences gone: their copies are first in the subset
@@ -82,8 +83,8 @@ def brute_force_windows(vectors: np.ndarray, p: int, m: int) -> tuple[np.ndarray
 def test_rds_on_a_subset_equals_rds_on_a_store_of_the_subset(chained, dask_client):
     tmp, rows, store, subset, small = chained
     targets = {"first": store.take([3, 200]), "second": store.take([150])}
-    on_subset = select_rds(store.path, targets, tmp / "rds-subset", budget=0.25, dedup=True, subset=subset, client=dask_client, progress=False)
-    alone = select_rds(small.path, targets, tmp / "rds-alone", budget=0.25, dedup=True, local=True, progress=False)
+    on_subset = select_rds(store.path, targets, tmp / "rds-subset", budget=0.25, dedup=True, subset=subset, executor=Executor.on_client(dask_client, progress=False))
+    alone = select_rds(small.path, targets, tmp / "rds-alone", budget=0.25, dedup=True, executor=Executor.in_process(progress=False))
     a, b = on_subset.to_table(), alone.to_table()
     assert len(a) == int(0.25 * len(subset))  # the fraction is of the subset
     for column in ("id", "task", "score", "task_scores", "rank"):
@@ -97,7 +98,7 @@ def test_rds_on_a_subset_equals_rds_on_a_store_of_the_subset(chained, dask_clien
     texts = [json.dumps(rows[i]["messages"]) for i in subset]
     assert s["n_exact_duplicates_removed"] == len(texts) - len(set(texts)) and s["n_scored"] == len(subset)
     # the subset matters: on the whole store the same call picks rows outside it
-    whole = select_rds(store.path, targets, tmp / "rds-whole", budget=int(0.25 * len(subset)), dedup=True, local=True, progress=False)
+    whole = select_rds(store.path, targets, tmp / "rds-whole", budget=int(0.25 * len(subset)), dedup=True, executor=Executor.in_process(progress=False))
     assert set(whole.to_table().column("id").to_pylist()) - set(store.ids()[subset].tolist())
     assert whole.manifest["fingerprint"] != on_subset.manifest["fingerprint"]
 
@@ -117,9 +118,9 @@ def test_b3_on_a_subset_equals_b3_on_a_store_of_the_subset(chained, dask_client)
     tmp, rows, store, subset, _ = chained
     subset = distinct_rows(store, subset)
     small = subset_store(store, subset, rows, tmp / "small-b3")
-    settings = dict(batch_size=16, community_size=4, rank_window=(2, 12), n_hard_negatives=2, budget=0.5, seed=3, progress=False)
-    on_subset = select_batches(store.path, tmp / "b3-subset", subset=subset, client=dask_client, **settings)
-    alone = select_batches(small.path, tmp / "b3-alone", local=True, **settings)
+    settings = dict(batch_size=16, community_size=4, rank_window=(2, 12), n_hard_negatives=2, budget=0.5, seed=3)
+    on_subset = select_batches(store.path, tmp / "b3-subset", subset=subset, executor=Executor.on_client(dask_client), **settings)
+    alone = select_batches(small.path, tmp / "b3-alone", executor=Executor.in_process(), **settings)
     assert on_subset.to_table().equals(alone.to_table())
     assert on_subset.manifest["summary"]["rows_in"] == len(subset)
     assert on_subset.manifest["summary"]["n_edges"] == alone.manifest["summary"]["n_edges"]
@@ -128,9 +129,9 @@ def test_b3_on_a_subset_equals_b3_on_a_store_of_the_subset(chained, dask_client)
     # the teacher windows, without and with a FAISS index over the whole store, equal brute force among the subset
     p, m = 2, 10
     expected, sims = brute_force_windows(store.take(subset), p, m)
-    np.testing.assert_array_equal(window_on_cluster(store, None, p, m, client=dask_client, subset=subset), expected)
+    np.testing.assert_array_equal(window_on_cluster(store, None, p, m, executor=Executor.on_client(dask_client), subset=subset), expected)
     build_index(store, tmp / "flat", index_type="flat")
-    flat = window_on_cluster(store, tmp / "flat", p, m, client=None, subset=subset)
+    flat = window_on_cluster(store, tmp / "flat", p, m, subset=subset)
     assert flat.shape == (len(subset), m) and flat.min() >= 0
     rows_ = np.arange(len(subset))[:, None]
     np.testing.assert_allclose(sims[rows_, flat], sims[rows_, expected], atol=1e-5)  # equal up to float32 near-ties
@@ -142,7 +143,7 @@ def test_b3_through_an_hnsw_index_ranks_among_the_subset(chained):
     build_index(store, tmp / "hnsw", index_type="HNSW32")
     p, m = 2, 10
     expected, _ = brute_force_windows(store.take(subset), p, m)
-    found = window_on_cluster(store, tmp / "hnsw", p, m, client=None, subset=subset)
+    found = window_on_cluster(store, tmp / "hnsw", p, m, subset=subset)
     assert found.shape == (len(subset), m) and found.min() >= 0 and found.max() < len(subset)
     overlap = np.mean([len(set(f) & set(e)) / m for f, e in zip(found.tolist(), expected.tolist())])
     assert overlap > 0.95
@@ -150,9 +151,9 @@ def test_b3_through_an_hnsw_index_ranks_among_the_subset(chained):
 
 def test_smote_on_a_subset_equals_smote_on_a_store_of_the_subset(chained, dask_client):
     tmp, rows, store, subset, small = chained
-    settings = dict(labels="label", undersample_majority=0.5, k_neighbors=3, seed=7, progress=False)
-    on_subset = select_smote(store.path, tmp / "smote-subset", subset=subset, client=dask_client, **settings)
-    alone = select_smote(small.path, tmp / "smote-alone", local=True, **settings)
+    settings = dict(labels="label", undersample_majority=0.5, k_neighbors=3, seed=7)
+    on_subset = select_smote(store.path, tmp / "smote-subset", subset=subset, executor=Executor.on_client(dask_client), **settings)
+    alone = select_smote(small.path, tmp / "smote-alone", executor=Executor.in_process(), **settings)
     assert on_subset.to_table().equals(alone.to_table())
     s, t = on_subset.manifest["summary"], alone.manifest["summary"]
     labels, counts = np.unique([rows[i]["label"] for i in subset], return_counts=True)
@@ -179,10 +180,10 @@ def test_bad_subsets_are_refused(chained, subset, message):
     tmp, rows, store, _, _ = chained
     out = tmp / f"bad-{message[:8].replace(' ', '_')}"
     calls = {
-        "select_rds": lambda: select_rds(store.path, {"t": store.take([0])}, out / "rds", budget=5, subset=subset, local=True, progress=False),
+        "select_rds": lambda: select_rds(store.path, {"t": store.take([0])}, out / "rds", budget=5, subset=subset, executor=Executor.in_process(progress=False)),
         "select_batches": lambda: select_batches(store.path, out / "b3", batch_size=8, community_size=4, rank_window=(1, 5), subset=subset,
-                                                 local=True, progress=False),
-        "select_smote": lambda: select_smote(store.path, out / "smote", labels="label", subset=subset, local=True, progress=False),
+                                                 executor=Executor.in_process(progress=False)),
+        "select_smote": lambda: select_smote(store.path, out / "smote", labels="label", subset=subset, executor=Executor.in_process(progress=False)),
     }
     for owner, call in calls.items():
         with pytest.raises(ParameterError, match=rf"'subset' parameter of {owner} .*{message}"):

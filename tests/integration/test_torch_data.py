@@ -20,7 +20,8 @@ from thresher.pipeline.select import select_batches
 from thresher.pipeline.smote import select_smote
 from thresher.selectors.infobatch import InfoBatch
 from thresher.stores import build_index, open_pool, write_curated
-from thresher.stores.torch_data import CuratedShardDataset, CuratedShardMapDataset, collate
+from thresher.training.torch_data import CuratedShardDataset, CuratedShardMapDataset, collate
+from thresher.jobs.executor import Executor
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,10 @@ def artefacts(tmp_path_factory):
     pool_path = tmp / "pool.jsonl"
     pool_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = thresher.embed(str(pool_path), tmp / "emb", messages_column="messages", id_column="id", partition_rows=64,
-                           max_length=64, local=True, progress=False)
+                           max_length=64, executor=Executor.in_process(progress=False))
     build_index(store, tmp / "index")
     b3 = select_batches(store.path, tmp / "b3", index=tmp / "index", batch_size=16, community_size=8, rank_window=(3, 23),
-                        seed=0, local=True, progress=False)
+                        seed=0, executor=Executor.in_process(progress=False))
 
     # 117 of the rows in a seeded order, in batches of 5..13 rows, 20 rows per shard (so batches cross shards),
     # with a float32 weight and the rows' embeddings as a fixed-size-list column
@@ -173,7 +174,7 @@ def test_infobatch_plan_weights_are_the_stored_column(tmp_path):
 
 def test_smote_shards_stream_with_synthetic_rows(artefacts, tmp_path):
     store = artefacts["store"]
-    cur = select_smote(store.path, tmp_path / "smote", labels="label", k_neighbors=3, local=True, progress=False)
+    cur = select_smote(store.path, tmp_path / "smote", labels="label", k_neighbors=3, executor=Executor.in_process(progress=False))
     rows = list(DataLoader(CuratedShardDataset(cur.path, columns=["id", "label", "synthetic", "parents", "gap", "embedding"]),
                            batch_size=16, collate_fn=collate))
     ids = sum((b["id"] for b in rows), [])
@@ -233,6 +234,6 @@ def test_string_batch_labels_crossing_a_shard(tmp_path):
 
 
 def test_importing_the_module_does_not_import_torch():
-    code = "import sys, thresher.stores.torch_data; assert 'torch' not in sys.modules; print('ok')"
+    code = "import sys, thresher.training.torch_data, thresher.stores.torch_data; assert 'torch' not in sys.modules; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout.strip() == "ok", done.stderr

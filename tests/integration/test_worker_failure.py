@@ -14,6 +14,7 @@ from thresher.jobs.cluster import TaskRetries, dask_client
 from thresher.pipeline.select import select_rds
 from thresher.selectors.rds import brute_force_rds
 from thresher.stores.pool import open_pool
+from thresher.jobs.executor import Executor
 
 
 def kill_a_worker_when(client, ready, killed: list[int]) -> threading.Thread:
@@ -39,7 +40,7 @@ def test_killed_worker_loses_no_row(tmp_path, make_text_pool):
     killed: list[int] = []
     with dask_client(workers=2, quiet=True) as client:
         killer = kill_a_worker_when(client, lambda: list(out.glob("part-*.arrow")), killed)
-        store = thresher.embed(str(pool_path), out, text="{instruction}", id_column="uid", partition_rows=20, client=client, progress=False)
+        store = thresher.embed(str(pool_path), out, text="{instruction}", id_column="uid", partition_rows=20, executor=Executor.on_client(client, progress=False))
         killer.join()
     assert killed, "no worker was killed"
     pool = open_pool(str(pool_path), id_column="uid", partition_rows=20)
@@ -65,13 +66,13 @@ def test_killed_worker_during_rds_selection_changes_nothing_but_the_retry_count(
     killed: list[int] = []
     with dask_client(workers=2, quiet=True) as client:
         killer = kill_a_worker_when(client, lambda: list(out.glob(".staging/stage-*.arrow")), killed)
-        curated = select_rds(store.path, targets, out, budget=budget, client=client, progress=False)
+        curated = select_rds(store.path, targets, out, budget=budget, executor=Executor.on_client(client, progress=False))
         killer.join()
     assert killed, "no worker was killed"
 
     positions, _ = brute_force_rds(store.to_numpy(), targets, budget)
     expected_ids = store.ids()[positions].tolist()
-    reference = select_rds(store.path, targets, tmp_path / "reference", budget=budget, local=True, progress=False)
+    reference = select_rds(store.path, targets, tmp_path / "reference", budget=budget, executor=Executor.in_process(progress=False))
     assert curated.to_table().column("id").to_pylist() == expected_ids == reference.to_table().column("id").to_pylist()
     for a, b in zip(curated.files, reference.files, strict=True):
         assert open(a, "rb").read() == open(b, "rb").read()

@@ -46,6 +46,7 @@ import torch
 
 from thresher.embeddings.pooling import get_pooling
 from thresher.exceptions import InputDataError, ParameterError, parameter_error
+from thresher.params import Interval, StrOptions, check_param
 
 Backend = Literal["auto", "sentence-transformers", "transformers"]
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
@@ -902,16 +903,12 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise parameter_error(_OWNER, name, "one of " + ", ".join(repr(c) for c in choices), value)
+    check_param(_OWNER, name, value, [StrOptions(*choices)])
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum is not None and value < minimum):
-        expected = "an int" if minimum is None else f"an int >= {minimum}"
-        raise parameter_error(_OWNER, name, expected, value)
+    check_param(_OWNER, name, value, [Interval(int, minimum, None)])
 
 
 def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise parameter_error(_OWNER, name, "True or False", value)
+    check_param(_OWNER, name, value, ["boolean"])

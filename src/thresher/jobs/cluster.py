@@ -198,16 +198,13 @@ def dask_map(client: Any, *, retries: int = 2, retried: TaskRetries | None = Non
 
     Stores take such a function to parallelise per-partition work without
     knowing about Dask. ``retried`` records the tasks, to count those re-run
-    after a worker died.
+    after a worker died. Kept for callers holding a client; stages use
+    :meth:`thresher.jobs.executor.Executor.map_fn`.
     """
+    from thresher.jobs.executor import Executor
 
-    def run(fn: Any, items: Any) -> list[Any]:
-        futures = client.map(fn, list(items), retries=retries, pure=False)
-        if retried is not None:
-            retried.track(futures)
-        return client.gather(futures)
-
-    return run
+    executor = Executor.on_client(client)
+    return lambda fn, items: executor.map(fn, [(item,) for item in items], job=retried, retries=retries)
 
 
 def run_on_cluster(
@@ -221,11 +218,15 @@ def run_on_cluster(
     quiet: bool = False,
 ) -> Any:
     """Call ``job(client)`` where the caller asked: on the given client, in this process
-    (``local``: ``job(None)``), or on a cluster connected (and closed) for the call."""
-    if local or client is not None:
-        return job(client)
-    with dask_client(scheduler, workers=workers, slurm=slurm, quiet=quiet) as dask:
-        return job(dask)
+    (``local``: ``job(None)``), or on a cluster connected (and closed) for the call.
+
+    Kept for callers of the client-based form; stages take a :class:`thresher.jobs.executor.Executor`.
+    """
+    from thresher.jobs.executor import Executor
+
+    executor = Executor.from_settings(client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, progress=not quiet)
+    with executor.started():
+        return job(executor.dask)
 
 
 RETRY_FIELDS = ("tasks", "retried_tasks", "retries")
@@ -298,22 +299,6 @@ class TaskRetries(Mapping[str, int]):
 
     def __repr__(self) -> str:
         return f"TaskRetries({self.counts()})"
-
-
-def counting_retries(job: Any) -> Any:
-    """Wrap ``job(client, retried)`` for :func:`run_on_cluster`: the wrapped job returns ``(result, counts)``.
-
-    ``retried`` is a fresh :class:`TaskRetries` for the job to record its tasks
-    in; ``counts`` is a plain dict of it, read before the cluster closes (a
-    stage whose manifest is written after its Dask work keeps this).
-    """
-
-    def run(client: Any) -> tuple[Any, dict[str, int]]:
-        retried = TaskRetries(client)
-        result = job(client, retried)
-        return result, dict(retried)
-
-    return run
 
 
 def _register_ledger(client: Any) -> bool:

@@ -22,7 +22,6 @@ import xxhash
 
 from thresher.exceptions import InputDataError
 from thresher.fingerprint import fingerprint_of, hash_file
-from thresher.jobs.cluster import TaskRetries
 from thresher.jobs.progress import RowProgress
 from thresher.stores.atomic import atomic_write_json, remove_temporaries
 from thresher.stores.embedding_store import (
@@ -59,7 +58,8 @@ def _marker_path(out: Path, partition: int) -> Path:
     return out / f".{shard_name(partition)}.done.json"
 
 
-def embed_partition(pool: Any, partition: int, text: Any, spec: Any, out: str, dtype: StoreDtype, threads: dict[str, int] | None = None) -> dict[str, Any]:
+def embed_partition(partition: int, text: Any, spec: Any, out: str, dtype: StoreDtype, *, pool: Any,
+                    threads: dict[str, int] | None = None) -> dict[str, Any]:
     """Embed one partition and write its shard + completion marker. Runs on a Dask worker (or in-process)."""
     from thresher.embeddings.encoders import cached_encoder
 
@@ -151,18 +151,21 @@ def run_embed_job(
     spec: Any,
     out: str | Path,
     *,
-    client: Any | None,
+    executor: Any = None,
     dtype: StoreDtype = "float32",
     overwrite: bool = False,
-    progress: bool = True,
     retries: int = 2,
     resources: dict[str, float] | None = None,
 ) -> EmbeddingStore:
     """Embed every partition of ``pool`` into an embedding store at ``out``, resuming an interrupted run.
 
-    With ``client=None`` the partitions run one after another in this process
-    (useful in notebooks and for debugging); otherwise one Dask task each.
+    ``executor`` (a started :class:`thresher.jobs.executor.Executor`; default in
+    this process, useful in notebooks and for debugging) runs one task per
+    partition still to embed, with a progress bar when ``executor.progress``.
     """
+    from thresher.jobs.executor import Executor
+
+    executor = executor if executor is not None else Executor.in_process()
     out = Path(out)
     fingerprint = embed_fingerprint(pool, text, spec, dtype)
     if prepare_output_dir(out, "embeddings", fingerprint, overwrite=overwrite) == "complete":
@@ -175,15 +178,10 @@ def run_embed_job(
             records[i] = done
     todo = [i for i in range(len(pool.partitions)) if i not in records]
     rows_done = sum(r["shard"]["rows"] for r in records.values())
-    bar = RowProgress(pool.n_rows, description="embed", enabled=progress, initial=rows_done)
-    retried = TaskRetries(client)
+    bar = RowProgress(pool.n_rows, description="embed", enabled=executor.progress, initial=rows_done)
+    job = executor.new_job()
     try:
-        if client is None:
-            for i in todo:
-                records[i] = embed_partition(pool, i, text, spec, str(out), dtype)
-                bar.advance(records[i]["shard"]["rows"])
-        else:
-            records.update(_run_on_dask(client, pool, todo, text, spec, out, dtype, retries, bar, fingerprint, retried, resources=resources))
+        records.update(zip(todo, _embed_partitions(executor, pool, todo, text, spec, out, dtype, retries, bar, fingerprint, job, resources)))
     finally:
         bar.close()
 
@@ -201,7 +199,7 @@ def run_embed_job(
         "n_resumed_partitions": len(pool.partitions) - len(todo),
         "encode_seconds": round(sum(r["seconds"] for r in records.values()), 3),
         "wall_seconds": round(bar.seconds, 3),
-        "job": dict(retried),
+        "job": dict(job),
     }
     finalize_embedding_store(
         out, shards=shards, fingerprint=fingerprint, dim=store_dim, dtype=dtype, encoder={**spec.to_dict(), "weights": weights_fingerprint(spec)},
@@ -212,33 +210,20 @@ def run_embed_job(
     return open_embedding_store(out)
 
 
-def _run_on_dask(client, pool, todo, text, spec, out, dtype, retries, bar, fingerprint, retried, resources=None) -> dict[int, dict[str, Any]]:
-    from distributed import as_completed
-
+def _embed_partitions(executor, pool, todo, text, spec, out, dtype, retries, bar, fingerprint, job, resources) -> list[dict[str, Any]]:
+    """One :func:`embed_partition` task per partition in ``todo``; their records in ``todo`` order."""
+    rows = [pool.partitions[i].stop - pool.partitions[i].start for i in todo]
+    items = [(i, text, spec, str(out), dtype) for i in todo]
+    if executor.dask is None:
+        return executor.map(embed_partition, items, shared={"pool": pool}, rows=rows, bar=bar)
     from thresher.jobs.cluster import cores_per_worker
 
-    threads = cores_per_worker(client)
-    pool_future = client.scatter(pool, broadcast=True)
     run = uuid.uuid4().hex[:8]  # keys unique to this run: two runs of one store must not share Dask tasks
-    futures = {
-        client.submit(
-            embed_partition, pool_future, i, text, spec, str(out), dtype, threads, key=f"embed-{fingerprint[:12]}-{run}-{i:05d}", retries=retries, pure=False,
-            resources=resources,  # e.g. {"GPU": 1}: only workers declaring it run the task
-        ): i
-        for i in todo
-    }
-    retried.track(futures)
-    records = {}
-    try:
-        for future in as_completed(futures):
-            record = future.result()
-            # released once read, so a worker lost later does not embed this partition again
-            records[futures.pop(future)] = record
-            bar.advance(record["shard"]["rows"])
-    except BaseException:
-        client.cancel(list(futures))
-        raise
-    return records
+    return executor.map(
+        embed_partition, items, shared={"pool": pool, "threads": cores_per_worker(executor.dask)}, rows=rows, bar=bar, job=job,
+        retries=retries, resources=resources,  # e.g. {"GPU": 1}: only workers declaring it run the task
+        keys=[f"embed-{fingerprint[:12]}-{run}-{i:05d}" for i in todo],
+    )
 
 
 def _check_unique_ids(out: Path, shards: list[ShardInfo], pool: Any) -> None:

@@ -17,64 +17,57 @@ from typing import Any
 
 import numpy as np
 
-from thresher.jobs.progress import RowProgress, report_futures
 
-
-def _shard_window(store_path: str, index_path: str | None, shard: int, p: int, m: int, block_rows: int,
-                  subset: np.ndarray | None = None) -> tuple[int, np.ndarray]:
-    from thresher.selectors.batch_mining import window_neighbors_of_blocks
+def _shard_window(store_path: str, index_path: str | None, shard: int, block_rows: int, *, miner: Any, state: Any,
+                  subset: np.ndarray | None = None) -> Any:
+    """``miner.partial`` over one shard's rows (its share of ``subset`` when given), the index opened here."""
     from thresher.stores.embedding_store import open_embedding_store
     from thresher.stores.index import open_index
 
     store = open_embedding_store(store_path)
     neighbors = open_index(index_path, store=store) if index_path else None
     if subset is None:
-        window = window_neighbors_of_blocks(store, store.iter_shard_blocks(shard, block_rows), neighbors, p, m)
-        return int(store.shard_offsets[shard]), window
+        return miner.partial(state, store.iter_shard_blocks(shard, block_rows), store, neighbors=neighbors)
     from thresher.stores.subset import StoreSubset, SubsetNeighbors, iter_subset_shard_blocks, shard_range
 
     lo, hi = shard_range(subset, store, shard)
     searcher = SubsetNeighbors(store, subset, neighbors, block_rows=block_rows)
     blocks = iter_subset_shard_blocks(store, subset[lo:hi], lo, shard, block_rows)
-    return lo, window_neighbors_of_blocks(StoreSubset(store, subset), blocks, searcher, p, m)
+    return miner.partial(state, blocks, StoreSubset(store, subset), neighbors=searcher)
 
 
-def window_on_cluster(store: Any, index_path: str | Path | None, p: int, m: int, *, client: Any | None, block_rows: int = 8192,
-                      subset: np.ndarray | None = None, retried: Any = None) -> np.ndarray:
-    """Rank window ``[p, p + m)`` of every store row, shape (n_rows, m), computed shard by shard (on Dask when ``client``).
+def window_on_cluster(store: Any, index_path: str | Path | None, p: int, m: int, *, executor: Any = None, block_rows: int = 8192,
+                      subset: np.ndarray | None = None, job: Any = None, client: Any = None, retried: Any = None,
+                      miner: Any = None) -> np.ndarray:
+    """Rank window ``[p, p + m)`` of every store row, shape (n_rows, m), computed shard by shard by ``executor``.
 
     With ``subset`` (validated, sorted unique store positions), the windows of the
     subset's rows among the subset's rows: shape (len(subset), m), entries are
     subset positions (-1 where missing). Shards holding no subset row are skipped.
 
-    ``retried`` (a :class:`thresher.jobs.cluster.TaskRetries`) records the Dask
-    tasks, to count those re-run after a worker died.
+    ``executor`` (a :class:`thresher.jobs.executor.Executor`, default in this
+    process) runs one task per shard; ``job`` (its :meth:`~thresher.jobs.executor.Executor.new_job`)
+    records them. ``client=`` and ``retried=`` are the deprecated spellings of both.
+
+    Each task runs the B3 selector's ``partial`` (``miner``, a
+    :class:`~thresher.selectors.batch_mining.BatchMiner`; default one with this
+    rank window) and the windows are stitched with its ``merge``.
     """
-    n = store.n_rows if subset is None else len(subset)
-    dtype = np.int32 if n < 2**31 else np.int64
-    out = np.full((n, m), -1, dtype=dtype)
+    from thresher.jobs.executor import job_executor
+    from thresher.selectors.batch_mining import BatchMiner, TeacherWindows
     from thresher.stores.subset import shard_range
 
+    executor, job = job_executor(executor, job, client=client, retried=retried, caller="window_on_cluster")
+    miner = BatchMiner(rank_window=(p, p + m)) if miner is None else miner
     shards = range(store.n_shards)
     if subset is not None:
         shards = [i for i in shards if shard_range(subset, store, i)[1] > shard_range(subset, store, i)[0]]
-    args = [(str(store.path), None if index_path is None else str(index_path), i, p, m, block_rows) for i in shards]
+
     def rows_in(shard: int) -> int:
         lo, hi = (store.shard_offsets[shard], store.shard_offsets[shard + 1]) if subset is None else shard_range(subset, store, shard)
         return int(hi - lo)
 
-    sizes = [rows_in(i) for i in shards]
-    if client is None:
-        bar = RowProgress(sum(sizes), description="teacher ranks", enabled=False)
-        results = []
-        for a, size in zip(args, sizes):
-            results.append(_shard_window(*a, subset))
-            bar.advance(size)
-    else:
-        subset_f = None if subset is None else client.scatter(subset, broadcast=True)
-        futures = [client.submit(_shard_window, *a, subset_f, retries=2, pure=False) for a in args]
-        report_futures(futures, sizes, description="teacher ranks")
-        results = client.gather(retried.track(futures) if retried is not None else futures)
-    for start, window in results:
-        out[start : start + len(window)] = window
-    return out
+    items = [(str(store.path), None if index_path is None else str(index_path), i, block_rows) for i in shards]
+    results = executor.map(_shard_window, items, shared={"miner": miner, "state": TeacherWindows(p, m), "subset": subset},
+                           rows=[rows_in(i) for i in shards], description="teacher ranks", job=job)
+    return miner.merge(results).window

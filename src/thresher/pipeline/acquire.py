@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from thresher.exceptions import InputDataError, ParameterError, parameter_error
+from thresher.exceptions import InputDataError, ParameterError
 
 ACQUIRE_STAGE_VERSION = 1
 PREDICTION_SUFFIXES = (".parquet", ".arrow", ".feather")
@@ -299,20 +299,20 @@ def select_acquire(
     """
     from thresher.fingerprint import fingerprint_of
     from thresher.rng import as_generator
-    from thresher.selectors.acquisition import Acquisition, sample_batch
-    from thresher.selectors.acquisition import score as acquisition_score
+    from thresher.params import Interval, check_param
+    from thresher.selectors.acquisition import Acquisition
     from thresher.selectors.anchoral import anchoral_subpool
     from thresher.stores.curated import write_curated
     from thresher.stores.embedding_store import open_embedding_store
+    from thresher.stores.subset import StoreSubset
 
     from thresher.stores.output_guard import artefact_inputs, check_output
 
     check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "predictions": predictions, "labeled": labeled, "index": index,
                                        "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
-    Acquisition(method=score, sampling=sampling, beta=beta, seed=seed)._validate_params()
-    for name, value, low in (("budget", budget, 1), ("round", round, 0)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
-            raise parameter_error("select_acquire", name, f"an int >= {low}", value)
+    Acquisition(method=score, sampling=sampling, beta=beta, seed=seed).validate_params()
+    check_param("select_acquire", "budget", budget, [Interval(int, 1, None)])
+    check_param("select_acquire", "round", round, [Interval(int, 0, None)])
     if anchoral and labeled is None:
         raise ParameterError("AnchorAL (anchoral=True) needs the labelled rows (labeled=PATH with id and label columns) to pick anchors.")
     store = open_embedding_store(pool_embeddings)
@@ -352,8 +352,11 @@ def select_acquire(
     if budget > len(candidates):
         raise ParameterError(f"The 'budget' parameter of select_acquire asks for {budget} rows but only {len(candidates)} are candidates "
                              f"({'the AnchorAL sub-pool' if anchoral else 'the unlabelled rows'}); lower it" + (" or raise subpool_size." if anchoral else "."))
-    scores = acquisition_score(values[row_of[candidates]], score)
-    local = sample_batch(scores.score, int(budget), sampling=sampling, beta=beta, seed=rng)
+    # the candidates as the pool the selector sees, in their order (AnchorAL's sub-pool order: it orders the random draws);
+    # the selector continues the generator AnchorAL drew from
+    selection = Acquisition(method=score, sampling=sampling, beta=beta, seed=rng).select(
+        StoreSubset(store, candidates), budget=int(budget), probs=values[row_of[candidates]])
+    local = selection.positions
     picked = candidates[local]
 
     params = {"score": score, "sampling": sampling, "beta": float(beta), "budget": int(budget), "anchoral": bool(anchoral),
@@ -361,8 +364,8 @@ def select_acquire(
     inputs = {"pool_embeddings": store.fingerprint, "predictions": pred_fp, **({"labeled": lab_fp} if lab_fp else {})}
     fingerprint = fingerprint_of("acquire", ACQUIRE_STAGE_VERSION, {**params, "seed": seed}, list(inputs.values()))
     columns = {
-        "score": scores.score[local],
-        "raw_score": scores.raw[local],
+        "score": selection.score,
+        "raw_score": selection.columns["raw_score"],
         "in_subpool": np.full(len(picked), bool(anchoral)),
         "anchor_hits": (hits_of[local] if hits_of is not None else np.zeros(len(picked))).astype(np.int64),
         "round": np.full(len(picked), int(round), dtype=np.int64),
@@ -374,11 +377,11 @@ def select_acquire(
     summary = {
         "n_pool": int(store.n_rows), "n_labelled": int(len(lab_positions)), "n_candidates": int(len(candidates)),
         "n_selected": int(len(picked)), "n_classes": int(n_classes), "n_samples": int(values.shape[1]),
-        "n_nonfinite": scores.n_nonfinite, "n_anchors": int(len(anchors)), "anchors": [ids[a].item() if isinstance(ids[a], np.generic) else ids[a] for a in anchors],
+        "n_nonfinite": selection.summary["n_nonfinite"], "n_anchors": int(len(anchors)), "anchors": [ids[a].item() if isinstance(ids[a], np.generic) else ids[a] for a in anchors],
         "labelled_class_counts": labelled_counts, "round": int(round),
         "whole_pool": bool(not anchoral or len(candidates) == int((~is_labelled).sum())),
-        "score_mean_selected": float(np.nanmean(scores.score[local])) if np.isfinite(scores.score[local]).any() else None,
-        "score_mean_candidates": float(np.nanmean(scores.score)) if np.isfinite(scores.score).any() else None,
+        "score_mean_selected": float(np.nanmean(selection.score)) if np.isfinite(selection.score).any() else None,
+        "score_mean_candidates": selection.summary["score_mean_candidates"],
     }
     return write_curated(
         out, pool=pool, positions=picked, columns=columns, expected_ids=ids[picked],

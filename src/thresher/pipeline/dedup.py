@@ -31,80 +31,25 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SEMDEDUP_STAGE_VERSION = 1
+from thresher.pipeline.steps.semdedup import STEP as SEMDEDUP_STEP
+from thresher.pipeline.steps.semdedup import VERSION as SEMDEDUP_STAGE_VERSION  # noqa: F401 (its old name)
+from thresher.stores.ids import store_ids_at as ids_at  # pool ids at store positions, shard by shard
+
 REMOVED_FILE = "removed.arrow"
 #: selection columns of the kept rows (a pool column of one of these names is renamed ``<name>_pool``)
 SEMDEDUP_COLUMNS = ("rank", "cluster", "centroid_distance", "max_similarity")
 
 
-def ids_at(store: Any, positions: np.ndarray) -> np.ndarray:
-    """Pool ids at store ``positions`` (any order), reading one shard's ids at a time."""
-    positions = np.asarray(positions, dtype=np.int64)
-    shard_of = np.searchsorted(store.shard_offsets, positions, side="right") - 1
-    out = None
-    for i in np.unique(shard_of):
-        ids = store.shard_ids(int(i))
-        if out is None:
-            out = np.empty(len(positions), dtype=ids.dtype)
-        sel = np.flatnonzero(shard_of == i)
-        out[sel] = ids[positions[sel] - store.shard_offsets[i]]
-    return out if out is not None else store.shard_ids(0)[:0]
+def _dedup_clusters(store_path: str, groups: list[tuple[int, np.ndarray, np.ndarray]], *, selector: Any, rows: np.ndarray | None) -> list[Any]:
+    """SemDeDup inside each of ``groups`` ((cluster, positions, centroid cosines)), vectors read from the store.
 
-
-def _assign_shard(store_path: str, shard: int, rows: np.ndarray | None, block_rows: int, *, selector: Any,
-                  centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(positions, cluster, centroid cosine) of one shard's rows (only ``rows`` when given: sorted store positions)."""
+    Positions are those of the pool SemDeDup sees: store positions, or with
+    ``rows`` (the subset's sorted store positions) positions within the subset.
+    """
     from thresher.stores.embedding_store import open_embedding_store
 
     store = open_embedding_store(store_path)
-    out_p, out_c, out_s = [], [], []
-    for block in store.iter_shard_blocks(shard, block_rows):
-        positions = block.positions
-        vectors = block.vectors
-        if rows is not None:
-            hit = np.searchsorted(rows, positions)
-            keep = (hit < len(rows)) & (rows[np.minimum(hit, len(rows) - 1)] == positions)
-            positions, vectors = positions[keep], vectors[keep]
-            if len(positions) == 0:
-                continue
-        cluster, cos = selector.assign(vectors, centroids, positions)
-        out_p.append(positions)
-        out_c.append(cluster)
-        out_s.append(cos)
-    if not out_p:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-    return np.concatenate(out_p), np.concatenate(out_c), np.concatenate(out_s)
-
-
-def _dedup_clusters(store_path: str, groups: list[tuple[int, np.ndarray, np.ndarray]], *, selector: Any) -> list[Any]:
-    """SemDeDup inside each of ``groups`` ((cluster, positions, centroid cosines)), vectors read from the store."""
-    from thresher.stores.embedding_store import open_embedding_store
-
-    store = open_embedding_store(store_path)
-    return [selector.dedup_cluster(c, store.take(p), p, cos) for c, p, cos in groups]
-
-
-def _run_tasks(dask: Any, fn: Any, args: list[tuple[Any, ...]], shared: dict[str, Any], retried: Any, *,
-               sizes: list[int], description: str) -> list[Any]:
-    """``fn(*a, **shared)`` for each ``a``: in this process, or one Dask task each with ``shared`` scattered once.
-
-    ``sizes`` (rows per task) feed the progress events."""
-    from thresher.jobs.progress import RowProgress, report_futures
-
-    if dask is None:
-        bar = RowProgress(sum(sizes), description=description, enabled=False)
-        out = []
-        for a, size in zip(args, sizes):
-            out.append(fn(*a, **shared))
-            bar.advance(size)
-        return out
-    # sent once, workers fetch it from each other; a fresh key each call, as releasing an earlier scatter of
-    # equal content would otherwise take this one's data with it
-    shared_f = {k: dask.scatter(v, hash=False) for k, v in shared.items()}
-    futures = [dask.submit(fn, *a, retries=2, pure=False, **shared_f) for a in args]
-    retried.track(futures)
-    report_futures(futures, sizes, description=description)
-    return dask.gather(futures)
+    return [selector.dedup_cluster(c, store.take(p if rows is None else rows[p]), p, cos) for c, p, cos in groups]
 
 
 def _id_array(ids: np.ndarray, id_type: pa.DataType) -> pa.Array:
@@ -126,13 +71,14 @@ def select_semdedup(
     seed: int = 0,
     subset: Any = None,
     block_rows: int | None = None,
+    executor: Any = None,
+    overwrite: bool = False,
     scheduler: str | None = None,
     workers: int | None = None,
     slurm: Any = None,
     client: Any = None,
-    local: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    local: bool | None = None,
+    progress: bool | None = None,
 ):
     """Remove semantic near-duplicates with SemDeDup (Abbas et al. 2023) and write the kept rows as curated shards.
 
@@ -154,8 +100,11 @@ def select_semdedup(
     subset : array of int, optional
         Sorted unique store positions to deduplicate (the rows a previous step
         kept); None = every row.
-    scheduler, workers, slurm, client, local
-        Where the per-shard and per-cluster tasks run (``local``: in this process).
+    executor : thresher.jobs.executor.Executor, optional
+        Where the per-shard and per-cluster tasks run (default: a local Dask
+        cluster started for the call; ``Executor.in_process()``: in this process).
+    scheduler, workers, slurm, client, local, progress
+        Deprecated: ``executor=Executor.from_settings(...)``.
 
     Returns
     -------
@@ -166,17 +115,19 @@ def select_semdedup(
     """
     from thresher.config import runtime_config
     from thresher.exceptions import ArtifactError
-    from thresher.fingerprint import fingerprint_of
-    from thresher.jobs.cluster import TaskRetries, dask_map, run_on_cluster
+    from thresher.jobs.executor import stage_executor
+    from thresher.jobs.score_job import score_store
     from thresher.rng import as_generator
     from thresher.selectors.semdedup import SemDeDup, pack_clusters
     from thresher.stores.curated import open_curated, write_curated
     from thresher.stores.embedding_store import open_embedding_store
     from thresher.stores.manifest import damage, read_manifest
-    from thresher.stores.subset import check_subset, subset_digest
+    from thresher.stores.subset import StoreSubset, check_subset, subset_digest
 
     from thresher.stores.output_guard import artefact_inputs, check_output
 
+    executor = stage_executor(executor, "select_semdedup", scheduler=scheduler, workers=workers, slurm=slurm, client=client, local=local,
+                              progress=progress)
     check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     store = open_embedding_store(pool_embeddings)
     pool = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
@@ -186,7 +137,7 @@ def select_semdedup(
     selector.check_rows(n_in)
     params = {k: v for k, v in selector.get_params().items() if k != "block_rows"}  # block size never changes the result
     params["subset"] = None if rows is None else {"rows": int(n_in), "hash": subset_digest(rows)}
-    fingerprint = fingerprint_of("semdedup", SEMDEDUP_STAGE_VERSION, params, [store.fingerprint])
+    fingerprint = SEMDEDUP_STEP.fingerprint([store.fingerprint], params)
     if not overwrite:
         try:
             if read_manifest(out, "curated").get("fingerprint") == fingerprint and damage(out) is None:
@@ -197,37 +148,23 @@ def select_semdedup(
     config = runtime_config()
     assign_rows = block_rows or config.block_rows
 
-    def run(dask: Any) -> Any:
-        retried = TaskRetries(dask)
-        sample, kmeans_seed = selector.draw_sample(n_in, as_generator(seed, "SemDeDup"))  # as SemDeDup.select draws it
-        sample_pos = sample if rows is None else rows[sample]
-        centroids = selector.fit_centroids(store.take(sample_pos), kmeans_seed=kmeans_seed, positions=sample_pos)
+    def run(executor: Any) -> Any:
+        job = executor.new_job()
+        seen = store if rows is None else StoreSubset(store, rows)
+        state = selector.prepare(seen, budget=n_in, rng=as_generator(seed, "SemDeDup"))  # as SemDeDup.select draws it
+        assignment = score_store(store, selector, state, executor=executor, subset=rows, block_rows=assign_rows, job=job,
+                                 description="assign")
 
-        bounds = store.shard_offsets
-        shard_rows = [None if rows is None else rows[np.searchsorted(rows, bounds[i]):np.searchsorted(rows, bounds[i + 1])]
-                      for i in range(store.n_shards)]
-        args = [(path, i, r, assign_rows) for i, r in enumerate(shard_rows) if r is None or len(r)]
-        sizes = [int(bounds[a[1] + 1] - bounds[a[1]]) if a[2] is None else len(a[2]) for a in args]
-        parts = _run_tasks(dask, _assign_shard, args, {"selector": selector, "centroids": centroids}, retried,
-                           sizes=sizes, description="assign")
-        positions = np.concatenate([p for p, _, _ in parts])
-        cluster = np.concatenate([c for _, c, _ in parts])
-        cos = np.concatenate([s for _, _, s in parts])
-        del parts
+        def dedup_clusters(groups: list[tuple[int, np.ndarray, np.ndarray]]) -> list[Any]:
+            packed = pack_clusters([len(g[1]) for g in groups], config.partition_rows)
+            results = executor.map(_dedup_clusters, [(path, [groups[j] for j in task]) for task in packed],
+                                   shared={"selector": selector, "rows": rows}, job=job,
+                                   rows=[sum(len(groups[j][1]) for j in task) for task in packed], description="dedup")
+            return [r for task in results for r in task]
 
-        order = np.lexsort((positions, cluster))
-        positions, cluster, cos = positions[order], cluster[order], cos[order]
-        cuts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1], True])
-        groups = [(int(cluster[a]), positions[a:b], cos[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-        del order, positions, cluster, cos
-        packed = pack_clusters([len(g[1]) for g in groups], config.partition_rows)
-        results = _run_tasks(dask, _dedup_clusters, [(path, [groups[j] for j in task]) for task in packed], {"selector": selector}, retried,
-                             sizes=[sum(len(groups[j][1]) for j in task) for task in packed], description="dedup")
-        del groups
-
-        selection = selector.finish([r for task in results for r in task], lambda p: ids_at(store, p), n_rows=n_in,
-                                    centroids=centroids, sample_size=len(sample))
-        del results
+        selection = selector.finish(state, assignment, seen, dedup_clusters=dedup_clusters,
+                                    ids_at=lambda p: ids_at(store, p if rows is None else rows[p]))
+        del assignment
         removed = selection.removed
         removed_table = pa.table({
             "id": _id_array(removed.ids, pool.id_type),
@@ -242,13 +179,15 @@ def select_semdedup(
             "max_similarity": _nullable(selection.columns["max_similarity"]),
         }
         return write_curated(
-            out, pool=pool, positions=selection.positions, columns=columns, expected_ids=selection.ids, selector=selector.name,
-            params=params, fingerprint=fingerprint, seed=seed, inputs={"pool_embeddings": store.fingerprint},
-            summary=selection.summary, overwrite=overwrite, map_fn=dask_map(dask, retried=retried) if dask is not None else map,
-            job=retried, attachments={REMOVED_FILE: removed_table},
+            out, pool=pool, positions=selection.positions if rows is None else rows[selection.positions], columns=columns,
+            expected_ids=selection.ids, selector=selector.name, params=params, fingerprint=fingerprint, seed=seed,
+            inputs={"pool_embeddings": store.fingerprint},
+            summary=selection.summary, overwrite=overwrite, map_fn=executor.map_fn(job), job=job,
+            attachments={REMOVED_FILE: removed_table},
         )
 
-    return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
+    with executor.started():
+        return run(executor)
 
 
 def read_removed(path: str | Path, *, verify: bool = True) -> pa.Table:

@@ -34,14 +34,15 @@ def embed(
     trust_remote_code: bool = False,
     dtype: Literal["float32", "float16"] = "float32",
     partition_rows: int | None = None,
+    executor: Any = None,
+    resources: Mapping[str, float] | None = None,
+    overwrite: bool = False,
     scheduler: str | None = None,
     workers: int | None = None,
     slurm: Any = None,
     client: Any = None,
-    local: bool = False,
-    resources: Mapping[str, float] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
+    local: bool | None = None,
+    progress: bool | None = None,
 ):
     """Embed a data pool into an embedding store.
 
@@ -62,28 +63,34 @@ def embed(
         model is the bundled all-MiniLM-L6-v2 with its own mean pooling.
     dtype : "float32" or "float16"
         Storage type of the vectors.
-    scheduler, workers, slurm, client, local
-        Where it runs: an existing ``client``; a scheduler address; SLURM; or
-        (default) an in-process local cluster of ``workers`` processes.
-        ``local=True`` runs in this process without Dask.
+    executor : thresher.jobs.executor.Executor, optional
+        Where it runs (default: an in-process local Dask cluster, one worker
+        process per 4 cores, started for the call); ``Executor.in_process()``
+        runs in this process without Dask, ``Executor.on_client(client)`` on a
+        cluster of yours, ``Executor.from_settings(scheduler=..., slurm=...)``
+        on a scheduler or SLURM.
+    scheduler, workers, slurm, client, local, progress
+        Deprecated: ``executor=Executor.from_settings(...)``.
     resources : mapping of str to float, optional
         Dask worker resources each embedding task needs, e.g. ``{"GPU": 1}``:
         the tasks then run only on workers started with those resources
         (``dask worker --resources GPU=1``, or ``worker_extra_args`` in a SLURM
         config), one at a time per GPU. A connected cluster none of whose
         workers declares them is refused rather than left waiting. Ignored
-        with ``local=True``.
+        in this process.
 
     Returns
     -------
     thresher.stores.EmbeddingStore
     """
-    from thresher.jobs.cluster import run_on_cluster
+    from thresher.jobs.executor import stage_executor
     from thresher.stores.output_guard import check_output
 
+    executor = stage_executor(executor, "embed", scheduler=scheduler, workers=workers, slurm=slurm, client=client, local=local,
+                              progress=progress)
     check_output(out, "embeddings", inputs={"pool": pool}, overwrite=overwrite)
     resources = _check_resources(resources)
-    if local or (client is None and scheduler is None and slurm is None):
+    if executor.runs_here:
         from thresher.embeddings.encoders import check_device_available
 
         check_device_available(device)  # the model runs on this machine: no cluster is started for a device it lacks
@@ -93,10 +100,8 @@ def embed(
         batch_size=batch_size, device=device, model_dtype=model_dtype, padding_side=padding_side, gguf_file=gguf_file,
         trust_remote_code=trust_remote_code, dtype=dtype, partition_rows=partition_rows,
     )
-    return run_on_cluster(
-        lambda dask: run_embed(inputs, out, client=dask, resources=resources, overwrite=overwrite, progress=progress),
-        client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress,
-    )
+    with executor.started():
+        return run_embed(inputs, out, executor=executor, resources=resources, overwrite=overwrite)
 
 
 @dataclass(frozen=True)
@@ -170,17 +175,18 @@ def prepare_embed(
     return EmbedInputs(opened, builder, spec, dtype)
 
 
-def run_embed(inputs: EmbedInputs, out: str | Path, *, client: Any | None, resources: Mapping[str, float] | None = None,
-              overwrite: bool = False, progress: bool = True) -> Any:
-    """Run the embed job for ``inputs`` on ``client`` (None: in this process), its tasks needing ``resources``."""
+def run_embed(inputs: EmbedInputs, out: str | Path, *, executor: Any, resources: Mapping[str, float] | None = None,
+              overwrite: bool = False) -> Any:
+    """Run the embed job for ``inputs`` on a started ``executor``, its Dask tasks needing ``resources``."""
     from thresher.jobs.embed_job import run_embed_job
 
     resources = _check_resources(resources)
+    client = executor.dask
     if client is not None and resources:
         _check_workers_have(client, resources)
     check_device_where_it_runs(inputs.encoder.device, client)
-    return run_embed_job(inputs.pool, inputs.text, inputs.encoder, out, client=client, dtype=inputs.dtype, overwrite=overwrite,
-                         progress=progress, resources=resources if client is not None else None)
+    return run_embed_job(inputs.pool, inputs.text, inputs.encoder, out, executor=executor, dtype=inputs.dtype, overwrite=overwrite,
+                         resources=resources if client is not None else None)
 
 
 def check_device_where_it_runs(device: str, client: Any | None) -> None:

@@ -9,10 +9,12 @@ The loop on a cluster, one round per epoch:
    with ``selector: "infobatch"`` and the plan's statistics.
 2. Trainers read the shards (``open_curated(dir).to_hf_dataset()`` or
    pyarrow), train with ``mean(weight * loss)``, and write their per-sample
-   losses with :func:`thresher.selectors.infobatch.write_loss_shard`
+   losses with :func:`thresher.training.infobatch.write_loss_shard`
    (``index`` int64, ``loss`` float32).
 3. ``update_state(state_dir, losses_dir)`` (or
-   :meth:`InfoBatch.update_from_shards`) feeds the losses back.
+   :func:`thresher.training.infobatch.apply_loss_shards`) feeds the losses back.
+
+The state directory is read and written by :mod:`thresher.training.infobatch`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from thresher.stores.arrow_io import write_stream_shard
 from thresher.stores.curated import CuratedShards, open_curated, shard_name
 from thresher.stores.lock import locks_output
 from thresher.stores.manifest import ShardInfo, prepare_output_dir, write_manifest
+from thresher.training.infobatch import apply_loss_shards, load_state, save_state
 
 PLAN_STAGE_VERSION = 1
 PLAN_COLUMNS = ["index", "weight", "epoch", "position"]
@@ -40,7 +43,7 @@ def _as_infobatch(ib_or_scores: InfoBatch | str | Path) -> InfoBatch:
     if isinstance(ib_or_scores, InfoBatch):
         return ib_or_scores
     if isinstance(ib_or_scores, (str, Path)):
-        return InfoBatch.load(ib_or_scores)
+        return load_state(ib_or_scores)
     raise ParameterError(
         f"The 'ib_or_scores' parameter of write_plan must be an InfoBatch or a saved InfoBatch state directory; got {type(ib_or_scores).__name__}."
     )
@@ -93,7 +96,7 @@ def write_plan(
     fingerprint = fingerprint_of("infobatch_plan", PLAN_STAGE_VERSION, params, [scores_fp])
     state = prepare_output_dir(out, "curated", fingerprint, overwrite=overwrite)
     if isinstance(ib_or_scores, (str, Path)):  # only once the output is accepted: a refused run leaves the state as it was
-        ib.save(ib_or_scores)
+        save_state(ib, ib_or_scores)
     if state == "complete":
         return open_curated(out)
     for old in out.glob("part-*.arrow"):
@@ -141,8 +144,8 @@ def read_plan(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def update_state(state_dir: str | Path, *loss_dirs: str | Path) -> dict[str, Any]:
     """Apply the loss shards of ``loss_dirs`` to the InfoBatch state in ``state_dir`` and save it; returns its summary."""
-    ib = InfoBatch.load(state_dir)
+    ib = load_state(state_dir)
     for d in loss_dirs:
-        ib.update_from_shards(d)
-    ib.save(state_dir)
+        apply_loss_shards(ib, d)
+    save_state(ib, state_dir)
     return ib.summary()

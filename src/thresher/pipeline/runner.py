@@ -30,14 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from thresher.exceptions import ParameterError
-from thresher.fingerprint import fingerprint_of, hash_file
+from thresher.fingerprint import fingerprint_of
 from thresher.pipeline.spec import (
-    BatchesStep,
     PipelineSpec,
-    RDSStep,
-    SemDedupStep,
-    SMOTEStep,
     SpecError,
     check_budget,
     load_spec,
@@ -45,29 +40,26 @@ from thresher.pipeline.spec import (
     step_name,
     upper_bound_before,
 )
+from thresher.pipeline.steps import StepInputs, step_kind
 
 RUN_VERSION = 1
-# Where each step kind's version lives: the stage module that computes it. The runner reads the stage's own
-# constant at plan time, so bumping a stage's version (its output changed meaning) invalidates the runner's
-# cache of that step and of every step downstream. A second table here once fell behind (SMOTE was at 2
-# while the runner said 1 and kept serving outputs without synthetic ids).
-_STEP_VERSION_SOURCES = {
-    "index": ("thresher.stores.index", "INDEX_VERSION"),
-    "semdedup": ("thresher.pipeline.dedup", "SEMDEDUP_STAGE_VERSION"),
-    "rds": ("thresher.pipeline.select", "RDS_STAGE_VERSION"),
-    "smote": ("thresher.pipeline.smote", "SMOTE_STAGE_VERSION"),
-    "batches": ("thresher.pipeline.select", "B3_STAGE_VERSION"),
-}
 EVENTS_NAME = "events.jsonl"
 REPORT_NAME = "report.html"
 
 
 def step_version(kind: str) -> int:
-    """The version of a step kind, read from the stage module that owns it (one source of truth)."""
-    import importlib
+    """The version of a step kind: its registry entry's (:mod:`thresher.pipeline.steps`), or the index's.
 
-    module, attribute = _STEP_VERSION_SOURCES[kind]
-    return int(getattr(importlib.import_module(module), attribute))
+    The stage and the runner read the same attribute, so bumping it (the output changed meaning)
+    invalidates the runner's cache of that step and of every step downstream. Two tables once
+    disagreed here (SMOTE was at 2 in its stage while the runner said 1 and kept serving outputs
+    without synthetic ids).
+    """
+    if kind == "index":
+        from thresher.stores.index import INDEX_VERSION
+
+        return INDEX_VERSION
+    return step_kind(kind).version
 
 
 @dataclass
@@ -128,13 +120,15 @@ def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], Any]:
                               f"{n_rows:,} vectors ({spec.index.type})", "the index's size (see `thresher inspect`)", None))
     step_fps: list[str] = []
     for i, step in enumerate(spec.steps):
+        kind = step_kind(step)
         src = source_index(spec, i)
-        upstream = [fp_embed if src is None else step_fps[src]] + ([fp_index] if isinstance(step, BatchesStep) and not step.exact and fp_index else [])
-        fp = fingerprint_of(step.step, step_version(step.step), _step_params(step), upstream)
+        upstream = [fp_embed if src is None else step_fps[src]] + ([fp_index] if kind.uses_index(step) and fp_index else [])
+        fp = kind.fingerprint(upstream, kind.params(step))
         step_fps.append(fp)
         directory = f"steps/{i + 1:02d}-{step_name(step)}"
+        bound = upper_bound_before(spec, i, n_rows)
         plans.append(StepPlan(step_name(step), step.step, directory, fp, _lineage_fp(out / directory) == fp,
-                              _expected_rows(spec, i, n_rows), _step_memory(step, upper_bound_before(spec, i, n_rows)), step))
+                              kind.expected_rows(step, bound), kind.memory(step, bound), step))
     _verify_cached(plans, spec, out)
     return plans, inputs
 
@@ -172,7 +166,7 @@ def _upstream(plan: StepPlan, spec: PipelineSpec) -> list[str]:
     i = spec.steps.index(plan.spec)
     src = source_index(spec, i)
     names = ["embed" if src is None else step_name(spec.steps[src])]
-    if isinstance(plan.spec, BatchesStep) and not plan.spec.exact and spec.index is not None:
+    if step_kind(plan.spec).uses_index(plan.spec) and spec.index is not None:
         names.append("index")
     return names
 
@@ -190,6 +184,7 @@ def run_pipeline(
     client: Any = None,
     progress: bool = True,
     echo: Any = print,
+    executor: Any = None,
 ) -> RunResult | list[StepPlan]:
     """Run (or, with ``dry_run``, plan) the pipeline a spec file describes.
 
@@ -206,6 +201,8 @@ def run_pipeline(
         memory per worker — and return it without doing any work.
     scheduler, workers, slurm, local, client
         Where the Dask work runs; each overrides the spec's ``cluster`` section.
+    executor : thresher.jobs.executor.Executor, optional
+        Where the work runs, instead of the spec's ``cluster`` section and the options above.
 
     Returns
     -------
@@ -221,18 +218,20 @@ def run_pipeline(
     if dry_run:
         echo(format_plan(plans, run_dir))
         return plans
-    cluster = spec.cluster
-    options = {
-        "scheduler": scheduler if scheduler is not None else cluster.scheduler,
-        "workers": workers if workers is not None else cluster.workers,
-        "slurm": slurm if slurm is not None else cluster.slurm,
-        "local": local if local is not None else cluster.local,
-    }
-    from thresher.jobs.cluster import run_on_cluster
     from thresher.jobs.events import EventLog, current_event_log, emit
+    from thresher.jobs.executor import Executor
     from thresher.stores.lock import output_lock
 
-    if options["local"] or (client is None and not options["scheduler"] and not options["slurm"]):
+    if executor is None:
+        cluster = spec.cluster
+        executor = Executor.from_settings(
+            scheduler=scheduler if scheduler is not None else cluster.scheduler,
+            workers=workers if workers is not None else cluster.workers,
+            slurm=slurm if slurm is not None else cluster.slurm,
+            local=local if local is not None else cluster.local,
+            client=client, progress=progress,
+        )
+    if executor.runs_here:
         from thresher.embeddings.encoders import check_device_available
 
         check_device_available(spec.embedding.device)  # the model runs on this machine; remote workers are checked by run_embed
@@ -245,11 +244,8 @@ def run_pipeline(
                  cached=[p.name for p in plans if p.cached])
             started = time.perf_counter()
             try:
-                records = run_on_cluster(
-                    lambda dask: _execute(spec, resolved, plans, inputs, run_dir, dask, progress, echo),
-                    client=client, local=options["local"], scheduler=options["scheduler"], workers=options["workers"],
-                    slurm=options["slurm"], quiet=not progress,
-                )
+                with executor.started():
+                    records = _execute(spec, resolved, plans, inputs, run_dir, executor, echo)
             except BaseException as exc:
                 emit("run_error", error=f"{type(exc).__name__}: {exc}")
                 raise
@@ -267,8 +263,8 @@ def _check_run_dir(run_dir: Path, spec: PipelineSpec, spec_path: str | Path) -> 
     """Refuse a run directory thresher must not write (see :mod:`thresher.stores.output_guard`), before the pool is read."""
     from thresher.stores.output_guard import check_output
 
-    targets = {f"steps[{i}].targets": step.targets for i, step in enumerate(spec.steps) if isinstance(step, RDSStep)}
-    check_output(run_dir, "run", inputs={"spec_path": spec_path, "pool.path": spec.pool.path, **targets})
+    files = {f"steps[{i}].{key}": path for i, step in enumerate(spec.steps) for key, path in step_kind(step).input_files(step).items()}
+    check_output(run_dir, "run", inputs={"spec_path": spec_path, "pool.path": spec.pool.path, **files})
 
 
 def _mark_run_partial(run_dir: Path, plans: list[StepPlan]) -> None:
@@ -280,7 +276,7 @@ def _mark_run_partial(run_dir: Path, plans: list[StepPlan]) -> None:
 
 
 def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan], inputs: Any, run_dir: Path,
-             dask: Any, progress: bool, echo: Any) -> list[StepRecord]:
+             executor: Any, echo: Any) -> list[StepRecord]:
     from thresher.jobs.events import current_step, emit
     from thresher.stores.manifest import manifest_lineage
 
@@ -301,7 +297,7 @@ def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan]
             "run": str(run_dir), "spec": resolved, "step": plan.name, "step_kind": plan.step, "step_fingerprint": plan.fingerprint,
             "inputs": ([{"step": source.name, "dir": source.dir, "fingerprint": source.fingerprint}] if source is not None else [])
             + ([{"step": "index", "dir": "index", "fingerprint": next(p.fingerprint for p in plans if p.step == "index")}]
-               if plan.step == "batches" and spec.index is not None and not plan.spec.exact else []),
+               if plan.spec is not None and step_kind(plan.spec).uses_index(plan.spec) and spec.index is not None else []),
         }
         rows_in = n_rows if subset is None else len(subset)
         started = time.perf_counter()
@@ -313,7 +309,7 @@ def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan]
             emit("step_start", kind=plan.step, dir=plan.dir, cached=plan.cached, fingerprint=plan.fingerprint, rows_in=rows_in)
             echo(f"[{plan.name}] {'cached' if plan.cached else 'running'} → {run_dir / plan.dir}")
             if plan.step == "embed":
-                store = _run_embed(spec, inputs, run_dir / plan.dir, plan, dask, progress)
+                store = _run_embed(spec, inputs, run_dir / plan.dir, plan, executor)
                 rows_out = store.n_rows
                 skipped = (store.manifest.get("pool") or {}).get("skipped") or []
                 if skipped:
@@ -322,12 +318,12 @@ def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan]
             elif plan.step == "index":
                 rows_out = _run_index(spec, store, run_dir / plan.dir, plan)
             else:
-                curated = _run_step(plan.spec, store, run_dir, plan, subset, dask, progress)
+                curated = _run_step(spec, store, run_dir, plan, subset, executor)
                 rows_out = curated.n_rows
                 rounding = (curated.manifest.get("summary") or {}).get("budget_rounding")
                 if rounding:
                     echo(f"[{plan.name}] {rounding}")
-                if not isinstance(plan.spec, SMOTEStep):
+                if step_kind(plan.spec).keeps_pool_rows:
                     kept[plan.name] = _positions(store, curated)
             seconds = round(time.perf_counter() - started, 3)
             emit("step_end", rows_in=rows_in, rows_out=rows_out, seconds=seconds, cached=plan.cached)
@@ -343,14 +339,14 @@ def _demote(directory: Path) -> None:
         demote_to_partial(directory)
 
 
-def _run_embed(spec: PipelineSpec, inputs: Any, out: Path, plan: StepPlan, dask: Any, progress: bool) -> Any:
+def _run_embed(spec: PipelineSpec, inputs: Any, out: Path, plan: StepPlan, executor: Any) -> Any:
     from thresher.pipeline.embed import run_embed
     from thresher.stores.embedding_store import open_embedding_store
 
     if plan.cached:
         return open_embedding_store(out)
-    return run_embed(inputs, out, client=dask, resources=spec.embedding.worker_resources,
-                     overwrite=_holds_other(out, plan.fingerprint, lineage=False), progress=progress)
+    return run_embed(inputs, out, executor=executor, resources=spec.embedding.worker_resources,
+                     overwrite=_holds_other(out, plan.fingerprint, lineage=False))
 
 
 def _run_index(spec: PipelineSpec, store: Any, out: Path, plan: StepPlan) -> int:
@@ -364,88 +360,15 @@ def _run_index(spec: PipelineSpec, store: Any, out: Path, plan: StepPlan) -> int
     return len(index)
 
 
-def _run_step(step: Any, store: Any, run_dir: Path, plan: StepPlan, subset: np.ndarray | None, dask: Any, progress: bool) -> Any:
+def _run_step(spec: PipelineSpec, store: Any, run_dir: Path, plan: StepPlan, subset: np.ndarray | None, executor: Any) -> Any:
     from thresher.stores.curated import open_curated
 
     out = run_dir / plan.dir
     if plan.cached:
         return open_curated(out)
-    common = {"overwrite": _holds_other(out, plan.fingerprint), "client": dask, "local": dask is None, "progress": progress, "subset": subset}
-    if isinstance(step, SemDedupStep):
-        from thresher.pipeline.dedup import select_semdedup
-
-        return select_semdedup(store.path, out, n_clusters=step.clusters, eps=step.eps, sample_size=step.sample_size, seed=step.seed, **common)
-    if isinstance(step, RDSStep):
-        from thresher.pipeline.select import select_rds
-
-        return select_rds(
-            store.path, _rds_targets(step, run_dir), out, budget=step.budget, aggregation=step.aggregation, quotas=step.quotas,
-            group_column=step.group_column, group_quotas=step.group_quotas,
-            dedup=step.dedup, decontaminate=step.decontaminate, target_text=step.target_text,
-            target_text_column=step.target_text_column, target_messages_column=step.target_messages_column, **common,
-        )
-    if isinstance(step, SMOTEStep):
-        from thresher.pipeline.smote import select_smote
-
-        return select_smote(store.path, out, labels=step.labels, sampling_strategy=step.sampling_strategy,
-                            undersample_majority=step.undersample_majority, k_neighbors=step.k_neighbors, seed=step.seed, **common)
-    if isinstance(step, BatchesStep):
-        from thresher.pipeline.select import select_batches
-
-        return select_batches(
-            store.path, out, index=None if step.exact else run_dir / "index", batch_size=step.batch_size,
-            community_size=step.community_size, rank_window=tuple(step.rank_window), n_hard_negatives=step.n_hard_negatives,
-            group_column=step.group_column, drop_last=step.drop_last, seed=step.seed, **common,
-        )
-    raise ParameterError(f"step kind {plan.step!r} has no runner")  # unreachable: the spec validates kinds
-
-
-def _rds_targets(step: RDSStep, run_dir: Path) -> dict[str, str]:
-    """Target files per task; one file with a task column is split into one file a task (kept in the run dir)."""
-    if isinstance(step.targets, dict):
-        return step.targets
-    if not step.target_task_column:
-        raise SpecError(f"step {step_name(step)}: targets is one file ({step.targets}); name its task column with target_task_column, or map tasks to files.")
-    from thresher.stores.atomic import atomic_write_bytes
-
-    path = Path(step.targets)
-    rows = _read_jsonl(path)
-    tasks: dict[str, list[dict[str, Any]]] = {}
-    for line, row in rows:
-        if step.target_task_column not in row:
-            raise SpecError(f"{path}:{line}: no {step.target_task_column!r} key (target_task_column) in this row.")
-        task = str(row[step.target_task_column])
-        tasks.setdefault(task, []).append({k: v for k, v in row.items() if k != step.target_task_column})
-    directory = run_dir / "targets" / step_name(step)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for task in sorted(tasks):
-        name = f"task-{len(files):03d}.jsonl"  # never a name taken from row content
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tasks[task]).encode("utf-8")
-        atomic_write_bytes(directory / name, data)
-        files[task] = str(directory / name)
-    return files
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"target file {path} cannot be read as UTF-8 JSON lines: {exc}") from exc
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise SpecError(f"{path}:{n}: not valid JSON: {exc.msg}.") from exc
-    if not rows:
-        raise SpecError(f"target file {path} has no rows.")
-    return rows
+    inputs = StepInputs(store=store, out=out, run_dir=run_dir, index=run_dir / "index" if spec.index is not None else None,
+                        subset=subset, overwrite=_holds_other(out, plan.fingerprint))
+    return step_kind(plan.spec).run(plan.spec, inputs, executor)
 
 
 def _positions(store: Any, curated: Any) -> np.ndarray:
@@ -467,8 +390,8 @@ def _embed_inputs(spec: PipelineSpec) -> Any:
     )
     columns = inputs.pool.column_names
     for i, step in enumerate(spec.steps):
-        for column in (getattr(step, "labels", None), getattr(step, "group_column", None)):
-            if column and column not in columns:
+        for column in step_kind(step).pool_columns(step):
+            if column not in columns:
                 raise SpecError(f"steps[{i}] ({step_name(step)}): column {column!r} is not in the pool; it has {columns}.")
     return inputs
 
@@ -476,26 +399,6 @@ def _embed_inputs(spec: PipelineSpec) -> Any:
 def _check_budgets(spec: PipelineSpec, n_rows: int) -> None:
     for i, step in enumerate(spec.steps):
         check_budget(spec, i, n_rows, f"steps[{i}] ({step_name(step)}) (the pool has {n_rows:,} rows)")
-
-
-def _step_params(step: Any) -> dict[str, Any]:
-    """A step's parameters for its fingerprint: target files by content, not by path."""
-    params = step.model_dump(mode="json", exclude={"name"})
-    if isinstance(step, RDSStep):
-        files = step.targets.values() if isinstance(step.targets, dict) else [step.targets]
-        params["target_hashes"] = sorted(_hash_target(f) for f in files)
-    return params
-
-
-def _hash_target(path: str) -> str:
-    p = Path(path)
-    if p.is_dir():  # an embedding store of targets: its manifest's fingerprint
-        from thresher.stores.manifest import read_manifest
-
-        return read_manifest(p)["fingerprint"]
-    if not p.is_file():
-        raise SpecError(f"target file {path} does not exist.")
-    return hash_file(p)
 
 
 def _manifest_fp(directory: Path) -> str | None:
@@ -526,62 +429,10 @@ def _holds_other(directory: Path, fingerprint: str, *, lineage: bool = True) -> 
     return lineage or marker.get("fingerprint") != fingerprint
 
 
-def _expected_rows(spec: PipelineSpec, i: int, n_rows: int) -> str:
-    step = spec.steps[i]
-    bound = upper_bound_before(spec, i, n_rows)
-    if isinstance(step, SemDedupStep):
-        return f"≤ {bound:,}"
-    if isinstance(step, RDSStep):
-        return f"{step.budget:,}" if isinstance(step.budget, int) else f"{step.budget:.0%} of ≤ {bound:,}"
-    if isinstance(step, SMOTEStep):
-        return f"≥ {bound:,} (minorities grown)" if step.undersample_majority is None else "classes balanced"
-    if isinstance(step, BatchesStep):
-        return f"≤ {bound // step.batch_size * step.batch_size:,} ({bound // step.batch_size:,} batches of {step.batch_size})"
-    return "?"
-
-
 def _embed_memory(spec: PipelineSpec) -> str:
     e = spec.embedding
     tokens = e.batch_size * (e.max_length or 256)
     return f"model weights + ~{tokens * 4 * 4096 / 2**20:,.0f} MiB activations (batch {e.batch_size} × {e.max_length or 256} tokens)"
-
-
-def _step_memory(step: Any, bound: int | None) -> str:
-    """An order-of-magnitude estimate of what one task (or the driver) holds, from the formulas of each stage."""
-    from thresher.config import runtime_config
-
-    config = runtime_config()
-    rows = config.block_rows
-    if isinstance(step, SemDedupStep):
-        # clusters are rarely more than a few times their mean size; a block is at most block_rows of one cluster
-        cluster = min(bound, 4 * -(-bound // step.clusters)) if bound else config.partition_rows
-        return f"worker: ~{min(rows, cluster) * cluster * 12 / 2**20:,.0f} MiB (block × cluster similarities for clusters of ~{cluster:,} rows)"
-    if isinstance(step, RDSStep):
-        queries = _count_targets(step)
-        return f"worker: ~{rows * queries * 4 * 2 / 2**20:,.0f} MiB (score blocks of {rows:,} rows × {queries:,} target examples)"
-    if isinstance(step, SMOTEStep):
-        return f"driver: the input rows' vectors (≤ {bound:,} × dim × 4 B) + one class's neighbour index"
-    if isinstance(step, BatchesStep):
-        window = step.rank_window[1] - step.rank_window[0]
-        return f"driver: ~{(bound or 0) * window * 12 / 2**30:.2f} GiB (rank windows + reciprocal graph of ≤ {bound:,} rows)"
-    return "?"
-
-
-def _count_targets(step: RDSStep) -> int:
-    files = step.targets.values() if isinstance(step.targets, dict) else [step.targets]
-    total = 0
-    for f in files:
-        p = Path(f)
-        if p.is_dir():
-            from thresher.stores.manifest import read_manifest
-
-            total += int(read_manifest(p).get("n_rows", 0))
-        elif p.is_file():
-            import gzip
-
-            with (gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")) as fh:
-                total += sum(1 for line in fh if line.strip())
-    return max(total, 1)
 
 
 def format_plan(plans: list[StepPlan], run_dir: Path) -> str:

@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 
-RDS_STAGE_VERSION = 1
+from thresher.pipeline.steps.batches import STEP as B3_STEP
+from thresher.pipeline.steps.batches import VERSION as B3_STAGE_VERSION  # noqa: F401 (its old name)
+from thresher.pipeline.steps.rds import STEP as RDS_STEP
+from thresher.pipeline.steps.rds import VERSION as RDS_STAGE_VERSION  # noqa: F401 (its old name)
 
 
 def _store_positions(positions: np.ndarray, subset: np.ndarray | None) -> np.ndarray:
@@ -46,14 +49,15 @@ def select_rds(
     target_text: str | None = None,
     target_text_column: str | None = None,
     target_messages_column: str | None = None,
+    executor: Any = None,
+    overwrite: bool = False,
+    subset: np.ndarray | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     slurm: Any = None,
     client: Any = None,
-    local: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    subset: np.ndarray | None = None,
+    local: bool | None = None,
+    progress: bool | None = None,
 ):
     """Select pool rows for target tasks with RDS+ and write them as curated shards.
 
@@ -82,14 +86,17 @@ def select_rds(
         Store positions of the only rows to consider (a pipeline step sees the
         rows the previous one kept); the result is that of a store holding just
         those rows. The budget's fraction is of ``len(subset)``.
+    executor : thresher.jobs.executor.Executor, optional
+        Where the scoring tasks run (default: a local Dask cluster started for the call).
+    scheduler, workers, slurm, client, local, progress
+        Deprecated: ``executor=Executor.from_settings(...)``.
 
     Returns
     -------
     thresher.stores.CuratedShards
     """
     from thresher.exceptions import ParameterError
-    from thresher.fingerprint import fingerprint_of
-    from thresher.jobs.cluster import TaskRetries, dask_map, run_on_cluster
+    from thresher.jobs.executor import stage_executor
     from thresher.jobs.score_job import score_store
     from thresher.pipeline.targets import load_targets
     from thresher.selectors._base import budget_rounding, resolve_budget
@@ -100,45 +107,46 @@ def select_rds(
 
     from thresher.stores.output_guard import artefact_inputs, check_output
 
+    executor = stage_executor(executor, "select_rds", scheduler=scheduler, workers=workers, slurm=slurm, client=client, local=local,
+                              progress=progress)
     check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "targets": targets, "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     store = open_embedding_store(pool_embeddings)
     pool_rows = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     subset = check_subset(subset, store.n_rows, "select_rds")
     pool = store if subset is None else StoreSubset(store, subset)
     selector = RDSPlus(aggregation=aggregation, decontaminate=decontaminate)
-    selector._validate_params()
+    selector.validate_params()
     n_budget = resolve_budget(budget, pool.n_rows, "RDSPlus")
     if (group_column is None) != (group_quotas is None):
         raise ParameterError("select_rds takes group_column and group_quotas together (--group-column with --group-quota).")
     arrays, target_fps = load_targets(targets, store, text=target_text, text_column=target_text_column, messages_column=target_messages_column)
-    scorer = selector.scorer(arrays)
-    scorer.check_dim(store.dim, str(store.path))
     exclude = exact_duplicate_positions(store, subset) if dedup else None
+    state = selector.prepare(pool, budget=n_budget, targets=arrays, exclude=exclude)
 
     params = {**selector.get_params(), "budget": n_budget, "quotas": dict(quotas) if quotas else None, "dedup": dedup, "targets": list(arrays)}
     if group_column is not None:
         params.update(group_column=group_column, group_quotas={str(k): int(v) for k, v in group_quotas.items()})
     if subset is not None:
         params["subset"] = subset_digest(subset)
-    fingerprint = fingerprint_of("rds_plus", RDS_STAGE_VERSION, params, [store.fingerprint, *target_fps.values()])
+    fingerprint = RDS_STEP.fingerprint([store.fingerprint, *target_fps.values()], params)
 
-    def run(dask: Any) -> Any:
-        retried = TaskRetries(dask)
+    def run(executor: Any) -> Any:
+        job = executor.new_job()
         groups = None
         if group_column is not None:
             from thresher.pipeline.columns import read_labels
 
-            groups = read_labels(store, group_column, dask_map(dask, retried=retried) if dask is not None else map)
+            groups = read_labels(store, group_column, executor.map_fn(job))
             groups = groups if subset is None else groups[subset]
-        k = n_budget
+        scored_state = state
         while True:
-            top, counts = score_store(store, selector, scorer, k, client=dask, exclude=exclude, subset=subset, retried=retried)
+            merged = score_store(store, selector, scored_state, executor=executor, subset=subset, job=job)
             try:
-                selection = selector.finish(pool, top, scorer, counts, budget=n_budget, quotas=quotas, groups=groups,
-                                            group_quotas=group_quotas, depth=k)
+                selection = selector.finish(scored_state, merged, pool, budget=n_budget, quotas=quotas, groups=groups,
+                                            group_quotas=group_quotas)
                 break
-            except NeedDeeperRankings:
-                k = min(2 * k, pool.n_rows)
+            except NeedDeeperRankings as deeper:
+                scored_state = deeper.state
         summary = {**selection.summary, "n_exact_duplicates_removed": 0 if exclude is None else int(len(exclude)), "rows_in": pool.n_rows}
         rounding = budget_rounding(budget, pool.n_rows, n_budget)
         if rounding is not None:
@@ -147,13 +155,11 @@ def select_rds(
             out, pool=pool_rows, positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
             expected_ids=selection.ids, selector=selector.name, params=params, fingerprint=fingerprint, seed=selector.seed,
             inputs={"pool_embeddings": store.fingerprint, **{f"target:{t}": fp for t, fp in target_fps.items()}},
-            summary=summary, overwrite=overwrite, map_fn=dask_map(dask, retried=retried) if dask is not None else map, job=retried,
+            summary=summary, overwrite=overwrite, map_fn=executor.map_fn(job), job=job,
         )
 
-    return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
-
-
-B3_STAGE_VERSION = 1
+    with executor.started():
+        return run(executor)
 
 
 def select_batches(
@@ -169,21 +175,24 @@ def select_batches(
     drop_last: bool = True,
     budget: int | float = 1.0,
     seed: int = 0,
+    executor: Any = None,
     overwrite: bool = False,
+    subset: np.ndarray | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     slurm: Any = None,
     client: Any = None,
-    local: bool = False,
-    progress: bool = True,
-    subset: np.ndarray | None = None,
+    local: bool | None = None,
+    progress: bool | None = None,
 ):
     """B3 batch mining over a store, written as curated shards in batch order (see :class:`BatchMiner`).
 
     ``index`` is a thresher FAISS index over the same store (its teacher
     ranks); without one, exact search is used, which suits small pools only.
-    The neighbour search runs shard by shard on Dask (or in-process with
-    ``local``); the graph, METIS and batch assembly run on the driver.
+    The neighbour search runs shard by shard on ``executor`` (default: a local
+    Dask cluster started for the call; ``scheduler, workers, slurm, client,
+    local, progress`` are its deprecated spellings); the graph, METIS and batch
+    assembly run on the driver.
 
     ``subset`` (store positions) restricts the stage to those rows, as if the
     store held only them: teacher ranks are counted among the subset (the
@@ -191,7 +200,7 @@ def select_batches(
     ``[p, p + m)`` and the budget's fraction are of the subset.
     """
     from thresher.exceptions import ArtifactError, ParameterError
-    from thresher.fingerprint import fingerprint_of
+    from thresher.jobs.executor import stage_executor
     from thresher.selectors.batch_mining import BatchMiner
     from thresher.stores.curated import write_curated
     from thresher.stores.embedding_store import open_embedding_store
@@ -200,6 +209,8 @@ def select_batches(
 
     from thresher.stores.output_guard import artefact_inputs, check_output
 
+    executor = stage_executor(executor, "select_batches", scheduler=scheduler, workers=workers, slurm=slurm, client=client, local=local,
+                              progress=progress)
     check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "index": index, "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     store = open_embedding_store(pool_embeddings)
     pool_rows = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
@@ -212,16 +223,17 @@ def select_batches(
         neighbors = open_index(index, store=store)
     miner = BatchMiner(batch_size=batch_size, community_size=community_size, rank_window=tuple(rank_window),
                        n_hard_negatives=n_hard_negatives, drop_last=drop_last, seed=seed)
-    miner._validate_params()
-    from thresher.jobs.cluster import counting_retries, run_on_cluster
+    miner.validate_params()
     from thresher.jobs.neighbors_job import window_on_cluster
     from thresher.pipeline.columns import read_labels
 
     p, stop = int(rank_window[0]), int(rank_window[1])
     if stop >= pool.n_rows:
         raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {pool.n_rows} rows; p + m must be < the pool size.")
-    window, job = run_on_cluster(counting_retries(lambda dask, retried: window_on_cluster(store, index, p, stop - p, client=dask, subset=subset, retried=retried)), client=client, local=local,
-                            scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
+    with executor.started():
+        job = executor.new_job()
+        window = window_on_cluster(store, index, p, stop - p, executor=executor, subset=subset, job=job, miner=miner)
+        job = dict(job)  # read before the cluster closes
     groups = read_labels(store, group_column) if group_column else None
     if groups is not None and subset is not None:
         groups = groups[subset]
@@ -230,7 +242,7 @@ def select_batches(
     if subset is not None:
         params["subset"] = subset_digest(subset)
     inputs = {"pool_embeddings": store.fingerprint, **({"index": neighbors.manifest["fingerprint"]} if neighbors else {})}
-    fingerprint = fingerprint_of("b3", B3_STAGE_VERSION, params, list(inputs.values()))
+    fingerprint = B3_STEP.fingerprint(list(inputs.values()), params)
     return write_curated(
         out, pool=pool_rows, positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
         expected_ids=selection.ids, selector=miner.name, params=params, fingerprint=fingerprint, seed=seed, inputs=inputs,

@@ -29,7 +29,9 @@ import pyarrow as pa
 
 from thresher.pipeline.columns import read_labels
 
-SMOTE_STAGE_VERSION = 2  # 2: synthetic rows have ids
+from thresher.pipeline.steps.smote import STEP as SMOTE_STEP
+from thresher.pipeline.steps.smote import VERSION as SMOTE_STAGE_VERSION  # noqa: F401 (its old name)
+
 #: Selection columns the stage writes; the label column may not be one of them.
 SMOTE_COLUMNS = ("rank", "synthetic", "parents", "gap", "embedding")
 
@@ -59,14 +61,15 @@ def select_smote(
     k_neighbors: int = 5,
     neighbors: Any = "auto",
     seed: int = 0,
+    executor: Any = None,
+    overwrite: bool = False,
+    subset: np.ndarray | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     slurm: Any = None,
     client: Any = None,
-    local: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    subset: np.ndarray | None = None,
+    local: bool | None = None,
+    progress: bool | None = None,
 ):
     """Over-sample minority classes with SMOTE in embedding space (and under-sample the majority); write curated shards.
 
@@ -81,8 +84,10 @@ def select_smote(
     sampling_strategy, undersample_majority, k_neighbors, neighbors, seed
         As :class:`thresher.selectors.smote.SMOTE`; dict keys given as text ("1") match
         the class they spell (1).
-    scheduler, workers, slurm, client, local
-        Where the per-partition reads run (``local``: in this process).
+    executor : thresher.jobs.executor.Executor, optional
+        Where the per-partition reads run (default: a local Dask cluster started for the call).
+    scheduler, workers, slurm, client, local, progress
+        Deprecated: ``executor=Executor.from_settings(...)``.
     subset : ndarray of int, optional
         Store positions of the only rows to consider (a pipeline step sees the
         rows the previous one kept): class counts, neighbours and the kept rows
@@ -95,8 +100,7 @@ def select_smote(
         counts before and after, ``n_synthetic`` and ``n_undersampled``.
     """
     from thresher.exceptions import ArtifactError, ParameterError
-    from thresher.fingerprint import fingerprint_of
-    from thresher.jobs.cluster import TaskRetries, dask_map, run_on_cluster
+    from thresher.jobs.executor import stage_executor
     from thresher.selectors.smote import SMOTE, check_labels, synthetic_ids
     from thresher.stores.curated import open_curated, write_curated
     from thresher.stores.embedding_store import open_embedding_store
@@ -105,6 +109,8 @@ def select_smote(
 
     from thresher.stores.output_guard import artefact_inputs, check_output
 
+    executor = stage_executor(executor, "select_smote", scheduler=scheduler, workers=workers, slurm=slurm, client=client, local=local,
+                              progress=progress)
     check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     if not isinstance(labels, str) or not labels:
         raise ParameterError(f"The 'labels' parameter of select_smote must name a pool column; got {labels!r}.")
@@ -116,11 +122,11 @@ def select_smote(
     view = store if subset is None else StoreSubset(store, subset)
     selector = SMOTE(k_neighbors=k_neighbors, sampling_strategy=sampling_strategy, undersample_majority=undersample_majority,
                      neighbors=neighbors, seed=seed)
-    selector._validate_params()
+    selector.validate_params()
 
-    def run(dask: Any) -> Any:
-        retried = TaskRetries(dask)
-        map_fn = dask_map(dask, retried=retried) if dask is not None else map
+    def run(executor: Any) -> Any:
+        job = executor.new_job()
+        map_fn = executor.map_fn(job)
         y = read_labels(store, labels, map_fn)
         y = check_labels(y if subset is None else y[subset], view.n_rows)
         classes = np.unique(y).tolist()
@@ -131,7 +137,7 @@ def select_smote(
                   "n_new": {str(c): n for c, n in plan.n_new.items()}, "n_keep": {str(c): n for c, n in plan.n_keep.items()}}
         if subset is not None:
             params["subset"] = subset_digest(subset)
-        fingerprint = fingerprint_of("smote", SMOTE_STAGE_VERSION, params, [store.fingerprint])
+        fingerprint = SMOTE_STEP.fingerprint([store.fingerprint], params)
         if not overwrite:
             try:
                 if read_manifest(out, "curated").get("fingerprint") == fingerprint and damage(out) is None:
@@ -169,7 +175,8 @@ def select_smote(
         return write_curated(
             out, pool=pool, positions=selection.positions if subset is None else subset[selection.positions], columns=columns, expected_ids=selection.ids, selector=selector.name,
             params=params, fingerprint=fingerprint, seed=seed, inputs={"pool_embeddings": store.fingerprint},
-            summary={**selection.summary, "label_column": labels, "rows_in": view.n_rows}, overwrite=overwrite, map_fn=map_fn, extra_rows=extra(), job=retried,
+            summary={**selection.summary, "label_column": labels, "rows_in": view.n_rows}, overwrite=overwrite, map_fn=map_fn, extra_rows=extra(), job=job,
         )
 
-    return run_on_cluster(run, client=client, local=local, scheduler=scheduler, workers=workers, slurm=slurm, quiet=not progress)
+    with executor.started():
+        return run(executor)

@@ -21,12 +21,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from thresher.exceptions import ParameterError
+from thresher.pipeline.steps import STEPS, StepConfig, StrictModel, step_kind
+from thresher.pipeline.steps.batches import BatchesStep  # noqa: F401 (the step models, re-exported)
+from thresher.pipeline.steps.rds import RDSStep  # noqa: F401
+from thresher.pipeline.steps.semdedup import SemDedupStep  # noqa: F401
+from thresher.pipeline.steps.smote import SMOTEStep  # noqa: F401
 
 SPEC_VERSION = 1
 #: The most steps a spec may hold. Each step is a stage with its own output directory and manifest; a
@@ -39,8 +44,7 @@ class SpecError(ParameterError):
     """A spec that cannot run: names the file, line and key at fault."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel  # the spec sections' base (kept under its old name)
 
 
 class PoolSpec(_Strict):
@@ -121,92 +125,12 @@ class ReportSpec(_Strict):
     columns: list[str] | None = None
 
 
-class _Step(_Strict):
-    """What every step has: an optional name (default: its kind) and the step whose rows it takes (default: the one before)."""
+_Step = StepConfig  # every step's base: thresher.pipeline.steps
 
-    name: str | None = None
-    input: str | None = None
+#: Step kind → its config model (the registry's, :mod:`thresher.pipeline.steps`); the step models are re-exported here.
+STEP_MODELS: dict[str, type[StepConfig]] = {name: kind.Config for name, kind in STEPS.items()}
 
-
-class SemDedupStep(_Step):
-    """SemDeDup (Abbas et al. 2023): drop near-duplicates within k-means clusters."""
-
-    step: Literal["semdedup"]
-    clusters: int = Field(gt=0)
-    eps: float = Field(gt=0, lt=1)
-    sample_size: int | None = Field(default=None, gt=0)
-    seed: int = 0
-
-
-class RDSStep(_Step):
-    """RDS+ (Ivison et al. 2025): the pool rows closest to target-task examples, round-robin over tasks."""
-
-    step: Literal["rds"]
-    budget: int | float
-    targets: dict[str, str] | str
-    target_task_column: str | None = None
-    target_text: str | None = None
-    target_text_column: str | None = None
-    target_messages_column: str | None = None
-    aggregation: Literal["max", "mean"] = "max"
-    quotas: dict[str, int] | None = None
-    group_column: str | None = None
-    group_quotas: dict[str, int] | None = None
-    dedup: bool = False
-    decontaminate: float | None = Field(default=None, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _groups_together(self) -> RDSStep:
-        if (self.group_column is None) != (self.group_quotas is None):
-            raise ValueError("group_column and group_quotas go together (per-source caps: column, and value → most rows)")
-        return self
-
-    @field_validator("budget")
-    @classmethod
-    def _positive(cls, v: int | float) -> int | float:
-        if v <= 0 or (isinstance(v, float) and v > 1):
-            raise ValueError("must be a positive row count or a fraction in (0, 1]")
-        return v
-
-
-class SMOTEStep(_Step):
-    """SMOTE (Chawla et al. 2002) in embedding space, with optional random under-sampling of the majority."""
-
-    step: Literal["smote"]
-    labels: str
-    sampling_strategy: str | float | dict[str, int] = "auto"
-    undersample_majority: float | None = Field(default=None, gt=0, le=1)
-    k_neighbors: int = Field(default=5, gt=0)
-    seed: int = 0
-
-
-class BatchesStep(_Step):
-    """B3 batch mining (Wang et al. 2025): batches of whole communities of a teacher's rank-window graph."""
-
-    step: Literal["batches"]
-    batch_size: int = Field(default=1024, gt=0)
-    community_size: int = Field(default=32, gt=0)
-    rank_window: tuple[int, int] = (30, 130)
-    n_hard_negatives: int = Field(default=0, ge=0)
-    group_column: str | None = None
-    drop_last: bool = True
-    exact: bool = False
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _window_holds_negatives(self) -> BatchesStep:
-        p, stop = self.rank_window
-        if not 0 <= p < stop:
-            raise ValueError(f"rank_window must be [p, p + m] with 0 <= p < p + m; got {list(self.rank_window)}")
-        if self.n_hard_negatives > stop - p:
-            raise ValueError(f"n_hard_negatives {self.n_hard_negatives} is more than the rank window {list(self.rank_window)} holds "
-                             f"(m = {stop - p}); hard negatives are drawn from that window")
-        return self
-
-
-STEP_MODELS: dict[str, type[_Strict]] = {"semdedup": SemDedupStep, "rds": RDSStep, "smote": SMOTEStep, "batches": BatchesStep}
-
-StepSpec = Annotated[SemDedupStep | RDSStep | SMOTEStep | BatchesStep, Field(discriminator="step")]
+StepSpec = Annotated[Union[tuple(STEP_MODELS.values())], Field(discriminator="step")]  # noqa: UP007 (a union built from the registry)
 
 
 class PipelineSpec(_Strict):
@@ -300,13 +224,13 @@ def check_order(spec: PipelineSpec, *, where: str = "spec") -> None:
             known = ", ".join(names[:i]) or "none: it is the first step"
             raise SpecError(f"{label}: input {step.input!r} is not an earlier step (earlier steps: {known}).")
         src = source_index(spec, i)
-        if src is not None and isinstance(spec.steps[src], SMOTEStep):
-            raise SpecError(f"{label}: cannot take its rows from smote step {names[src]!r} — synthetic rows are not pool rows; "
-                            "take them from an earlier step with 'input', or make smote a final step.")
-        if isinstance(step, BatchesStep) and spec.index is None and not step.exact:
-            raise SpecError(f"{label}: batch mining needs the teacher's ranks from an index; add an 'index' section (or set exact: true for a small pool).")
-        if isinstance(step, BatchesStep) and step.batch_size % step.community_size:
-            raise SpecError(f"{label}: batch_size {step.batch_size} is not a multiple of community_size {step.community_size}.")
+        if src is not None and not step_kind(spec.steps[src]).keeps_pool_rows:
+            source = spec.steps[src].step
+            raise SpecError(f"{label}: cannot take its rows from {source} step {names[src]!r} — its rows are not all pool rows "
+                            f"(synthetic ones); take them from an earlier step with 'input', or make {source} a final step.")
+        problem = step_kind(step).check(step, has_index=spec.index is not None)
+        if problem is not None:
+            raise SpecError(f"{label}: {problem}")
         check_budget(spec, i, None, label)
 
 
@@ -314,14 +238,9 @@ def check_budget(spec: PipelineSpec, i: int, n_pool: int | None, label: str) -> 
     """A step asking for more rows than can reach it is refused (with the pool's size once it is known)."""
     step = spec.steps[i]
     bound = upper_bound_before(spec, i, n_pool)
-    if bound is None:
-        return
-    if isinstance(step, RDSStep) and isinstance(step.budget, int) and step.budget > bound:
-        raise SpecError(f"{label}: budget {step.budget} is larger than the {bound} rows that at most reach this step.")
-    if isinstance(step, BatchesStep) and step.batch_size > bound:
-        raise SpecError(f"{label}: batch_size {step.batch_size} is larger than the {bound} rows that at most reach this step.")
-    if isinstance(step, SemDedupStep) and step.clusters > bound:
-        raise SpecError(f"{label}: {step.clusters} clusters for at most {bound} rows.")
+    problem = None if bound is None else step_kind(step).check_rows(step, bound)
+    if problem is not None:
+        raise SpecError(f"{label}: {problem}")
 
 
 def source_index(spec: PipelineSpec, i: int) -> int | None:
@@ -341,26 +260,14 @@ def upper_bound_before(spec: PipelineSpec, i: int, n_pool: int | None = None) ->
         src = source_index(spec, src)
     bound = n_pool
     for j in reversed(chain):
-        bound = _bound_after(spec.steps[j], bound)
+        bound = step_kind(spec.steps[j]).rows_after(spec.steps[j], bound)
     return bound
 
 
 def upper_bound_after(spec: PipelineSpec, i: int, n_pool: int | None = None) -> int | None:
     """The most rows step ``i`` can output (None: unknown)."""
-    return _bound_after(spec.steps[i], upper_bound_before(spec, i, n_pool))
-
-
-def _bound_after(step: Any, bound: int | None) -> int | None:
-    """The most rows ``step`` can output when at most ``bound`` rows reach it."""
-    if isinstance(step, RDSStep):
-        if isinstance(step.budget, int):
-            return step.budget if bound is None else min(bound, step.budget)
-        return None if bound is None else int(step.budget * bound)
-    if isinstance(step, BatchesStep):
-        return None if bound is None else bound // step.batch_size * step.batch_size
-    if isinstance(step, SMOTEStep):
-        return None
-    return bound
+    step = spec.steps[i]
+    return step_kind(step).rows_after(step, upper_bound_before(spec, i, n_pool))
 
 
 def resolve_paths(spec: PipelineSpec, *, base: Path) -> PipelineSpec:
@@ -368,13 +275,7 @@ def resolve_paths(spec: PipelineSpec, *, base: Path) -> PipelineSpec:
     pool_paths = spec.pool.path if isinstance(spec.pool.path, list) else [spec.pool.path]
     resolved_pool = [resolve_path(p, base) for p in pool_paths]
     updates: dict[str, Any] = {"pool": spec.pool.model_copy(update={"path": resolved_pool if isinstance(spec.pool.path, list) else resolved_pool[0]})}
-    steps = []
-    for step in spec.steps:
-        if isinstance(step, RDSStep):
-            targets = {t: resolve_path(p, base) for t, p in step.targets.items()} if isinstance(step.targets, dict) else resolve_path(step.targets, base)
-            step = step.model_copy(update={"targets": targets})
-        steps.append(step)
-    updates["steps"] = steps
+    updates["steps"] = [step_kind(step).resolve_paths(step, lambda p: resolve_path(p, base)) for step in spec.steps]
     if spec.cluster.slurm:
         updates["cluster"] = spec.cluster.model_copy(update={"slurm": resolve_path(spec.cluster.slurm, base)})
     if spec.out is not None:

@@ -24,6 +24,7 @@ import pyarrow as pa
 from thresher.exceptions import ArtifactError, ParameterError, ThresherError
 from thresher.rng import as_generator
 from thresher.stores.arrow_io import read_stream_shard
+from thresher.stores.ids import find_positions as positions_of_ids  # a few ids' positions, streamed
 from thresher.stores.manifest import read_manifest
 
 #: Pool columns whose names look like these are composition columns (when they hold few distinct values).
@@ -470,25 +471,6 @@ def _compositions(pool: Any, steps: list[StepInfo], columns: Sequence[str] | Non
 
 
 # -- the 2-D map ---------------------------------------------------------------------------------
-
-
-def positions_of_ids(store: Any, ids: Sequence[Any]) -> dict[Any, int]:
-    """Store positions of a few ``ids``, found by streaming the store's id column shard by shard (no full id map)."""
-    import pyarrow.compute as pc
-
-    wanted = list(dict.fromkeys(ids))
-    found: dict[Any, int] = {}
-    if not wanted:
-        return found
-    for i in range(store.n_shards):
-        column = store.shard_table(i).column("id")
-        hits = np.flatnonzero(pc.is_in(column, value_set=pa.array(wanted, type=column.type)).to_numpy(zero_copy_only=False))
-        base = int(store.shard_offsets[i])
-        for offset, key in zip(hits.tolist(), column.take(pa.array(hits)).to_pylist()):
-            found[key] = base + offset
-        if len(found) == len(wanted):
-            break
-    return found
 
 
 def _pool_row_ids(table: pa.Table) -> pa.Array:

@@ -3,7 +3,7 @@
 Importing this package registers every selector in ``SELECTORS`` (name → class).
 """
 
-from thresher.selectors._base import SELECTORS, ArrayPool, BaseSelector, Selection, resolve_budget
+from thresher.selectors._base import SELECTORS, ArrayPool, BaseSelector, BlockwiseSelector, Selection, resolve_budget
 from thresher.selectors.acquisition import Acquisition
 from thresher.selectors.batch_mining import BatchMiner
 from thresher.selectors.diversity import KCenterGreedy
@@ -18,6 +18,7 @@ __all__ = [
     "ArrayPool",
     "BaseSelector",
     "BatchMiner",
+    "BlockwiseSelector",
     "KCenterGreedy",
     "RDSPlus",
     "Selection",

@@ -1,10 +1,18 @@
 """The selector contract, shared by every selector (after scikit-learn's estimator contract).
 
 - The constructor only stores keyword settings; :meth:`get_params` returns them.
-- :meth:`BaseSelector.select` is the one public verb. It validates and
-  normalises the pool and ``budget`` (a count, or a fraction of the pool),
-  turns ``seed`` into a :class:`numpy.random.Generator`, and hands over to the
-  private ``_select`` that holds the algorithm.
+- Each selector declares what every setting accepts in
+  ``_parameter_constraints`` (see :mod:`thresher.params`);
+  :meth:`BaseSelector.validate_params` checks them, with one message template.
+- :meth:`BaseSelector.select` is the one public verb. It validates the
+  settings, validates and normalises the pool and ``budget`` (a count, or a
+  fraction of the pool), turns ``seed`` into a :class:`numpy.random.Generator`,
+  and hands over to the private ``_select`` that holds the algorithm.
+- A selector whose work splits over blocks of pool rows
+  (:class:`BlockwiseSelector`) also exposes the distributed protocol jobs use:
+  ``prepare`` on the driver, ``partial`` over blocks of rows on any worker,
+  ``merge`` of partial results, ``finish`` on the driver. Its ``select`` runs
+  exactly that protocol in this process, so a job's result equals ``select``'s.
 - The pool is a numpy array of shape (n_rows, dim) or anything with the
   embedding store's reading protocol (``n_rows``, ``dim``, ``iter_blocks``,
   ``take``, ``ids``): selectors never open files or talk to Dask.
@@ -18,16 +26,21 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from thresher.exceptions import InputDataError, ParameterError, parameter_error
+from thresher.exceptions import InputDataError, ParameterError
+from thresher.params import Check, HasMethods, Instance, Interval, StrOptions, check_param, check_params
 from thresher.rng import as_generator
 
 SELECTORS: dict[str, type[BaseSelector]] = {}
+
+# the constraint kinds selectors declare their settings with, re-exported for them
+__all__ = ["SELECTORS", "ArrayPool", "BaseSelector", "BlockwiseSelector", "Check", "HasMethods", "Instance", "Interval", "PoolLike",
+           "Selection", "StrOptions", "as_pool", "budget_rounding", "resolve_budget"]
 
 
 class PoolBlock(Protocol):
@@ -92,6 +105,10 @@ def as_pool(pool: Any, owner: str) -> PoolLike:
     raise InputDataError(f"The pool given to {owner} must be a numpy array or an embedding store; got {type(pool).__name__}.")
 
 
+#: a count, or a fraction of what is available
+BUDGET = [Interval(int, 1, None), Interval(float, 0, 1, closed="right")]
+
+
 def budget_rounding(budget: Any, n_available: int, count: int) -> str | None:
     """Say how a fractional ``budget`` became ``count`` rows when it was not a whole number of them, else None.
 
@@ -112,19 +129,8 @@ def resolve_budget(budget: Any, n_available: int, owner: str, *, name: str = "bu
     A count larger than what is available is refused rather than clamped:
     pass 1.0 to take everything.
     """
-    expected = "an int >= 1 or a float in (0, 1]"
-    if isinstance(budget, (bool, np.bool_)):
-        raise parameter_error(owner, name, expected, budget)
-    if isinstance(budget, (int, np.integer)):
-        if budget < 1:
-            raise parameter_error(owner, name, expected, budget)
-        count = int(budget)
-    elif isinstance(budget, (float, np.floating)):
-        if not (0.0 < budget <= 1.0) or math.isnan(budget):
-            raise parameter_error(owner, name, expected, budget)
-        count = max(1, math.floor(budget * n_available + 1e-9))
-    else:
-        raise parameter_error(owner, name, expected, budget)
+    check_param(owner, name, budget, BUDGET)
+    count = int(budget) if isinstance(budget, (int, np.integer)) else max(1, math.floor(budget * n_available + 1e-9))
     if count > n_available:
         raise ParameterError(
             f"The {name!r} parameter of {owner} asks for {count} rows but only {n_available} are available; "
@@ -175,10 +181,17 @@ class Selection:
         return out
 
 
+#: the constraints most selectors share (see :mod:`thresher.params`)
+SEED = [None, Interval(int, 0, None), Instance(np.random.Generator, "a numpy.random.Generator")]
+BLOCK_ROWS = [None, Interval(int, 1, None)]
+
+
 class BaseSelector:
-    """Base class of every selector; subclasses set ``name`` and implement ``_select``."""
+    """Base class of every selector; subclasses set ``name``, declare ``_parameter_constraints`` and implement ``_select``."""
 
     name: ClassVar[str] = ""
+    #: per constructor setting, the forms it accepts (any one suffices); see :mod:`thresher.params`
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -197,9 +210,26 @@ class BaseSelector:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    def validate_params(self) -> None:
+        """Check the stored settings against ``_parameter_constraints``, then against each other.
+
+        Raises :class:`~thresher.exceptions.ParameterError` naming the first bad
+        setting: "The 'eps' parameter of SemDeDup must be a float in [0, 1); got 2."
+        Stages call this before any work, so a bad setting fails fast.
+        """
+        check_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        self._check_param_relations()
+
+    def _validate_params(self) -> None:
+        """The former private spelling of :meth:`validate_params`."""
+        self.validate_params()
+
+    def _check_param_relations(self) -> None:
+        """Checks that involve several settings at once (one setting's own forms are declared); none by default."""
+
     def select(self, pool: Any, *, budget: int | float, **inputs: Any) -> Selection:
         """Choose ``budget`` rows of ``pool`` (array (n_rows, dim) or embedding store)."""
-        self._validate_params()
+        self.validate_params()
         view = as_pool(pool, type(self).__name__)
         n_budget = resolve_budget(budget, view.n_rows, type(self).__name__)
         rng = as_generator(getattr(self, "seed", 0), type(self).__name__)
@@ -209,8 +239,57 @@ class BaseSelector:
             selection = dataclasses.replace(selection, summary={**selection.summary, "budget_rounding": note})
         return selection
 
-    def _validate_params(self) -> None:
-        """Check the stored settings; subclasses raise ParameterError naming the bad one."""
-
     def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, **inputs: Any) -> Selection:
         raise NotImplementedError
+
+
+class BlockwiseSelector(BaseSelector):
+    """A selector whose work splits over blocks of pool rows: the distributed protocol (after map-reduce).
+
+    ``select`` is exactly these four steps run in this process; a job runs the
+    same steps with ``partial`` on workers, so its result is ``select``'s::
+
+        state = selector.prepare(pool, budget=n, rng=rng, **inputs)       # driver: small and picklable
+        part = selector.partial(state, blocks, pool)                      # any worker, any split into blocks
+        merged = selector.merge([part, ...])                              # associative and order-free
+        selection = selector.finish(state, merged, pool, **options)       # driver
+
+    - ``prepare`` validates the inputs against the pool and computes what
+      every block needs (RDS+: the queries' scorer and the ranking depth;
+      SemDeDup: the k-means centroids; B3: the rank window).
+    - ``partial(state, blocks, pool)`` reads only ``blocks`` (an iterable of
+      blocks with ``start``, ``ids`` and ``vectors``: one block, or a
+      partition's stream of them) and, where a selector needs it, ``pool`` as
+      opened where the work runs (``take`` for rows of those blocks, or the
+      rows to search); it is pure and its result is small and picklable.
+    - ``merge(partials)`` combines partial results of disjoint blocks; any
+      grouping and order of the same blocks merges to the same result.
+    - ``finish`` turns the merged result into a :class:`Selection`.
+    """
+
+    #: rows per block when ``select`` runs the protocol in this process and the selector has no ``block_rows`` setting
+    default_block_rows: ClassVar[int] = 65_536
+
+    def prepare(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, **inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def partial(self, state: Any, blocks: Iterable[PoolBlock], pool: PoolLike) -> Any:
+        raise NotImplementedError
+
+    def merge(self, partials: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+    def finish(self, state: Any, merged: Any, pool: PoolLike, **options: Any) -> Selection:
+        raise NotImplementedError
+
+    def block_rows_for(self, state: Any) -> int:
+        """Rows per block when ``select`` runs the protocol in this process."""
+        return getattr(self, "block_rows", None) or self.default_block_rows
+
+    def run_blocks(self, state: Any, pool: PoolLike) -> Any:
+        """``partial`` over the stream of every block of ``pool`` (one partition), merged, in this process."""
+        return self.merge([self.partial(state, pool.iter_blocks(self.block_rows_for(state)), pool)])
+
+    def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, **inputs: Any) -> Selection:
+        state = self.prepare(pool, budget=budget, rng=rng, **inputs)
+        return self.finish(state, self.run_blocks(state, pool), pool)

@@ -41,7 +41,6 @@ after every finite one, in position order, with an
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,9 +49,10 @@ from typing import Any, Literal
 import numpy as np
 from scipy.special import entr
 
-from thresher.exceptions import InputDataError, ParameterError, parameter_error
+from thresher.exceptions import InputDataError, ParameterError
+from thresher.params import Interval, StrOptions, check_param
 from thresher.rng import SeedLike, as_generator
-from thresher.selectors._base import BaseSelector, PoolLike, Selection
+from thresher.selectors._base import SEED, BaseSelector, PoolLike, Selection
 
 Method = Literal["entropy", "bald", "margin", "least_confidence", "variation_ratio"]
 Sampling = Literal["topk", "softmax", "power", "softrank"]
@@ -95,9 +95,12 @@ class AcquisitionScores:
         return int((~np.isfinite(self.score)).sum())
 
 
+#: what beta accepts: an inverse temperature
+BETA = [Interval(float, 0, None, closed="neither")]
+
+
 def _check_choice(value: Any, name: str, choices: Sequence[str], owner: str) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise parameter_error(owner, name, "one of " + ", ".join(repr(c) for c in choices), value)
+    check_param(owner, name, value, [StrOptions(*choices)])
 
 
 def as_samples(probs: Any, *, layout: Layout = "NSC", from_logits: bool = False, owner: str = _OWNER) -> np.ndarray:
@@ -261,9 +264,7 @@ def top_positions(keys: np.ndarray, k: int) -> np.ndarray:
 
 def check_beta(beta: Any, owner: str) -> float:
     """``beta`` as a float, refused unless a finite number > 0."""
-    ok = not isinstance(beta, (bool, np.bool_)) and isinstance(beta, (int, float, np.integer, np.floating))
-    if not ok or not math.isfinite(float(beta)) or beta <= 0:
-        raise parameter_error(owner, "beta", "a finite number > 0", beta)
+    check_param(owner, "beta", beta, BETA)
     return float(beta)
 
 
@@ -318,8 +319,7 @@ def sample_batch(scores: Any, budget: int, *, sampling: Sampling = "topk", beta:
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1 or len(s) == 0:
         raise InputDataError(f"The scores given to {_OWNER} must be a non-empty 1-D array; got shape {s.shape}.")
-    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= len(s):
-        raise parameter_error(_OWNER, "budget", f"an int in [1, {len(s)}] (the number of scores)", budget)
+    check_param(_OWNER, "budget", budget, [Interval(int, 1, len(s), note="the number of scores")])
     return _pick(s, int(budget), sampling, beta, rng)
 
 
@@ -354,6 +354,14 @@ class Acquisition(BaseSelector):
     """
 
     name = "acquisition"
+    _parameter_constraints = {
+        "method": [StrOptions(*METHODS)],
+        "sampling": [StrOptions(*SAMPLINGS)],
+        "beta": BETA,
+        "layout": [StrOptions(*LAYOUTS)],
+        "from_logits": ["boolean"],
+        "seed": SEED,
+    }
 
     def __init__(
         self,
@@ -371,14 +379,6 @@ class Acquisition(BaseSelector):
         self.layout = layout
         self.from_logits = from_logits
         self.seed = seed
-
-    def _validate_params(self) -> None:
-        _check_choice(self.method, "method", METHODS, "Acquisition")
-        _check_choice(self.sampling, "sampling", SAMPLINGS, "Acquisition")
-        _check_choice(self.layout, "layout", LAYOUTS, "Acquisition")
-        check_beta(self.beta, "Acquisition")
-        if not isinstance(self.from_logits, (bool, np.bool_)):
-            raise parameter_error("Acquisition", "from_logits", "True or False", self.from_logits)
 
     def _select(
         self, pool: PoolLike, *, budget: int, rng: np.random.Generator, probs: Any = None, exclude: Sequence[int] | np.ndarray | None = None
@@ -413,5 +413,12 @@ class Acquisition(BaseSelector):
                 "n_candidates": int(len(candidates)),
                 "n_excluded": int(pool.n_rows - len(candidates)),
                 "n_nonfinite": scores.n_nonfinite,
+                "score_mean_candidates": _finite_mean(scores.score[candidates]),
             },
         )
+
+
+def _finite_mean(values: np.ndarray) -> float | None:
+    """The mean of the finite values, None when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None

@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from thresher.exceptions import InputDataError, parameter_error
+from thresher.exceptions import InputDataError
+from thresher.params import HasMethods, Interval, check_param
 from thresher.rng import SeedLike, as_generator
+from thresher.search import drop_excluded
 from thresher.selectors._base import PoolLike, as_pool
 from thresher.selectors.topk import TopK
 
@@ -65,8 +67,7 @@ class AnchorSubpool:
 
 
 def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise parameter_error(_OWNER, name, "an int >= 1", value)
+    check_param(_OWNER, name, value, [Interval(int, 1, None)])
     return int(value)
 
 
@@ -131,18 +132,12 @@ def index_neighbours(neighbors: Any, queries: np.ndarray, k: int, exclude: np.nd
     """Each query's ``k`` nearest unlabelled rows through ``neighbors.search_positions(queries, n)``.
 
     Fetches ``k + len(exclude)`` (at most ``n_rows``) so that ``k`` rows remain after dropping excluded
-    ones; returns positions of shape (n_queries, k), ``-1`` where fewer were found.
+    ones (:func:`thresher.search.drop_excluded`); returns positions of shape (n_queries, k), ``-1`` where fewer were found.
     """
     unit_q = _unit(queries, "the anchors").astype(np.float32)
     n_fetch = min(n_rows, k + len(exclude))
     _, found = neighbors.search_positions(unit_q, n_fetch)
-    found = np.asarray(found, dtype=np.int64)
-    keep = (found >= 0) & ~np.isin(found, exclude)
-    out = np.full((len(unit_q), k), -1, dtype=np.int64)
-    for j in range(len(unit_q)):
-        row = found[j][keep[j]][:k]
-        out[j, : len(row)] = row
-    return out
+    return drop_excluded(found, exclude, k)
 
 
 def anchoral_subpool(
@@ -206,8 +201,7 @@ def anchoral_subpool(
         raise InputDataError(f"The labelled positions given to {_OWNER} must lie in [0, {view.n_rows}).")
     if len(np.unique(labelled)) != len(labelled):
         raise InputDataError(f"The labelled positions given to {_OWNER} hold duplicates.")
-    if neighbors is not None and not hasattr(neighbors, "search_positions"):
-        raise parameter_error(_OWNER, "neighbors", "None or an object with search_positions(vectors, k) (a FaissIndex)", type(neighbors).__name__)
+    check_param(_OWNER, "neighbors", neighbors, [None, HasMethods("search_positions", note="a FaissIndex")])
     if neighbors is not None and getattr(neighbors, "n_rows", view.n_rows) != view.n_rows:
         raise InputDataError(f"The neighbours index given to {_OWNER} holds {neighbors.n_rows} rows but the pool has {view.n_rows}.")
     class_list = list(np.unique(labels)) if classes is None else list(classes)

@@ -6,7 +6,7 @@ whose members are strong negatives for each other:
 1. A teacher embedding ranks, for every example, all others by similarity
    (here through the FAISS index, or exact search for small pools). Every
    row is a query, so an IVF-Flat index is searched list by list, all the
-   queries probing a list in one matrix product (:class:`GroupedIVFSearch`).
+   queries probing a list in one matrix product (:class:`thresher.search.GroupedIVFSearch`).
 2. The top ``p`` ranks are skipped (likely false negatives), ranks
    ``[p, p + m)`` become edges (reference: p = 30, m = 100); only reciprocal
    pairs are kept: an undirected, unweighted sparse graph (never N x N dense).
@@ -23,13 +23,17 @@ The output is in batch order with ``batch``, ``community`` and ``position``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from thresher.exceptions import InputDataError, ParameterError, parameter_error
-from thresher.selectors._base import BaseSelector, PoolLike, Selection
+from thresher.exceptions import InputDataError, ParameterError
+from thresher.params import Check, Interval
+from thresher.rng import as_generator
+from thresher.search import GroupedIVFSearch, drop_self, exact_search
+from thresher.selectors._base import SEED, BlockwiseSelector, PoolLike, Selection
 from thresher.selectors.rds import normalize_rows
 
 OWNER = "BatchMiner"
@@ -52,7 +56,6 @@ def window_neighbors(pool: PoolLike, neighbors: Any, p: int, m: int, *, block_ro
 def window_neighbors_of_blocks(pool: PoolLike, blocks: Any, neighbors: Any, p: int, m: int) -> np.ndarray:
     """:func:`window_neighbors` for the given blocks of ``pool`` only (a job's partition), rows in block order."""
     from thresher.selectors._base import ArrayPool
-    from thresher.stores.index import exact_search
 
     k = p + m + 1
     searched = pool.vectors if isinstance(pool, ArrayPool) else pool
@@ -66,99 +69,8 @@ def window_neighbors_of_blocks(pool: PoolLike, blocks: Any, neighbors: Any, p: i
             found = grouped.search(block.vectors, k)
         else:
             _, found = neighbors.search_positions(block.vectors, k)
-        parts.append(_drop_self(found, positions)[:, p : p + m])
+        parts.append(drop_self(found, positions)[:, p : p + m])
     return np.concatenate(parts) if parts else np.empty((0, m), dtype=np.int64)
-
-
-class GroupedIVFSearch:
-    """Search an IVF-Flat index with many queries at once, one matrix product per inverted list.
-
-    FAISS scans the probed lists query by query, reading each list from memory
-    once per query; when every pool row is a query (the teacher ranks of B3), the
-    queries of a block that probe a list are instead scored against its vectors
-    (the index's own codes, no copy) in one BLAS product and the best ``k`` kept
-    per query. Same probed lists and exact scores within them as
-    ``index.search`` (up to the order of ties), many times faster.
-    """
-
-    def __init__(self, index: Any):
-        import faiss
-
-        self.ivf = faiss.extract_index_ivf(index.faiss_index)
-        self.metric = index.metric
-        nlist, dim, lists = self.ivf.nlist, self.ivf.d, self.ivf.invlists
-        self.centroids = self.ivf.quantizer.reconstruct_n(0, nlist)
-        self.ids, self.codes = [], []
-        for lst in range(nlist):
-            size = lists.list_size(lst)
-            self.ids.append(faiss.rev_swig_ptr(lists.get_ids(lst), size).copy() if size else np.empty(0, np.int64))
-            self.codes.append(faiss.rev_swig_ptr(lists.get_codes(lst), size * dim * 4).view(np.float32).reshape(size, dim) if size else None)
-
-    @staticmethod
-    def applies(neighbors: Any, n_rows: int) -> bool:
-        """Whether ``neighbors`` is a thresher IVF-Flat index over these ``n_rows`` rows."""
-        import faiss
-
-        index = getattr(neighbors, "faiss_index", None)
-        if index is None or index.ntotal != n_rows:
-            return False
-        return isinstance(faiss.downcast_index(index), faiss.IndexIVFFlat)
-
-    @classmethod
-    def of(cls, neighbors: Any, n_rows: int) -> GroupedIVFSearch | None:
-        """The grouped search for ``neighbors`` when it :meth:`applies`, else None."""
-        return cls(neighbors) if cls.applies(neighbors, n_rows) else None
-
-    def _score(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """Scores, higher is nearer: inner products, or minus squared L2 distances."""
-        s = queries @ vectors.T
-        if self.metric == "l2":
-            s *= 2
-            s -= np.einsum("ij,ij->i", queries, queries)[:, None]
-            s -= np.einsum("ij,ij->i", vectors, vectors)[None, :]
-        return s
-
-    def _probes(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
-        coarse = self._score(queries, self.centroids)
-        return np.argmax(coarse, axis=1)[:, None] if nprobe == 1 else np.argpartition(-coarse, nprobe - 1, axis=1)[:, :nprobe]
-
-    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Positions of the ``k`` nearest rows of each query, best first (-1 where fewer were found)."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        nq, nprobe = len(queries), self.ivf.nprobe
-        probes = np.concatenate([self._probes(queries[lo : lo + 8192], nprobe) for lo in range(0, nq, 8192)]).ravel()
-        query_of = np.repeat(np.arange(nq), nprobe)
-        slot_of = np.tile(np.arange(nprobe) * k, nq)
-        by_list = np.argsort(probes, kind="stable")
-        cuts = np.searchsorted(probes[by_list], np.arange(self.ivf.nlist + 1))
-        best_s = np.full((nq, nprobe * k), -np.inf, dtype=np.float32)
-        best_i = np.full((nq, nprobe * k), -1, dtype=np.int64)
-        for lst in np.flatnonzero(np.diff(cuts)):
-            rows = self.ids[lst]
-            if len(rows) == 0:
-                continue
-            pairs = by_list[cuts[lst] : cuts[lst + 1]]
-            qs = query_of[pairs]
-            s = self._score(queries[qs], self.codes[lst])
-            kk = min(k, len(rows))
-            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.broadcast_to(np.arange(kk), (len(qs), kk))
-            cols = slot_of[pairs][:, None] + np.arange(kk)
-            best_s[qs[:, None], cols] = np.take_along_axis(s, top, axis=1)
-            best_i[qs[:, None], cols] = rows[top]
-        order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
-        found = np.take_along_axis(best_i, order, axis=1)
-        found[np.take_along_axis(best_s, order, axis=1) == -np.inf] = -1
-        return found
-
-
-def _drop_self(found: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Remove each row's own position from its neighbour list (or its last entry when self is absent)."""
-    is_self = found == positions[:, None]
-    has_self = is_self.any(axis=1)
-    drop = np.where(has_self, is_self.argmax(axis=1), found.shape[1] - 1)
-    keep = np.ones_like(found, dtype=bool)
-    keep[np.arange(len(found)), drop] = False
-    return found[keep].reshape(len(found), found.shape[1] - 1)
 
 
 def reciprocal_graph(window: np.ndarray) -> Any:
@@ -232,7 +144,28 @@ def mean_in_batch_similarity(pool: PoolLike, batches: Sequence[np.ndarray]) -> f
     return float(np.mean(values)) if values else float("nan")
 
 
-class BatchMiner(BaseSelector):
+@dataclass(frozen=True)
+class TeacherWindows:
+    """What every block of B3 needs: the teacher rank window ``[p, p + m)``."""
+
+    p: int
+    m: int
+
+
+@dataclass(frozen=True)
+class WindowRows:
+    """The rank windows of pool rows ``[start, start + len(window))``: positions, shape (n, m), -1 where missing."""
+
+    start: int
+    window: np.ndarray
+
+
+def _rank_window(value: Any) -> bool:
+    window = tuple(value)
+    return len(window) == 2 and all(Interval(int, 0, None).accepts(v) for v in window) and window[1] > window[0]
+
+
+class BatchMiner(BlockwiseSelector):
     """B3 batches: METIS communities of a teacher's reciprocal rank-window graph (Thirukovalluru et al. 2025).
 
     Parameters
@@ -254,9 +187,23 @@ class BatchMiner(BaseSelector):
     ``groups`` a per-row source label, so each batch comes from one source;
     ``window`` the teacher rank windows when already computed (by a job). The budget is
     the share of the pool to batch (1.0 = all).
+
+    Distributed protocol (:class:`~thresher.selectors._base.BlockwiseSelector`):
+    the teacher search is the block-wise part. ``prepare`` checks the pool and
+    gives the :class:`TeacherWindows`; ``partial`` searches the windows of a
+    block's rows (``neighbors=``: the index opened where it runs); ``merge``
+    stitches adjacent row ranges; ``finish`` builds the graph and the batches.
     """
 
     name = "b3"
+    _parameter_constraints = {
+        "batch_size": [Interval(int, 1, None)],
+        "community_size": [Interval(int, 1, None)],
+        "rank_window": [Check(_rank_window, "a pair (p, p + m) of ints with 0 <= p < p + m")],
+        "n_hard_negatives": [Interval(int, 0, None)],
+        "drop_last": ["boolean"],
+        "seed": SEED,
+    }
 
     def __init__(self, *, batch_size: int = 1024, community_size: int = 32, rank_window: tuple[int, int] = (30, 130),
                  n_hard_negatives: int = 0, drop_last: bool = True, seed: int = 0):
@@ -267,32 +214,25 @@ class BatchMiner(BaseSelector):
         self.drop_last = drop_last
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        for name in ("batch_size", "community_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise parameter_error(OWNER, name, "an int >= 1", value)
+    def _check_param_relations(self) -> None:
         if self.batch_size % self.community_size:
             raise ParameterError(
                 f"The 'batch_size' parameter of BatchMiner ({self.batch_size}) must be a multiple of 'community_size' ({self.community_size})."
             )
-        window = tuple(self.rank_window) if isinstance(self.rank_window, (tuple, list)) else None
-        if window is None or len(window) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in window) or window[0] < 0 or window[1] <= window[0]:
-            raise parameter_error(OWNER, "rank_window", "a pair (p, p + m) of ints with 0 <= p < p + m", self.rank_window)
-        if isinstance(self.n_hard_negatives, bool) or not isinstance(self.n_hard_negatives, (int, np.integer)) or self.n_hard_negatives < 0:
-            raise parameter_error(OWNER, "n_hard_negatives", "an int >= 0", self.n_hard_negatives)
-        width = int(window[1]) - int(window[0])
+        width = int(self.rank_window[1]) - int(self.rank_window[0])
         if self.n_hard_negatives > width:
             # The negatives are drawn from the rank window without replacement: more than its width cannot be had.
             raise ParameterError(
                 f"The 'n_hard_negatives' parameter of BatchMiner ({self.n_hard_negatives}) must be at most the width of "
-                f"'rank_window' {tuple(int(v) for v in window)} (m = {width}): hard negatives are drawn from that window."
+                f"'rank_window' {tuple(int(v) for v in self.rank_window)} (m = {width}): hard negatives are drawn from that window."
             )
 
-    def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, neighbors: Any = None,
-                groups: Sequence[Any] | np.ndarray | None = None, window: np.ndarray | None = None) -> Selection:
+    # -- the distributed protocol (BlockwiseSelector): the teacher's rank windows are the block-wise part ---------
+
+    def prepare(self, pool: PoolLike, *, budget: int, rng: np.random.Generator | None = None, neighbors: Any = None,
+                groups: Sequence[Any] | np.ndarray | None = None, window: np.ndarray | None = None) -> TeacherWindows:
+        """Check the pool against the settings; the state is the rank window ``[p, p + m)``."""
         p, stop = int(self.rank_window[0]), int(self.rank_window[1])
-        m = stop - p
         n = pool.n_rows
         if n < self.batch_size:
             raise ParameterError(f"The pool has {n} rows, fewer than one batch (batch_size={self.batch_size}).")
@@ -300,10 +240,57 @@ class BatchMiner(BaseSelector):
             raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {n} rows; p + m must be < the pool size.")
         if groups is not None and len(groups) != n:
             raise InputDataError(f"'groups' has {len(groups)} labels for a pool of {n} rows.")
+        return TeacherWindows(p, stop - p)
+
+    def block_rows_for(self, state: TeacherWindows, neighbors: Any = None, n_rows: int = 0) -> int:
+        """Queries searched at once: 65,536 for the grouped IVF search (its cost per block is reading the lists once), else 8,192."""
+        return 65_536 if GroupedIVFSearch.applies(neighbors, n_rows) else 8192
+
+    def partial(self, state: TeacherWindows, blocks: Iterable[Any], pool: PoolLike, neighbors: Any = None) -> WindowRows:
+        """The teacher rank windows of the rows of ``blocks`` (contiguous rows of ``pool``), searched in ``pool``.
+
+        ``neighbors`` is what searches: an object with ``search_positions(vectors, k)``
+        (a thresher FAISS index, opened where this runs) or None for exact search over ``pool``.
+        """
+        blocks = list(blocks)
+        start = blocks[0].start if blocks else 0
+        window = window_neighbors_of_blocks(pool, blocks, neighbors, state.p, state.m)
+        return WindowRows(int(start), window.astype(np.int32 if pool.n_rows < 2**31 else np.int64, copy=False))
+
+    def merge(self, partials: Sequence[WindowRows]) -> WindowRows:
+        """The windows of adjacent row ranges, in row order (the ranges must tile one range)."""
+        parts = sorted((w for w in partials if len(w.window)), key=lambda w: w.start)
+        if not parts:
+            return partials[0]
+        for a, b in zip(parts[:-1], parts[1:]):
+            if a.start + len(a.window) != b.start:
+                raise ValueError(f"BatchMiner.merge got rank windows of rows [{a.start}, {a.start + len(a.window)}) then from row {b.start}: "
+                                 "they must be adjacent.")
+        return WindowRows(parts[0].start, parts[0].window if len(parts) == 1 else np.concatenate([w.window for w in parts]))
+
+    def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, neighbors: Any = None,
+                groups: Sequence[Any] | np.ndarray | None = None, window: np.ndarray | None = None) -> Selection:
+        state = self.prepare(pool, budget=budget, rng=rng, neighbors=neighbors, groups=groups)
         if window is None:
-            window = window_neighbors(pool, neighbors, p, m)
-        elif window.shape != (n, m):
-            raise InputDataError(f"'window' must have shape (n_rows, m) = ({n}, {m}); got {window.shape}.")
+            blocks = pool.iter_blocks(self.block_rows_for(state, neighbors, pool.n_rows))
+            merged = self.merge([self.partial(state, blocks, pool, neighbors=neighbors)])
+        else:
+            merged = WindowRows(0, np.asarray(window))
+        return self.finish(state, merged, pool, budget=budget, rng=rng, groups=groups)
+
+    def finish(self, state: TeacherWindows, merged: WindowRows, pool: PoolLike, *, budget: int | None = None,
+               rng: np.random.Generator | None = None, groups: Sequence[Any] | np.ndarray | None = None) -> Selection:
+        """The driver's step: reciprocal graph of the windows, METIS communities, batches (module docstring, steps 2-4).
+
+        ``budget`` (rows, default all) and ``rng`` (default: from ``seed``) as ``select`` passes them.
+        """
+        p, m, n = state.p, state.m, pool.n_rows
+        stop = p + m
+        budget = n if budget is None else budget
+        rng = as_generator(self.seed, OWNER) if rng is None else rng
+        window = merged.window
+        if merged.start != 0 or window.shape != (n, m):
+            raise InputDataError(f"'window' must have shape (n_rows, m) = ({n}, {m}) from row 0; got {window.shape} from row {merged.start}.")
         graph = reciprocal_graph(window)
         group_labels = np.zeros(n, dtype=np.int64) if groups is None else np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
         communities: list[np.ndarray] = []

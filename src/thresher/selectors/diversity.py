@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from thresher.exceptions import DimensionMismatchError, InputDataError, ParameterError, parameter_error
+from thresher.exceptions import DimensionMismatchError, InputDataError, ParameterError
 from thresher.rng import SeedLike, as_generator
-from thresher.selectors._base import ArrayPool, BaseSelector, PoolLike, Selection, as_pool
+from thresher.params import Interval, check_param
+from thresher.selectors._base import BLOCK_ROWS, SEED, ArrayPool, BaseSelector, PoolLike, Selection, as_pool
 from thresher.selectors.acquisition import top_positions
 
 #: centers compared with a block at once when the initial centers are many
@@ -91,8 +92,7 @@ def k_center_greedy(
     if allowed.shape != (n_rows,):
         raise InputDataError(f"The 'eligible' mask given to {owner} must have shape ({n_rows},); got {allowed.shape}.")
     n_allowed = int(allowed.sum())
-    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n_allowed:
-        raise parameter_error(owner, "budget", f"an int in [1, {n_allowed}] (the eligible rows)", budget)
+    check_param(owner, "budget", budget, [Interval(int, 1, n_allowed, note="the eligible rows")])
     min_dist = np.full(n_rows, np.inf)
     picks = np.empty(budget, dtype=np.int64)
     dists = np.empty(budget)
@@ -152,10 +152,8 @@ def uncertainty_then_diversity(
     s = np.asarray(scores, dtype=np.float64)
     if s.shape != (view.n_rows,):
         raise InputDataError(f"The scores given to {owner} must have shape ({view.n_rows},) (one per pool row); got {s.shape}.")
-    if isinstance(n_candidates, (bool, np.bool_)) or not isinstance(n_candidates, (int, np.integer)) or not 1 <= n_candidates <= view.n_rows:
-        raise parameter_error(owner, "n_candidates", f"an int in [1, {view.n_rows}]", n_candidates)
-    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n_candidates:
-        raise parameter_error(owner, "budget", f"an int in [1, n_candidates={n_candidates}]", budget)
+    check_param(owner, "n_candidates", n_candidates, [Interval(int, 1, view.n_rows, note="the pool's rows")])
+    check_param(owner, "budget", budget, [Interval(int, 1, n_candidates, note=f"at most n_candidates={n_candidates}")])
     finite = np.flatnonzero(np.isfinite(s))
     top = finite[top_positions(s[finite], n_candidates)]
     if len(top) < n_candidates:
@@ -182,14 +180,11 @@ class KCenterGreedy(BaseSelector):
     """
 
     name = "kcenter"
+    _parameter_constraints = {"block_rows": BLOCK_ROWS, "seed": SEED}
 
     def __init__(self, *, block_rows: int | None = None, seed: int = 0):
         self.block_rows = block_rows
         self.seed = seed
-
-    def _validate_params(self) -> None:
-        if self.block_rows is not None and (isinstance(self.block_rows, bool) or not isinstance(self.block_rows, (int, np.integer)) or self.block_rows < 1):
-            raise parameter_error("KCenterGreedy", "block_rows", "None or an int >= 1", self.block_rows)
 
     def _select(
         self,

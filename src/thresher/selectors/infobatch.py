@@ -25,7 +25,9 @@ annealing epoch is exactly ``ceil(delta * epochs)`` and weights are 1 from
 there on even when ``delta * epochs`` is not an integer (the reference keeps
 stale ``1 / (1 - r)`` weights then); indices are int64 everywhere (the
 reference all-gathers them as floats, wrong above 2**24 samples); the state
-saves and loads with the training run.
+saves and loads with the training run (:mod:`thresher.training.infobatch`
+writes it, and the loss shards trainers feed back: this module reads and
+writes no files).
 
 ``r`` and ``delta`` are read as the decimals they print as, so
 ``floor((1 - 0.9) * 10)`` is 1 and ``ceil(0.1 * 10)`` is 1, not the 0 and 2
@@ -44,8 +46,6 @@ on every rank; never send indices through a float tensor.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -55,14 +55,10 @@ from typing import Any
 
 import numpy as np
 
-from thresher.exceptions import ArtifactError, InputDataError, ParameterError, parameter_error
-from thresher.fingerprint import hash_bytes
+from thresher.exceptions import ArtifactError, InputDataError, ParameterError
+from thresher.params import Interval, check_param, check_params
 from thresher.rng import as_generator, derive_seed
-from thresher.stores.atomic import atomic_path, atomic_write_json
 
-STATE_FILE = "infobatch.json"
-SCORES_FILE = "scores.npy"
-ACTIVE_FILE = "active_kept_well.npy"
 STATE_VERSION = 1
 MAX_PRUNE_RATIO = 0.9
 _OWNER = "InfoBatch"
@@ -71,14 +67,6 @@ _OWNER = "InfoBatch"
 def _decimal(x: float) -> Fraction:
     """The value ``x`` prints as, exactly (0.9 -> 9/10), so floor/ceil follow what the user wrote."""
     return Fraction(repr(float(x)))
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def _is_torch(x: Any) -> bool:
@@ -189,18 +177,6 @@ class EpochBatchSampler:
             yield self.indices[lo:hi].tolist()
 
 
-class IndexedDataset:
-    """Wrap a map-style dataset so item ``i`` is ``(i, dataset[i])``: the loader then yields the indices to feed back."""
-
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.dataset[index]
-
 
 class InfoBatch:
     """Per-epoch pruning plans from fed-back per-sample losses (Qin et al., ICLR 2024).
@@ -230,6 +206,15 @@ class InfoBatch:
     ...     ib.save(ckpt_dir)
     """
 
+    _parameter_constraints = {
+        "n_samples": [Interval(int, 1, None)],
+        "epochs": [Interval(int, 1, None)],
+        "prune_ratio": [Interval(float, 0, MAX_PRUNE_RATIO)],
+        "delta": [Interval(float, 0, 1)],
+        "seed": [Interval(int, 0, None)],
+        "initial_score": [Interval(float, None, None)],
+    }
+
     def __init__(
         self,
         *,
@@ -240,17 +225,8 @@ class InfoBatch:
         seed: int = 0,
         initial_score: float = 3.0,
     ):
-        if not _is_int(n_samples) or n_samples < 1:
-            raise parameter_error(_OWNER, "n_samples", "an int >= 1", n_samples)
-        if not _is_int(epochs) or epochs < 1:
-            raise parameter_error(_OWNER, "epochs", "an int >= 1", epochs)
-        if not _is_real(prune_ratio) or not (0.0 <= prune_ratio <= MAX_PRUNE_RATIO):
-            raise parameter_error(_OWNER, "prune_ratio", f"a float in [0, {MAX_PRUNE_RATIO}]", prune_ratio)
-        if not _is_real(delta) or not (0.0 <= delta <= 1.0):
-            raise parameter_error(_OWNER, "delta", "a float in [0, 1]", delta)
-        as_generator(seed, _OWNER)  # validates
-        if not _is_real(initial_score) or not math.isfinite(initial_score):
-            raise parameter_error(_OWNER, "initial_score", "a finite float", initial_score)
+        check_params(_OWNER, {"n_samples": n_samples, "epochs": epochs, "prune_ratio": prune_ratio, "delta": delta, "seed": seed,
+                              "initial_score": initial_score}, self._parameter_constraints)
         check_fits_in_memory(int(n_samples))
         self.n_samples = int(n_samples)
         self.epochs = int(epochs)
@@ -302,8 +278,7 @@ class InfoBatch:
     # ------------------------------------------------------------------ plans
 
     def _check_epoch(self, epoch: Any) -> int:
-        if not _is_int(epoch) or not (0 <= epoch < self.epochs):
-            raise parameter_error(_OWNER, "epoch", f"an int in [0, {self.epochs})", epoch)
+        check_param(_OWNER, "epoch", epoch, [Interval(int, 0, self.epochs, closed="left")])
         return int(epoch)
 
     def plan(self, epoch: int) -> EpochPlan:
@@ -330,12 +305,9 @@ class InfoBatch:
         Every rank must call it with the same scores (feed all ranks' losses to
         every rank's :meth:`update`), so all ranks build the same plan.
         """
-        if not _is_int(batch_size) or batch_size < 1:
-            raise parameter_error(_OWNER, "batch_size", "an int >= 1", batch_size)
-        if not _is_int(world_size) or world_size < 1:
-            raise parameter_error(_OWNER, "world_size", "an int >= 1", world_size)
-        if not _is_int(rank) or not (0 <= rank < world_size):
-            raise parameter_error(_OWNER, "rank", f"an int in [0, {world_size})", rank)
+        check_param(_OWNER, "batch_size", batch_size, [Interval(int, 1, None)])
+        check_param(_OWNER, "world_size", world_size, [Interval(int, 1, None)])
+        check_param(_OWNER, "rank", rank, [Interval(int, 0, world_size, closed="left")])
         plan = self.start_epoch(epoch)
         if plan.n_kept < world_size:
             raise InputDataError(f"The plan of epoch {plan.epoch} holds {plan.n_kept} samples, fewer than the {world_size} ranks ('world_size').")
@@ -354,7 +326,7 @@ class InfoBatch:
             Per-sample losses (``reduction="none"``); finite.
         """
         idx = self._indices(indices, "indices")
-        values = _as_numpy(losses, "losses", float_=True)
+        values = as_numpy(losses, "losses", float_=True)
         if values.ndim == 0:
             raise InputDataError(
                 "The 'losses' given to InfoBatch.update is a scalar (a reduced loss); pass per-sample losses "
@@ -375,30 +347,10 @@ class InfoBatch:
         self._scores[idx] = scores
 
     def update_from_shards(self, directory: str | Path) -> int:
-        """Apply the loss shards in ``directory`` (``*.arrow`` streams with ``index`` int64 and ``loss``), in name order.
+        """Apply the loss shards in ``directory``; see :func:`thresher.training.infobatch.apply_loss_shards`."""
+        from thresher.training.infobatch import apply_loss_shards
 
-        Returns the number of losses applied. See :func:`write_loss_shard`.
-        """
-        from thresher.stores.arrow_io import read_stream_shard
-
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise ArtifactError(f"Loss-shard directory {directory} does not exist.")
-        files = sorted(p for p in directory.glob("*.arrow") if not p.name.startswith("."))
-        if not files:
-            raise ArtifactError(f"Loss-shard directory {directory} holds no *.arrow shards.")
-        n = 0
-        for path in files:
-            table = read_stream_shard(path)
-            for column in ("index", "loss"):
-                if column not in table.column_names:
-                    raise InputDataError(f"Loss shard {path} has no {column!r} column (it has {table.column_names}).")
-            try:
-                self.update(table.column("index").to_numpy(), table.column("loss").to_numpy())
-            except InputDataError as exc:
-                raise InputDataError(f"Loss shard {path}: {exc}") from None
-            n += table.num_rows
-        return n
+        return apply_loss_shards(self, directory)
 
     def weights(self, indices: Any, *, device: Any = None) -> Any:
         """Loss weights of ``indices`` in the started epoch (:meth:`start_epoch` / :meth:`batch_sampler`).
@@ -423,7 +375,7 @@ class InfoBatch:
         return w
 
     def _indices(self, indices: Any, name: str) -> np.ndarray:
-        idx = _as_numpy(indices, name, float_=False)
+        idx = as_numpy(indices, name, float_=False)
         if idx.ndim != 1:
             raise InputDataError(f"The {name!r} given to InfoBatch must be 1-D (n,); got shape {idx.shape}.")
         if len(idx) == 0:
@@ -497,46 +449,17 @@ class InfoBatch:
         self._history = {int(k): dict(v) for k, v in state["history"].items()}
 
     def save(self, directory: str | Path) -> Path:
-        """Write the state to ``directory`` (atomically per file; ``infobatch.json`` last marks it complete).
+        """Write the state to ``directory``; see :func:`thresher.training.infobatch.save_state`."""
+        from thresher.training.infobatch import save_state
 
-        ``directory`` is new, empty, or a saved state (updated in place); any other directory is refused.
-        """
-        from thresher.stores.output_guard import check_output
-
-        check_output(directory, "infobatch", name="directory")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        for name, array in ((SCORES_FILE, state["scores"]), (ACTIVE_FILE, state["active_kept_well"])):
-            with atomic_path(directory / name) as tmp:
-                buffer = io.BytesIO()  # np.save to a real file uses fwrite, whose failures (disk full) lose errno
-                np.save(buffer, array, allow_pickle=False)
-                tmp.write_bytes(buffer.getbuffer())
-        meta = {k: v for k, v in state.items() if k not in ("scores", "active_kept_well")}
-        meta["scores_checksum"] = hash_bytes(state["scores"].tobytes())
-        meta["history"] = {str(k): v for k, v in meta["history"].items()}
-        atomic_write_json(directory / STATE_FILE, meta)
-        return directory
+        return save_state(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> InfoBatch:
-        """Read a state written by :meth:`save`."""
-        directory = Path(directory)
-        path = directory / STATE_FILE
-        if not path.is_file():
-            raise ArtifactError(f"{directory} holds no saved InfoBatch state ({STATE_FILE} is missing).")
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-            scores = np.load(directory / SCORES_FILE, allow_pickle=False)
-            kept = np.load(directory / ACTIVE_FILE, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"InfoBatch state in {directory} is unreadable: {exc}") from exc
-        if hash_bytes(np.ascontiguousarray(scores).tobytes()) != meta.get("scores_checksum"):
-            raise ArtifactError(f"{directory / SCORES_FILE} does not match {path} (an interrupted save or a changed file).")
-        ib = cls(**meta["params"])
-        meta.pop("scores_checksum")
-        ib.load_state_dict({**meta, "scores": scores, "active_kept_well": kept})
-        return ib
+        """Read a state written by :meth:`save`; see :func:`thresher.training.infobatch.load_state`."""
+        from thresher.training.infobatch import load_state
+
+        return load_state(directory, cls)
 
 
 def _settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> ArtifactError:
@@ -621,7 +544,11 @@ def plan_epoch(
     return EpochPlan(epoch, indices.astype(np.int64, copy=False), weights, n, True, threshold, n_well, int(k))
 
 
-def _as_numpy(x: Any, name: str, *, float_: bool) -> np.ndarray:
+def as_numpy(x: Any, name: str, *, float_: bool) -> np.ndarray:
+    """``x`` (a torch tensor, moved to the CPU, or anything array-like) as a numpy array; ``name`` is for error messages.
+
+    With ``float_``, floating tensors become float32 and arrays must hold numbers.
+    """
     if _is_torch(x):
         x = x.detach().cpu()
         if float_ and x.is_floating_point():
@@ -636,20 +563,20 @@ def _as_numpy(x: Any, name: str, *, float_: bool) -> np.ndarray:
     return arr
 
 
-def write_loss_shard(path: str | Path, indices: Any, losses: Any) -> Path:
-    """Write one trainer's (index int64, loss float32) pairs as an Arrow IPC stream shard for :meth:`InfoBatch.update_from_shards`."""
-    import pyarrow as pa
 
-    from thresher.stores.arrow_io import write_stream_shard
+# Moved to thresher.training (issue 15); still importable from here.
+_MOVED = {
+    "IndexedDataset": "thresher.training.samplers",
+    "write_loss_shard": "thresher.training.infobatch",
+    "STATE_FILE": "thresher.training.infobatch",
+    "SCORES_FILE": "thresher.training.infobatch",
+    "ACTIVE_FILE": "thresher.training.infobatch",
+}
 
-    idx = _as_numpy(indices, "indices", float_=False)
-    values = _as_numpy(losses, "losses", float_=True)
-    if idx.ndim != 1 or values.ndim != 1 or len(idx) != len(values):
-        raise InputDataError(f"write_loss_shard needs 1-D 'indices' and 'losses' of one length; got shapes {idx.shape} and {values.shape}.")
-    if len(idx) and not np.issubdtype(idx.dtype, np.integer):
-        raise InputDataError(f"The 'indices' given to write_loss_shard must be integers (int64); got dtype {idx.dtype}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"index": pa.array(idx.astype(np.int64), pa.int64()), "loss": pa.array(values.astype(np.float32), pa.float32())})
-    write_stream_shard(path, table)
-    return path
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

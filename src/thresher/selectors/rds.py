@@ -29,13 +29,18 @@ float64 dot product with the mean query direction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import dataclasses
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
 
-from thresher.exceptions import DimensionMismatchError, InputDataError, ParameterError, parameter_error
-from thresher.selectors._base import BaseSelector, PoolLike, Selection
+from thresher.exceptions import DimensionMismatchError, InputDataError, ParameterError
+from thresher.params import Interval, StrOptions, check_param
+from thresher.selectors._base import BLOCK_ROWS, SEED, BlockwiseSelector, PoolLike, Selection
 from thresher.selectors.topk import TopK
 
 Aggregation = Literal["max", "mean"]
@@ -87,8 +92,7 @@ class RDSScorer:
     """
 
     def __init__(self, targets: Mapping[str, Any], *, aggregation: Aggregation = "max"):
-        if aggregation not in ("max", "mean"):
-            raise parameter_error("RDSPlus", "aggregation", "'max' or 'mean'", aggregation)
+        check_param("RDSPlus", "aggregation", aggregation, RDSPlus._parameter_constraints["aggregation"])
         if not isinstance(targets, Mapping) or len(targets) == 0:
             raise ParameterError("RDSPlus needs at least one target task: pass targets={'task': query_embeddings}.")
         self.tasks = [str(t) for t in targets]
@@ -276,10 +280,44 @@ def _round_robin(rankings, budget, quotas, groups, group_caps) -> tuple[np.ndarr
 
 
 class NeedDeeperRankings(Exception):
-    """Group caps passed over so many rows that a task ran out of its top-k: score again with a larger k."""
+    """Group caps passed over so many rows that a task ran out of its top-k: score again with a larger k.
+
+    ``state`` is the :class:`RDSState` to score again with (twice the depth).
+    """
+
+    def __init__(self, state: RDSState):
+        super().__init__(state.k)
+        self.state = state
 
 
-class RDSPlus(BaseSelector):
+@dataclass(frozen=True)
+class RDSState:
+    """What every block of RDS+ needs: the queries' ``scorer``, the ranking depth ``k`` per task, and the
+    sorted pool positions to ``exclude`` (or None)."""
+
+    scorer: RDSScorer
+    k: int
+    exclude: np.ndarray | None = None
+
+    def deeper(self, n_rows: int) -> RDSState:
+        """The same state with twice the ranking depth (at most the pool)."""
+        return dataclasses.replace(self, k=min(2 * self.k, n_rows))
+
+
+@dataclass(frozen=True)
+class RDSPartial:
+    """A partition's result: each task's exact best ``k`` rows (``top``) and the row counts (scored, excluded, …)."""
+
+    top: TopK
+    counts: Mapping[str, int]
+
+
+def _in_sorted(positions: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    hit = np.searchsorted(sorted_values, positions)
+    return (hit < len(sorted_values)) & (sorted_values[np.minimum(hit, len(sorted_values) - 1)] == positions)
+
+
+class RDSPlus(BlockwiseSelector):
     """Task-targeted selection by max cosine similarity, round-robin across tasks (Ivison et al. 2025).
 
     Parameters
@@ -294,6 +332,12 @@ class RDSPlus(BaseSelector):
     seed : int, default 0
         Recorded for provenance; RDS+ itself is deterministic.
 
+    Distributed protocol (:class:`~thresher.selectors._base.BlockwiseSelector`):
+    ``prepare`` builds the :class:`RDSState`; ``partial`` keeps each task's
+    exact top ``k`` of its blocks; ``merge`` merges the top-k lists; ``finish``
+    runs the round-robin, raising :class:`NeedDeeperRankings` when group caps
+    exhaust a ranking (score again with ``exc.state``).
+
     Examples
     --------
     >>> sel = RDSPlus().select(pool, budget=10_000, targets={"gsm8k": q1, "mmlu": q2})  # doctest: +SKIP
@@ -301,6 +345,12 @@ class RDSPlus(BaseSelector):
     """
 
     name = "rds_plus"
+    _parameter_constraints = {
+        "aggregation": [StrOptions("max", "mean")],
+        "decontaminate": [None, Interval(float, -1, 1, note="a cosine threshold")],
+        "block_rows": BLOCK_ROWS,
+        "seed": SEED,
+    }
 
     def __init__(self, *, aggregation: Aggregation = "max", decontaminate: float | None = None, block_rows: int | None = None, seed: int = 0):
         self.aggregation = aggregation
@@ -308,35 +358,38 @@ class RDSPlus(BaseSelector):
         self.block_rows = block_rows
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        if self.aggregation not in ("max", "mean"):
-            raise parameter_error("RDSPlus", "aggregation", "'max' or 'mean'", self.aggregation)
-        if self.decontaminate is not None and (isinstance(self.decontaminate, bool) or not isinstance(self.decontaminate, (int, float)) or not -1 <= self.decontaminate <= 1):
-            raise parameter_error("RDSPlus", "decontaminate", "None or a cosine threshold in [-1, 1]", self.decontaminate)
-        if self.block_rows is not None and (isinstance(self.block_rows, bool) or not isinstance(self.block_rows, (int, np.integer)) or self.block_rows < 1):
-            raise parameter_error("RDSPlus", "block_rows", "None or an int >= 1", self.block_rows)
-
     def scorer(self, targets: Mapping[str, Any]) -> RDSScorer:
         return RDSScorer(targets, aggregation=self.aggregation)
 
-    def score_partition(
-        self, blocks: Iterator[Any], scorer: RDSScorer, k: int, take: Any, exclude: np.ndarray | None = None
-    ) -> tuple[TopK, dict[str, int]]:
-        """The per-partition step: each task's exact best ``k`` rows of the partition. Jobs map this over partitions.
+    def prepare(self, pool: PoolLike, *, budget: int, rng: np.random.Generator | None = None, targets: Mapping[str, Any] | None = None,
+                exclude: Sequence[int] | np.ndarray | None = None) -> RDSState:
+        """The scorer of ``targets`` (checked against the pool's width) and a ranking depth of ``budget``."""
+        if targets is None:
+            raise ParameterError("RDSPlus.select needs targets={'task': query_embeddings, …}.")
+        scorer = self.scorer(targets)
+        scorer.check_dim(pool.dim, str(getattr(pool, "path", "its embeddings")))
+        excluded = None if exclude is None else np.unique(np.asarray(exclude, dtype=np.int64))
+        return RDSState(scorer, int(budget), excluded)
+
+    def block_rows_for(self, state: RDSState) -> int:
+        return self.block_rows or state.scorer.default_block_rows()
+
+    def partial(self, state: RDSState, blocks: Iterable[Any], pool: Any) -> RDSPartial:
+        """Each task's exact best ``k`` rows of ``blocks``. Jobs map this over partitions.
 
         Streams ``blocks`` keeping, per task, every row whose float32 score is
         within 2 delta of the running k-th best (a superset of the exact top k),
-        then re-scores only those rows exactly (``take(positions)`` fetches
-        their vectors) and keeps the exact best k.
+        then re-scores only those rows exactly (``pool.take(positions)`` fetches
+        their vectors, positions within ``blocks``) and keeps the exact best k.
         """
+        scorer, k, exclude = state.scorer, state.k, state.exclude
         approx_top = TopK(k, scorer.n_tasks, margin=2 * scorer.delta)
         counts = {"n_scored": 0, "n_excluded": 0, "n_decontaminated": 0}
         for block in blocks:
             positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
             eligible = np.ones(len(positions), dtype=bool)
             if exclude is not None and len(exclude):
-                hit = np.searchsorted(exclude, positions)
-                eligible &= ~((hit < len(exclude)) & (exclude[np.minimum(hit, len(exclude) - 1)] == positions))
+                eligible &= ~_in_sorted(positions, exclude)
                 counts["n_excluded"] += int((~eligible).sum())
             approx, contaminated = scorer.approx_block(block.vectors, positions, eligible=eligible, decontaminate=self.decontaminate)
             if contaminated is not None:
@@ -350,23 +403,44 @@ class RDSPlus(BaseSelector):
             for lo in range(0, len(candidates), chunk):
                 positions = candidates[lo : lo + chunk]
                 scores = np.full((len(positions), scorer.n_tasks), -np.inf)
-                scores[:, t] = scorer.exact_scores(take(positions), positions, task=t)
+                scores[:, t] = scorer.exact_scores(pool.take(positions), positions, task=t)
                 exact_top.update(scores, positions)
-        return exact_top, counts
+        return RDSPartial(exact_top, counts)
 
-    def finish(self, pool: PoolLike, top: TopK, scorer: RDSScorer, counts: Mapping[str, int], *, budget: int,
+    def score_partition(self, blocks: Iterable[Any], scorer: RDSScorer, k: int, take: Any,
+                        exclude: np.ndarray | None = None) -> tuple[TopK, dict[str, int]]:
+        """Deprecated: ``partial(RDSState(scorer, k, exclude), blocks, pool)`` (``pool.take`` fetches vectors)."""
+        warnings.warn("RDSPlus.score_partition(blocks, scorer, k, take, exclude) is deprecated; use "
+                      "RDSPlus.partial(RDSState(scorer, k, exclude), blocks, pool), where pool.take fetches vectors.",
+                      DeprecationWarning, stacklevel=2)
+        part = self.partial(RDSState(scorer, k, exclude), blocks, SimpleNamespace(take=take))
+        return part.top, dict(part.counts)
+
+    def merge(self, partials: Sequence[RDSPartial]) -> RDSPartial:
+        """Merge top-k lists (exact, deterministic ties) and add up the counts."""
+        top, counts = partials[0].top, dict(partials[0].counts)
+        for part in partials[1:]:
+            top = top.merge(part.top)
+            for key, value in part.counts.items():
+                counts[key] = counts.get(key, 0) + value
+        return RDSPartial(top, counts)
+
+    def finish(self, state: RDSState, merged: RDSPartial, pool: PoolLike, *, budget: int | None = None,
                quotas: Mapping[str, int] | None = None, groups: np.ndarray | None = None,
-               group_quotas: Mapping[Any, int] | None = None, depth: int | None = None) -> Selection:
+               group_quotas: Mapping[Any, int] | None = None) -> Selection:
         """The driver's step: round-robin over the merged per-task rankings, then per-task scores of the picks.
 
-        ``groups`` (a value per pool row, e.g. its source) with ``group_quotas``
-        (value → most rows) caps what each group may give; rows of a full group
-        are passed over. ``depth`` is the k the rankings were scored with: when
-        caps make a task run out of a ranking that long, :class:`NeedDeeperRankings`
-        is raised so the caller scores again with a larger k (the result is then
-        the same as with rankings of the whole pool).
+        ``budget`` defaults to the depth the state was prepared with. ``groups``
+        (a value per pool row, e.g. its source) with ``group_quotas`` (value →
+        most rows) caps what each group may give; rows of a full group are
+        passed over. When caps make a task run out of a ranking as long as the
+        state's depth, :class:`NeedDeeperRankings` is raised so the caller
+        scores again with ``exc.state`` (the result is then the same as with
+        rankings of the whole pool).
         """
-        rankings = top.finish()
+        scorer, depth = state.scorer, state.k
+        budget = depth if budget is None else budget
+        rankings = merged.top.finish()
         codes, caps = _group_caps(groups, group_quotas, pool.n_rows, budget)
         quota_list = None
         if quotas is not None:
@@ -383,9 +457,9 @@ class RDSPlus(BaseSelector):
             )
         positions, task_index, ran_out = _round_robin([p for _, p in rankings], budget, quota_list, codes, caps)
         # a task that ran out of a full-length ranking might have proposed rows beyond it
-        truncated = any(out and len(p) >= depth for out, (_, p) in zip(ran_out, rankings)) if depth is not None else False
+        truncated = any(out and len(p) >= depth for out, (_, p) in zip(ran_out, rankings))
         if codes is not None and truncated and depth < pool.n_rows:
-            raise NeedDeeperRankings(depth)
+            raise NeedDeeperRankings(state.deeper(pool.n_rows))
         if codes is not None and len(positions) < budget:
             raise ParameterError(
                 f"RDSPlus can pick only {len(positions)} rows within the group quotas {dict(group_quotas)} but the budget is {budget}: "
@@ -399,12 +473,12 @@ class RDSPlus(BaseSelector):
         summary = {
             "tasks": scorer.tasks,
             "per_task_selected": {t: int((task_index == i).sum()) for i, t in enumerate(scorer.tasks)},
-            **({"ranking_depth": int(depth)} if codes is not None and depth is not None else {}),
+            **({"ranking_depth": int(depth)} if codes is not None else {}),
             **({"per_group_selected": {str(k): int(v) for k, v in zip(*np.unique(np.asarray(groups, dtype=object)[positions].astype(str), return_counts=True))}}
                if codes is not None else {}),
             "score_quantiles": _quantiles(picked_score),
             "per_task_score_quantiles": {t: _quantiles(picked_score[task_index == i]) for i, t in enumerate(scorer.tasks)},
-            **{k: int(v) for k, v in counts.items()},
+            **{k: int(v) for k, v in merged.counts.items()},
         }
         return Selection(
             positions=positions,
@@ -421,18 +495,13 @@ class RDSPlus(BaseSelector):
     def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, targets: Mapping[str, Any] | None = None,
                 quotas: Mapping[str, int] | None = None, exclude: Sequence[int] | np.ndarray | None = None,
                 groups: Sequence[Any] | np.ndarray | None = None, group_quotas: Mapping[Any, int] | None = None) -> Selection:
-        if targets is None:
-            raise ParameterError("RDSPlus.select needs targets={'task': query_embeddings, …}.")
-        scorer = self.scorer(targets)
-        scorer.check_dim(pool.dim, "its embeddings")
-        excluded = None if exclude is None else np.unique(np.asarray(exclude, dtype=np.int64))
-        k = budget
+        state = self.prepare(pool, budget=budget, rng=rng, targets=targets, exclude=exclude)
         while True:
-            top, counts = self.score_partition(pool.iter_blocks(self.block_rows or scorer.default_block_rows()), scorer, k, pool.take, excluded)
             try:
-                return self.finish(pool, top, scorer, counts, budget=budget, quotas=quotas, groups=groups, group_quotas=group_quotas, depth=k)
-            except NeedDeeperRankings:
-                k = min(2 * k, pool.n_rows)
+                return self.finish(state, self.run_blocks(state, pool), pool, budget=budget, quotas=quotas, groups=groups,
+                                   group_quotas=group_quotas)
+            except NeedDeeperRankings as deeper:
+                state = deeper.state
 
 
 def brute_force_rds(pool: np.ndarray, targets: Mapping[str, np.ndarray], budget: int, *, aggregation: Aggregation = "max",
@@ -469,7 +538,7 @@ def _group_caps(groups: Any, group_quotas: Mapping[Any, int] | None, n_rows: int
         raise ParameterError(f"The 'group_quotas' of RDSPlus name groups no row has: {unknown}; the rows' groups are {present.tolist()[:20]}.")
     caps = np.full(len(present), budget, dtype=np.int64)
     for g, q in group_quotas.items():
-        if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or q < 0:
+        if not Interval(int, 0, None).accepts(q):
             raise ParameterError(f"The 'group_quotas' of RDSPlus must be counts >= 0; got {g!r}: {q!r}.")
         caps[int(np.searchsorted(present, str(g)))] = int(q)
     return codes.astype(np.int64), caps

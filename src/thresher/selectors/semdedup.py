@@ -42,14 +42,15 @@ seed, sample and machine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from thresher.exceptions import InputDataError, ParameterError, parameter_error
-from thresher.selectors._base import BaseSelector, PoolLike, Selection
+from thresher.params import Interval
+from thresher.selectors._base import BLOCK_ROWS, SEED, BlockwiseSelector, PoolLike, Selection
 from thresher.selectors.rds import exact_dot_rows
 
 #: bytes of float32 similarities (block rows x cluster rows) held at once when the block size is automatic
@@ -210,11 +211,33 @@ class SemDeDupSelection(Selection):
     centroids: np.ndarray | None = field(default=None, repr=False)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+@dataclass(frozen=True)
+class SemDeDupState:
+    """What every block of SemDeDup needs: the fitted ``centroids`` (float32 (n_clusters, dim)); and for
+    ``finish``, the training ``sample_size`` and the pool's ``n_rows``."""
+
+    centroids: np.ndarray
+    sample_size: int
+    n_rows: int
 
 
-class SemDeDup(BaseSelector):
+@dataclass(frozen=True)
+class Assignment:
+    """Each row's nearest centroid: ``positions`` (ascending), ``cluster`` and ``cos`` (the exact cosine to it)."""
+
+    positions: np.ndarray
+    cluster: np.ndarray
+    cos: np.ndarray
+
+    def groups(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(cluster, its positions ascending, their centroid cosines) for every non-empty cluster, by cluster index."""
+        order = np.lexsort((self.positions, self.cluster))
+        positions, cluster, cos = self.positions[order], self.cluster[order], self.cos[order]
+        cuts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1], True]) if len(cluster) else np.zeros(1, dtype=np.int64)
+        return [(int(cluster[a]), positions[a:b], cos[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class SemDeDup(BlockwiseSelector):
     """Semantic deduplication: k-means, then within each cluster drop rows too close to an earlier one (Abbas et al. 2023).
 
     Parameters
@@ -234,6 +257,12 @@ class SemDeDup(BaseSelector):
     seed : int, default 0
         Drives the sample and the k-means initialisation.
 
+    Distributed protocol (:class:`~thresher.selectors._base.BlockwiseSelector`):
+    ``prepare`` draws the sample and fits the centroids (:class:`SemDeDupState`);
+    ``partial`` assigns a block's rows to them; ``merge`` gathers the
+    :class:`Assignment` in position order; ``finish`` deduplicates cluster by
+    cluster (``dedup_clusters=`` lets a job spread the clusters over workers).
+
     Examples
     --------
     >>> sel = SemDeDup(n_clusters=100, eps=0.05).select(x)        # doctest: +SKIP
@@ -241,6 +270,14 @@ class SemDeDup(BaseSelector):
     """
 
     name = "semdedup"
+    _parameter_constraints = {
+        "n_clusters": [Interval(int, 1, None)],
+        "eps": [Interval(float, 0, 1, closed="left")],
+        "sample_size": [None, Interval(int, 1, None)],
+        "n_iter": [Interval(int, 1, None)],
+        "block_rows": BLOCK_ROWS,
+        "seed": SEED,
+    }
 
     def __init__(self, *, n_clusters: int = 1000, eps: float = 0.01, sample_size: int | None = None, n_iter: int = 25,
                  block_rows: int | None = None, seed: int = 0):
@@ -251,19 +288,6 @@ class SemDeDup(BaseSelector):
         self.block_rows = block_rows
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        if not _is_int(self.n_clusters) or self.n_clusters < 1:
-            raise parameter_error(_OWNER, "n_clusters", "an int >= 1", self.n_clusters)
-        eps = self.eps
-        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)) or not 0 <= eps < 1:
-            raise parameter_error(_OWNER, "eps", "a float in [0, 1)", eps)
-        if self.sample_size is not None and (not _is_int(self.sample_size) or self.sample_size < 1):
-            raise parameter_error(_OWNER, "sample_size", "None or an int >= 1", self.sample_size)
-        if not _is_int(self.n_iter) or self.n_iter < 1:
-            raise parameter_error(_OWNER, "n_iter", "an int >= 1", self.n_iter)
-        if self.block_rows is not None and (not _is_int(self.block_rows) or self.block_rows < 1):
-            raise parameter_error(_OWNER, "block_rows", "None or an int >= 1", self.block_rows)
-
     @property
     def threshold(self) -> float:
         """1 - eps: a cosine at or above it to an earlier row removes a row."""
@@ -271,7 +295,7 @@ class SemDeDup(BaseSelector):
 
     def check_rows(self, n_rows: int) -> int:
         """Validate ``n_clusters`` against ``n_rows`` and return the sample size to fit on."""
-        self._validate_params()
+        self.validate_params()
         if self.n_clusters > n_rows:
             raise ParameterError(f"The 'n_clusters' parameter of {_OWNER} is {self.n_clusters} but there are only {n_rows} rows; "
                                  "it must be <= the number of rows.")
@@ -347,9 +371,63 @@ class SemDeDup(BaseSelector):
                 similarity[a + removed] = value
         return ClusterDedup(int(cluster), positions, centroid_cos, kept, max_sim, duplicate_of, similarity)
 
-    def finish(self, parts: Sequence[ClusterDedup], ids_at: Callable[[np.ndarray], np.ndarray], *, n_rows: int,
-               centroids: np.ndarray, sample_size: int) -> SemDeDupSelection:
-        """Gather the clusters' results: kept rows and removed rows, each in pool order, and the counts."""
+    # -- the distributed protocol (BlockwiseSelector) ---------------------------------------------
+
+    def prepare(self, pool: PoolLike, *, budget: int, rng: np.random.Generator) -> SemDeDupState:
+        """Draw the training sample with ``rng`` and fit the k-means on it (on the driver: one FAISS call)."""
+        if budget != pool.n_rows:
+            raise parameter_error(_OWNER, "budget", "1.0 (SemDeDup keeps what eps leaves; lower eps to keep more)", budget)
+        sample, kmeans_seed = self.draw_sample(pool.n_rows, rng)
+        centroids = self.fit_centroids(pool.take(sample), kmeans_seed=kmeans_seed, positions=sample)
+        return SemDeDupState(centroids, len(sample), pool.n_rows)
+
+    def partial(self, state: SemDeDupState, blocks: Iterable[Any], pool: Any = None) -> Assignment:
+        """Assign every row of ``blocks`` to its nearest centroid (step 1 of the module docstring)."""
+        out_p, out_c, out_s = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0)]
+        for block in blocks:
+            positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
+            cluster, cos = self.assign(block.vectors, state.centroids, positions)
+            out_p.append(positions)
+            out_c.append(cluster)
+            out_s.append(cos)
+        return Assignment(np.concatenate(out_p), np.concatenate(out_c), np.concatenate(out_s))
+
+    def merge(self, partials: Sequence[Assignment]) -> Assignment:
+        """The assignments of disjoint blocks, in position order."""
+        positions = np.concatenate([p.positions for p in partials])
+        order = np.argsort(positions, kind="stable")
+        return Assignment(positions[order], np.concatenate([p.cluster for p in partials])[order], np.concatenate([p.cos for p in partials])[order])
+
+    def finish(self, state: SemDeDupState, merged: Assignment, pool: PoolLike, *,
+               dedup_clusters: Callable[[list[tuple[int, np.ndarray, np.ndarray]]], Sequence[ClusterDedup]] | None = None,
+               ids_at: Callable[[np.ndarray], np.ndarray] | None = None) -> SemDeDupSelection:
+        """Deduplicate cluster by cluster (steps 2-4), then gather kept and removed rows, each in pool order.
+
+        ``dedup_clusters`` maps (cluster, positions, centroid cosines) groups to
+        their :class:`ClusterDedup` results (a job spreads them over workers;
+        default: :meth:`dedup_cluster` in this process on ``pool.take``).
+        ``ids_at`` gives the pool ids at positions (default: ``pool.ids()``).
+        """
+        if len(merged.positions) != state.n_rows or len(np.unique(merged.positions)) != state.n_rows:
+            raise ValueError(f"{_OWNER} got assignments for {len(merged.positions)} rows ({len(np.unique(merged.positions))} distinct) "
+                             f"of {state.n_rows}")
+        groups = merged.groups()
+        if dedup_clusters is None:
+            parts = [self.dedup_cluster(c, pool.take(p), p, cos) for c, p, cos in groups]
+        else:
+            parts = list(dedup_clusters(groups))
+        del groups
+        if ids_at is None:
+            all_ids = pool.ids()
+
+            def ids_at(p: np.ndarray) -> np.ndarray:
+                return all_ids[p]
+
+        return self._gather(parts, ids_at, state)
+
+    def _gather(self, parts: Sequence[ClusterDedup], ids_at: Callable[[np.ndarray], np.ndarray], state: SemDeDupState) -> SemDeDupSelection:
+        """The clusters' results as kept rows and removed rows, each in pool order, and the counts."""
+        n_rows = state.n_rows
         parts = sorted(parts, key=lambda p: p.cluster)
 
         def cat(name: str) -> np.ndarray:
@@ -380,7 +458,7 @@ class SemDeDup(BaseSelector):
             "largest_cluster": int(sizes.max()) if len(sizes) else 0,
             "eps": float(self.eps),
             "threshold": self.threshold,
-            "sample_size": int(sample_size),
+            "sample_size": int(state.sample_size),
             "removed_with_similarity_below_threshold": int((sim[r] < self.threshold).sum()),
         }
         return SemDeDupSelection(
@@ -392,26 +470,12 @@ class SemDeDup(BaseSelector):
             seed=self.seed,
             summary=summary,
             removed=removed,
-            centroids=centroids,
+            centroids=state.centroids,
         )
 
     def select(self, pool: Any, *, budget: int | float = 1.0, **inputs: Any) -> SemDeDupSelection:
         """Deduplicate ``pool`` (array (n_rows, dim) or embedding store); ``budget`` must be 1.0 (eps decides the count)."""
         return super().select(pool, budget=budget, **inputs)
-
-    def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator) -> SemDeDupSelection:
-        if budget != pool.n_rows:
-            raise parameter_error(_OWNER, "budget", "1.0 (SemDeDup keeps what eps leaves; lower eps to keep more)", budget)
-        sample, kmeans_seed = self.draw_sample(pool.n_rows, rng)
-        centroids = self.fit_centroids(pool.take(sample), kmeans_seed=kmeans_seed, positions=sample)
-        cluster = np.empty(pool.n_rows, dtype=np.int64)
-        cos = np.empty(pool.n_rows)
-        for block in pool.iter_blocks(self.block_rows or 65_536):
-            positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
-            cluster[positions], cos[positions] = self.assign(block.vectors, centroids, positions)
-        parts = [self.dedup_cluster(c, pool.take(p), p, cos[p]) for c, p in group_by_cluster(cluster)]
-        all_ids = pool.ids()
-        return self.finish(parts, lambda p: all_ids[p], n_rows=pool.n_rows, centroids=centroids, sample_size=len(sample))
 
 
 def group_by_cluster(cluster: np.ndarray, positions: np.ndarray | None = None) -> list[tuple[int, np.ndarray]]:
@@ -439,5 +503,5 @@ def pack_clusters(sizes: Sequence[int], target_rows: int) -> list[list[int]]:
     return tasks
 
 
-__all__ = ["ClusterDedup", "RemovedRows", "Rows", "SemDeDup", "SemDeDupSelection", "exact_cosines", "exact_max", "float32_error_bound",
+__all__ = ["Assignment", "ClusterDedup", "SemDeDupState", "RemovedRows", "Rows", "SemDeDup", "SemDeDupSelection", "exact_cosines", "exact_max", "float32_error_bound",
            "group_by_cluster", "pack_clusters", "sample_positions"]

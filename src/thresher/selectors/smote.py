@@ -67,7 +67,9 @@ import numpy as np
 
 from thresher.exceptions import InputDataError, ParameterError, parameter_error
 from thresher.rng import as_generator, derive_seed
-from thresher.selectors._base import ArrayPool, BaseSelector, PoolLike, Selection
+from thresher.search import GroupedIVFSearch, RecallSample, drop_self, exact_search
+from thresher.params import HasMethods, Instance, Interval, StrOptions
+from thresher.selectors._base import BLOCK_ROWS, ArrayPool, BaseSelector, PoolLike, Selection
 
 StrategyName = Literal["auto", "not majority", "minority", "not minority", "all"]
 SamplingStrategy = StrategyName | float | Mapping[Any, int] | Callable[[np.ndarray], Mapping[Any, int]]
@@ -75,6 +77,8 @@ NeighborsMode = Literal["auto", "exact"]
 
 _OWNER = "SMOTE"
 _STRATEGY_NAMES = ("auto", "not majority", "minority", "not minority", "all")
+_REAL = Instance((int, float, np.integer, np.floating), "a float")
+_RATIO = Interval(float, 0, 1, closed="right", note="fraction of majority rows kept")
 #: default number of base points whose neighbours are searched at once
 DEFAULT_QUERY_BLOCK = 16_384
 #: "auto" searches a class of up to this many rows exactly: every row is a query, so exact search costs
@@ -170,7 +174,7 @@ def sampling_targets(sampling_strategy: Any, y: np.ndarray, owner: str = _OWNER)
         return {c: n_major - n for c, n in counts.items()}
     if isinstance(sampling_strategy, Mapping):
         return _targets_from_dict(sampling_strategy, counts, owner)
-    if isinstance(sampling_strategy, (float, np.floating, int, np.integer)) and not isinstance(sampling_strategy, (bool, np.bool_)):
+    if _REAL.accepts(sampling_strategy):
         alpha = float(sampling_strategy)
         if not 0.0 < alpha <= 1.0 or math.isnan(alpha):
             raise parameter_error(owner, "sampling_strategy", "a float in (0, 1] (minority / majority after resampling)", sampling_strategy)
@@ -200,7 +204,7 @@ def _targets_from_dict(wanted: Mapping[Any, Any], counts: Mapping[Any, int], own
         raise parameter_error(owner, "sampling_strategy", f"a dict over classes present in the labels {list(counts)}", f"classes {unknown}")
     out = {}
     for c, n in wanted.items():
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+        if not Interval(int, 0, None).accepts(n):
             raise parameter_error(owner, "sampling_strategy", "a dict of target counts that are ints >= 0", {c: n})
         if n < counts[c]:
             raise parameter_error(owner, "sampling_strategy", f"target counts at least the current ones (class {c!r} has {counts[c]} rows)", {c: n})
@@ -225,7 +229,7 @@ def undersample_targets(undersample_majority: Any, counts: Mapping[Any, int], ow
         ratios = {majority_class(counts): undersample_majority}
     out = {}
     for c, ratio in ratios.items():
-        if isinstance(ratio, (bool, np.bool_)) or not isinstance(ratio, (int, float, np.integer, np.floating)) or not 0.0 < float(ratio) <= 1.0:
+        if not _RATIO.accepts(ratio):
             raise parameter_error(owner, "undersample_majority", "None, a float in (0, 1] (fraction of majority rows kept) or a dict {class: ratio}", undersample_majority)
         keep = math.floor(float(ratio) * counts[c] + 1e-9)
         if keep < 1:
@@ -282,74 +286,21 @@ def _object_searcher(neighbors: Any, vectors: np.ndarray) -> Searcher:
     return search
 
 
-class _GroupedIVF:
-    """IVF-Flat search of a class against itself, one matrix product per inverted list.
+def grouped_ivf(vectors: np.ndarray, nlist: int, seed: int) -> GroupedIVFSearch:
+    """An IVF-Flat search of a class against itself (:class:`thresher.search.GroupedIVFSearch`), ``nprobe`` = 1.
 
-    The coarse quantiser is k-means on a seeded sample (Jégou, Douze & Schmid,
-    IEEE TPAMI 2011); each query probes its ``nprobe`` nearest lists, as in
-    FAISS's ``IndexIVFFlat``. FAISS scans the lists query by query, which reads
-    every probed list from memory once per query; when all the class's rows are
-    queries, the queries probing a list are instead scored against it in one BLAS
-    product. Same candidates and distances, at matrix-multiply speed.
+    The coarse quantiser is k-means on a seeded sample of the class (the index
+    builder's training size for ``nlist`` lists); every row of the class is a
+    query, so the queries probing a list are scored against it in one matrix
+    product.
     """
+    from thresher.stores.index import MIN_TRAIN_ROWS, TRAIN_PER_LIST
 
-    def __init__(self, vectors: np.ndarray, nlist: int, seed: int):
-        import faiss
+    n_train = min(len(vectors), max(MIN_TRAIN_ROWS, TRAIN_PER_LIST * nlist))
+    return GroupedIVFSearch.train(vectors, nlist, seed, n_train=n_train, assign_block_rows=DEFAULT_QUERY_BLOCK)
 
-        from thresher.stores.index import MIN_TRAIN_ROWS, TRAIN_PER_LIST
 
-        n, dim = vectors.shape
-        self.vectors, self.nlist, self.nprobe = vectors, nlist, 1
-        n_train = min(n, max(MIN_TRAIN_ROWS, TRAIN_PER_LIST * nlist))
-        sample = np.sort(as_generator(seed, _OWNER).choice(n, size=n_train, replace=False))
-        kmeans = faiss.Kmeans(dim, nlist, niter=10, seed=seed % (1 << 31), max_points_per_centroid=n_train)
-        kmeans.train(vectors[sample])
-        self.centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-        self._c_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
-        lists = np.concatenate([self.probes(vectors[lo : lo + DEFAULT_QUERY_BLOCK], 1).ravel() for lo in range(0, n, DEFAULT_QUERY_BLOCK)])
-        self.members = np.argsort(lists, kind="stable")
-        self.bounds = np.searchsorted(lists[self.members], np.arange(nlist + 1))
-        self.sq_norms = np.einsum("ij,ij->i", vectors, vectors)
-
-    def probes(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
-        """The ``nprobe`` lists nearest each query (their centroids by L2), shape (n_queries, nprobe), in no order."""
-        d = queries @ self.centroids.T
-        d *= -2
-        d += self._c_norms
-        if nprobe >= self.nlist:
-            return np.broadcast_to(np.arange(self.nlist), d.shape)
-        return np.argmin(d, axis=1)[:, None] if nprobe == 1 else np.argpartition(d, nprobe - 1, axis=1)[:, :nprobe]
-
-    def __call__(self, queries: np.ndarray, k: int) -> np.ndarray:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        nq, nprobe = len(queries), self.nprobe
-        probes = np.ascontiguousarray(self.probes(queries, nprobe)).ravel()
-        query_of = np.repeat(np.arange(nq), nprobe)
-        slot_of = np.tile(np.arange(nprobe) * k, nq)
-        by_list = np.argsort(probes, kind="stable")
-        cuts = np.searchsorted(probes[by_list], np.arange(self.nlist + 1))
-        best_d = np.full((nq, nprobe * k), np.inf, dtype=np.float32)
-        best_i = np.full((nq, nprobe * k), -1, dtype=np.int64)
-        q_norms = np.einsum("ij,ij->i", queries, queries)
-        for lst in range(self.nlist):
-            pairs = by_list[cuts[lst] : cuts[lst + 1]]
-            rows = self.members[self.bounds[lst] : self.bounds[lst + 1]]
-            if len(pairs) == 0 or len(rows) == 0:
-                continue
-            qs = query_of[pairs]
-            d = queries[qs] @ self.vectors[rows].T
-            d *= -2
-            d += q_norms[qs, None]
-            d += self.sq_norms[rows][None, :]
-            kk = min(k, len(rows))
-            top = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.broadcast_to(np.arange(kk), (len(qs), kk))
-            cols = slot_of[pairs][:, None] + np.arange(kk)
-            best_d[qs[:, None], cols] = np.take_along_axis(d, top, axis=1)
-            best_i[qs[:, None], cols] = rows[top]
-        order = np.argsort(best_d, axis=1, kind="stable")[:, :k]
-        found = np.take_along_axis(best_i, order, axis=1)
-        found[np.take_along_axis(best_d, order, axis=1) == np.inf] = -1
-        return found
+_GroupedIVF = grouped_ivf  # its name when it was a class of this module
 
 
 def ivf_nlist(n_rows: int) -> int:
@@ -360,30 +311,6 @@ def ivf_nlist(n_rows: int) -> int:
     (the index chooser's ``4 sqrt(n)`` assumes far fewer queries than rows).
     """
     return max(16, 2 ** round(math.log2(math.sqrt(n_rows))))
-
-
-def neighbor_recall(vectors: np.ndarray, queries: np.ndarray, found: np.ndarray, k: int, *, kth: np.ndarray | None = None) -> float:
-    """Mean recall@k of neighbour lists ``found`` (n_queries, k; self dropped, -1 missing) against exact search.
-
-    Tie-aware: a found row counts when its squared distance is at most the exact
-    k-th nearest one's (duplicates then do not lower the recall of an exact search).
-    ``kth`` (those distances, from :func:`kth_distances`) saves the exact search.
-    """
-    if kth is None:
-        kth = kth_distances(vectors, queries, k)
-    valid = found >= 0
-    d = ((vectors[np.where(valid, found, 0)] - vectors[queries][:, None, :]).astype(np.float64) ** 2).sum(-1)
-    hits = (valid & (d <= kth[:, None] * (1 + 1e-5) + 1e-12)).sum(axis=1)
-    return float(np.mean(np.minimum(hits, k) / k))
-
-
-def kth_distances(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Squared distance from each query row to its k-th nearest other row (exact search), float64."""
-    from thresher.stores.index import exact_search
-
-    exact_d, _ = exact_search(vectors, vectors[queries], k + 1, metric="l2")
-    # the query itself (distance 0) is the exact list's first entry, or ties with it
-    return exact_d[:, k].astype(np.float64)
 
 
 def class_searcher(
@@ -401,9 +328,9 @@ def class_searcher(
     "exact", or "auto" on a class of at most ``exact_max_rows`` rows (default
     :data:`EXACT_MAX_ROWS`): exact ``IndexFlatL2``. "auto" on a larger class: an
     IVF-Flat index (:func:`ivf_nlist` lists, k-means on a seeded sample, searched
-    one list at a time with a matrix product: :class:`_GroupedIVF`) whose ``nprobe`` is tuned on ``recall_queries``
+    one list at a time with a matrix product: :func:`grouped_ivf`) whose ``nprobe`` is tuned on ``recall_queries``
     seeded rows of the class: the smallest power of two whose recall@k against
-    exact search reaches ``recall_target``. When even ``nlist / 16`` probes miss
+    exact search reaches ``recall_target`` (:class:`thresher.search.RecallSample`). When even ``nlist / 16`` probes miss
     it (the class has no structure an inverted file can use, e.g. isotropic
     noise), scanning that much costs more than the exact BLAS search, so the
     class is searched exactly. The memory budget is checked with
@@ -429,19 +356,19 @@ def class_searcher(
 
     choose_index_factory(n, dim, metric="l2", memory_budget_bytes=runtime_config().memory_budget_bytes)  # refuses a class too large
     nlist = ivf_nlist(n)
-    search = _GroupedIVF(vectors, nlist, seed)
-    sample = np.sort(as_generator(derive_seed(seed, "recall"), _OWNER).choice(n, size=min(n, recall_queries), replace=False))
+    search = grouped_ivf(vectors, nlist, seed)
+    rows = np.sort(as_generator(derive_seed(seed, "recall"), _OWNER).choice(n, size=min(n, recall_queries), replace=False))
+    sample = RecallSample.of(vectors, rows, k, metric="l2")
     best, tried = 0.0, []
-    kth = kth_distances(vectors, sample, k)
     nprobe = 1
     while nprobe <= max(1, nlist // 16):
         search.nprobe = nprobe
         tried.append(nprobe)
-        recall = neighbor_recall(vectors, sample, _drop_self(search(vectors[sample], k + 1), sample, k), k, kth=kth)
+        recall = sample.recall(search(sample.queries, k + 1))
         best = max(best, recall)
         if recall >= recall_target:
             return search, {"index": f"IVF{nlist},Flat", "exact": False, "nprobe": nprobe, "recall_at_k": round(recall, 4),
-                            "k": k, "recall_queries": len(sample)}
+                            "k": k, "recall_queries": len(rows)}
         nprobe *= 2
     del search
     return _index_searcher(vectors, "Flat", seed), {"index": "Flat", "exact": True, "approximate_recall_at_k": round(best, 4),
@@ -486,8 +413,6 @@ def class_neighbors(
     n_valid = (out >= 0).sum(axis=1)
     lost = np.flatnonzero(n_valid == 0)
     if len(lost):  # an approximate index returned nothing but the row itself: search those exactly
-        from thresher.stores.index import exact_search
-
         _, exact = exact_search(vectors, vectors[queries[lost]], k + 1, metric="l2")
         out[lost] = _drop_self(exact, queries[lost], k)
         n_valid[lost] = (out[lost] >= 0).sum(axis=1)
@@ -495,17 +420,13 @@ def class_neighbors(
 
 
 def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """From (n, k + 1) neighbour lists drop each row's own position, or the last entry when it is absent
-    (duplicates of the row can push it out of the list); missing entries (-1) stay last."""
+    """From (n, k + 1) neighbour lists of a search or a user's neighbours object, drop each row's own position
+    (:func:`thresher.search.drop_self`: valid entries first, so a uniform column among the first n_valid is a
+    uniform valid neighbour)."""
     found = np.asarray(found, dtype=np.int64)
     if found.shape != (len(rows), k + 1):
         raise InputDataError(f"The neighbours object returned neighbour lists of shape {found.shape}; expected {(len(rows), k + 1)}.")
-    drop = found == rows[:, None]
-    drop[~drop.any(axis=1), k] = True
-    kept = found[~drop].reshape(len(rows), k)
-    # keep valid entries first (stable), so a uniform column among the first n_valid is a uniform valid neighbour
-    order = np.argsort(kept < 0, axis=1, kind="stable")
-    return np.take_along_axis(kept, order, axis=1)
+    return drop_self(found, rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -706,6 +627,16 @@ class SMOTE(BaseSelector):
     """
 
     name = "smote"
+    _parameter_constraints = {
+        "k_neighbors": [Interval(int, 1, None)],
+        # its values are checked against the labels, in sampling_targets
+        "sampling_strategy": [Instance(str, "a str"), _REAL, Instance(Mapping, "a dict"), callable],
+        "undersample_majority": [None, _RATIO, Instance(Mapping, "a dict {class: ratio}")],
+        "neighbors": [StrOptions("auto", "exact"), HasMethods("fit", "kneighbors")],
+        "neighbor_recall": [Interval(float, 0, 1, closed="right", note="recall@k an approximate class index must reach")],
+        "block_rows": BLOCK_ROWS,
+        "seed": [Interval(int, 0, None)],
+    }
 
     def __init__(
         self,
@@ -728,32 +659,9 @@ class SMOTE(BaseSelector):
 
     # -- validation ---------------------------------------------------------------------------------
 
-    def _validate_params(self) -> None:
-        k = self.k_neighbors
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise parameter_error(_OWNER, "k_neighbors", "an int >= 1", k)
-        if isinstance(self.neighbors, str):
-            if self.neighbors not in ("auto", "exact"):
-                raise parameter_error(_OWNER, "neighbors", "'auto', 'exact' or an object with fit() and kneighbors()", self.neighbors)
-        elif not (hasattr(self.neighbors, "kneighbors") and hasattr(self.neighbors, "fit")):
-            raise parameter_error(_OWNER, "neighbors", "'auto', 'exact' or an object with fit() and kneighbors()", type(self.neighbors).__name__)
-        r = self.neighbor_recall
-        if isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, float, np.integer, np.floating)) or not 0.0 < float(r) <= 1.0:
-            raise parameter_error(_OWNER, "neighbor_recall", "a float in (0, 1] (recall@k an approximate class index must reach)", r)
-        b = self.block_rows
-        if b is not None and (isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)) or b < 1):
-            raise parameter_error(_OWNER, "block_rows", "None or an int >= 1", b)
-        s = self.seed
-        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 0:
-            raise parameter_error(_OWNER, "seed", "an int >= 0", s)
-        u = self.undersample_majority
-        if u is not None and not isinstance(u, Mapping):
-            if isinstance(u, (bool, np.bool_)) or not isinstance(u, (int, float, np.integer, np.floating)) or not 0.0 < float(u) <= 1.0:
-                raise parameter_error(_OWNER, "undersample_majority", "None, a float in (0, 1] (fraction of majority rows kept) or a dict {class: ratio}", u)
-
     def plan(self, y: np.ndarray) -> ResamplePlan:
         """Validate the settings against validated labels ``y`` and compute the per-class counts."""
-        self._validate_params()
+        self.validate_params()
         counts = class_counts(y)
         n_new = sampling_targets(self.sampling_strategy, y)
         n_keep = undersample_targets(self.undersample_majority, counts)
@@ -837,7 +745,7 @@ class SMOTE(BaseSelector):
             The kept original rows in their order, then the synthetic rows grouped by class (sorted labels).
         y_res : ndarray of shape (n_kept + n_synthetic,)
         """
-        self._validate_params()
+        self.validate_params()
         X = np.asarray(X)
         ArrayPool(X, owner=_OWNER)  # same refusals as select()
         y = check_labels(y, X.shape[0])

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from thresher.exceptions import ArtifactError, InputDataError, ParameterError
 from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
+from thresher.stores.ids import IdPositions, ids_to_numpy  # noqa: F401  (ids_to_numpy: re-exported from here too)
 from thresher.stores.manifest import ShardInfo, check_artifact_files, read_manifest, verify_shards, write_manifest
 
 StoreDtype = Literal["float32", "float16"]
@@ -204,19 +205,12 @@ class EmbeddingStore:
         return np.concatenate(parts)
 
     @cached_property
-    def _id_positions(self) -> dict[Any, int]:
-        return {key: pos for pos, key in enumerate(self.ids().tolist())}
+    def _id_positions(self) -> IdPositions:
+        return IdPositions(self.ids(), f"the embedding store {self.path}")
 
     def positions_of(self, ids: Sequence[Any]) -> np.ndarray:
         """Store positions of the given pool ids; an unknown id raises, naming it."""
-        lookup = self._id_positions
-        out = np.empty(len(ids), dtype=np.int64)
-        for j, key in enumerate(ids.tolist() if isinstance(ids, np.ndarray) else ids):
-            try:
-                out[j] = lookup[key]
-            except KeyError:
-                raise InputDataError(f"id {key!r} is not in the embedding store {self.path}.") from None
-        return out
+        return self._id_positions.positions_of(ids)
 
     def iter_blocks(self, block_rows: int | None = None, *, dtype: Any = np.float32) -> Iterator[EmbeddingBlock]:
         """Stream the store in blocks of at most ``block_rows`` rows (default: the runtime setting), as ``dtype``.
@@ -298,7 +292,3 @@ def _fixed_list_view(chunk: pa.FixedSizeListArray, dim: int) -> np.ndarray:
     return values.to_numpy(zero_copy_only=True).reshape(len(chunk), dim)
 
 
-def ids_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    if pa.types.is_integer(column.type):
-        return column.to_numpy().astype(np.int64, copy=False)
-    return np.asarray(column.to_pylist(), dtype=object)

@@ -19,10 +19,12 @@ that choice from the row count, the width and a memory budget.
 
 Building never loads the whole store: the coarse quantiser (and PQ codebooks)
 train on a seeded sample of rows, then vectors are added block by block. The
-recall stored in the manifest is measured against :func:`exact_search`, a
-streamed, blocked brute force that merges per-block top-k lists (the oracle of
-the tests, as in ``faiss.contrib.exhaustive_search``), on held-out rows that
-took no part in training.
+recall stored in the manifest is measured against
+:func:`thresher.search.exact_search`, a streamed, blocked brute force that
+merges per-block top-k lists (the oracle of the tests, as in
+``faiss.contrib.exhaustive_search``), on held-out rows that took no part in
+training (:mod:`thresher.search.recall`). ``exact_search`` and
+``recall_excluding_self`` are importable from here too.
 
 Scores follow FAISS: for ``metric="ip"`` the inner product (higher is nearer),
 for ``metric="l2"`` the *squared* Euclidean distance (lower is nearer). A
@@ -42,21 +44,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from thresher.exceptions import ArtifactError, DimensionMismatchError, InputDataError, ParameterError, parameter_error
+from thresher.exceptions import ArtifactError, DimensionMismatchError, parameter_error
 from thresher.fingerprint import fingerprint_of, hash_file
 from thresher.rng import as_generator
+from thresher.search.checks import Metric as IndexMetric
+from thresher.search.checks import as_queries as _as_queries
+from thresher.search.checks import check_int as _check_int
+from thresher.search.checks import check_k as _check_k
+from thresher.search.checks import check_metric as _check_metric
+from thresher.search.exact import exact_search  # noqa: F401  (re-exported: the index's oracle)
+from thresher.search.recall import RecallSample, recall_excluding_self  # noqa: F401  (re-exported)
 from thresher.stores.arrow_io import read_stream_shard, write_stream_shard
 from thresher.stores.atomic import atomic_path
-from thresher.stores.embedding_store import EmbeddingStore, ids_to_numpy
+from thresher.stores.embedding_store import EmbeddingStore
+from thresher.stores.ids import ids_at, ids_to_numpy
 from thresher.stores.lock import locks_output
 from thresher.stores.manifest import artifact_file, check_artifact_files, prepare_output_dir, read_manifest, verify_shards, write_manifest
-
-IndexMetric = Literal["ip", "l2"]
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.arrow"
@@ -84,12 +92,9 @@ PQ_MIN_ROWS = MIN_TRAIN_PER_LIST * 256
 NPROBE_FRACTION = 32
 MIN_NPROBE = 16
 DEFAULT_EF_SEARCH = 128
-#: Query rows times store rows scored at once by :func:`exact_search` (float32: 64 MiB).
-EXACT_SCORE_ELEMENTS = 1 << 24
 RECALL_K = 10
 
 _OWNER = "build_index"
-_METRICS = ("ip", "l2")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,127 +198,6 @@ def _ivf_pq_bytes(n_rows: int, dim: int, nlist: int, m: int, metric: str) -> int
     if metric == "l2" and table <= 2 << 30:
         fixed += table
     return codes + fixed
-
-
-# --------------------------------------------------------------------------------------------------
-# Exact search: the oracle
-# --------------------------------------------------------------------------------------------------
-
-
-def exact_search(
-    store: EmbeddingStore | np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    *,
-    metric: IndexMetric,
-    block_rows: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` neighbours of ``queries`` in ``store``, streamed block by block.
-
-    Each block of store rows is scored against at most ``EXACT_SCORE_ELEMENTS /
-    block`` queries at a time, its top-``k`` kept, and merged into the running
-    top-``k``; no (n_queries, n_rows) matrix is ever formed. Ties are broken by
-    the lower position, whatever the block size.
-
-    Parameters
-    ----------
-    store : EmbeddingStore or ndarray of shape (n_rows, dim)
-        The vectors searched.
-    queries : ndarray of shape (n_queries, dim)
-        Query vectors (finite).
-    k : int
-        Neighbours per query (>= 1).
-    metric : {"ip", "l2"}
-        Inner product (higher is nearer) or squared Euclidean distance (lower is nearer).
-    block_rows : int, optional
-        Store rows read at once (default: the runtime setting ``THRESHER_BLOCK_ROWS``).
-
-    Returns
-    -------
-    scores : ndarray of shape (n_queries, k), float32
-        Inner products (descending) or squared distances (ascending); ``-inf``/``+inf`` where missing.
-    positions : ndarray of shape (n_queries, k), int64
-        Store positions of the neighbours; ``-1`` where ``k`` exceeds the row count.
-    """
-    owner = "exact_search"
-    _check_metric(metric, owner)
-    _check_k(k, owner)
-    if block_rows is not None:
-        _check_int(block_rows, "block_rows", owner, minimum=1)
-    if isinstance(store, EmbeddingStore):
-        dim, where, blocks = store.dim, f"the embedding store {store.path}", _store_blocks(store, block_rows)
-    else:
-        data = np.asarray(store)
-        if data.ndim != 2:
-            raise InputDataError(f"The vectors searched by exact_search must be 2-D (n_rows, dim); got shape {data.shape}.")
-        dim, where, blocks = data.shape[1], "the searched array", _array_blocks(data, block_rows)
-    queries = _as_queries(queries, dim, where)
-    n_queries = queries.shape[0]
-    best_keys = np.full((n_queries, k), np.inf, dtype=np.float32)
-    best_pos = np.full((n_queries, k), -1, dtype=np.int64)
-    query_norms = (queries * queries).sum(axis=1) if metric == "l2" else None
-    for start, vectors in blocks:
-        vector_norms = (vectors * vectors).sum(axis=1) if metric == "l2" else None
-        chunk = max(1, EXACT_SCORE_ELEMENTS // max(1, len(vectors)))
-        for lo in range(0, n_queries, chunk):
-            hi = min(lo + chunk, n_queries)
-            keys = _block_keys(queries[lo:hi], vectors, metric, query_norms, vector_norms, lo, hi)
-            block_keys, block_cols = _topk_smallest(keys, k)
-            best_keys[lo:hi], best_pos[lo:hi] = _merge_topk(best_keys[lo:hi], best_pos[lo:hi], block_keys, block_cols + start, k)
-    scores = -best_keys if metric == "ip" else best_keys
-    return scores, best_pos
-
-
-def _store_blocks(store: EmbeddingStore, block_rows: int | None):
-    for block in store.iter_blocks(block_rows, dtype=np.float32):
-        yield block.start, block.vectors
-
-
-def _array_blocks(data: np.ndarray, block_rows: int | None):
-    if block_rows is None:
-        from thresher.config import runtime_config
-
-        block_rows = runtime_config().block_rows
-    for lo in range(0, data.shape[0], block_rows):
-        yield lo, np.asarray(data[lo : lo + block_rows], dtype=np.float32)
-
-
-def _block_keys(queries, vectors, metric, query_norms, vector_norms, lo, hi) -> np.ndarray:
-    """Sort keys of one (queries x block) tile: smaller is nearer."""
-    keys = queries @ vectors.T
-    if metric == "ip":
-        np.negative(keys, out=keys)
-        return keys
-    keys *= -2.0
-    keys += vector_norms[None, :]
-    keys += query_norms[lo:hi, None]
-    np.maximum(keys, 0.0, out=keys)
-    return keys
-
-
-def _topk_smallest(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the ``min(k, n_cols)`` smallest keys and their columns, ties to the lower column."""
-    n_rows, n_cols = keys.shape
-    if n_cols <= k:
-        cols = np.broadcast_to(np.arange(n_cols, dtype=np.int64), keys.shape)
-        order = np.lexsort((cols, keys), axis=1)
-        return np.take_along_axis(keys, order, axis=1), np.take_along_axis(cols, order, axis=1)
-    kth = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
-    # every key <= the k-th smallest is a candidate, so ties at the boundary can go to the lower column
-    rows, cols = np.nonzero(keys <= kth)
-    values = keys[rows, cols]
-    order = np.lexsort((cols, values, rows))
-    counts = np.bincount(rows, minlength=n_rows)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    take = order[starts[:, None] + np.arange(k)[None, :]]
-    return values[take], cols[take].astype(np.int64)
-
-
-def _merge_topk(keys_a, pos_a, keys_b, pos_b, k) -> tuple[np.ndarray, np.ndarray]:
-    keys = np.concatenate([keys_a, keys_b], axis=1)
-    pos = np.concatenate([pos_a, pos_b], axis=1)
-    order = np.lexsort((pos, keys), axis=1)[:, :k]
-    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(pos, order, axis=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,21 +325,7 @@ class FaissIndex:
 
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
         """Pool ids at ``positions`` (any shape); ``-1`` positions give ``-1`` (int ids) or ``None`` (str ids)."""
-        positions = np.asarray(positions, dtype=np.int64)
-        missing = positions < 0
-        flat = np.where(missing, 0, positions).reshape(-1)
-        if flat.size and flat.max() >= self.n_rows:
-            raise ParameterError(f"positions must lie in [-1, {self.n_rows}) for the index {self.path}; got {flat.max()}.")
-        taken = self._id_column.take(pa.array(flat, type=pa.int64()))
-        if pa.types.is_integer(self._id_column.type):
-            out = taken.to_numpy().astype(np.int64, copy=False).reshape(positions.shape).copy()
-            out[missing] = -1
-        else:
-            out = np.empty(flat.size, dtype=object)
-            out[:] = taken.to_pylist()
-            out = out.reshape(positions.shape)
-            out[missing] = None
-        return out
+        return ids_at(self._id_column, positions, where=f"the index {self.path}")
 
     def check_store(self, store: EmbeddingStore) -> None:
         """Check ``store`` is the one this index was built from (same width, rows and fingerprint)."""
@@ -935,100 +805,15 @@ def _measure_recall(
     """Recall@k (k = min(10, n_rows - 1)) of ``index`` against exact search, each query's own row excluded.
 
     Queries are store rows, so both result lists would start with the query
-    itself; dropping it measures how well the index finds the *other* neighbours.
+    itself; dropping it measures how well the index finds the *other* neighbours
+    (:class:`thresher.search.RecallSample`).
     """
     k = min(RECALL_K, store.n_rows - 1)
     if k < 1 or len(query_positions) == 0:
         return None, max(k, 0)
-    queries = store.take(query_positions, dtype=np.float32)
-    _, approx = index.search_positions(queries, k + 1)
-    exact_scores, exact = exact_search(store, queries, k + 1, metric=index.metric, block_rows=block_rows)
-    return float(recall_excluding_self(approx, exact, query_positions, k, store=store, queries=queries,
-                                       exact_scores=exact_scores, metric=index.metric)), k
-
-
-def recall_excluding_self(
-    approx: np.ndarray,
-    exact: np.ndarray,
-    query_positions: np.ndarray,
-    k: int,
-    *,
-    store: Any = None,
-    queries: np.ndarray | None = None,
-    exact_scores: np.ndarray | None = None,
-    metric: IndexMetric = "ip",
-) -> float:
-    """Mean of ``|A ∩ E| / k`` over queries, where A and E are the first ``k`` positions other than the query's own.
-
-    With ``store``, ``queries`` and ``exact_scores`` given, the measure is
-    tie-aware: a found neighbour also counts when its true score equals that of
-    the k-th exact neighbour (within 1e-5), so a pool with duplicate rows does
-    not lower the recall of an exact index that ordered equal scores differently.
-
-    Parameters
-    ----------
-    approx, exact : ndarray of shape (n_queries, >= k + 1), int64
-        Positions returned by the index under test and by exact search.
-    query_positions : ndarray of shape (n_queries,)
-        The store position of each query.
-    k : int
-    """
-    hits = 0.0
-    for q, (own, found, truth) in enumerate(zip(query_positions.tolist(), approx.tolist(), exact.tolist())):
-        found_k = [p for p in found if p != own and p >= 0][:k]
-        keep = [j for j, p in enumerate(truth) if p != own and p >= 0][:k]
-        truth_k = [truth[j] for j in keep]
-        if not truth_k:
-            continue
-        matched = set(found_k) & set(truth_k)
-        if store is not None and queries is not None and exact_scores is not None and len(matched) < len(truth_k):
-            kth = float(exact_scores[q][keep[-1]])
-            others = [p for p in found_k if p not in matched]
-            vectors = store.take(np.asarray(others, dtype=np.int64))
-            if metric == "ip":
-                good = vectors @ queries[q] >= kth - 1e-5
-            else:
-                good = ((vectors - queries[q]) ** 2).sum(1) <= kth + 1e-5 * max(1.0, abs(kth))
-            hits += (len(matched) + int(good.sum())) / len(truth_k)
-        else:
-            hits += len(matched) / len(truth_k)
-    return hits / len(query_positions)
-
-
-# --------------------------------------------------------------------------------------------------
-# Validation helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_int(value: Any, name: str, owner: str, *, minimum: int) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise parameter_error(owner, name, f"an int >= {minimum}", value)
-
-
-def _check_k(k: Any, owner: str) -> None:
-    _check_int(k, "k", owner, minimum=1)
-
-
-def _check_metric(metric: Any, owner: str) -> None:
-    if metric not in _METRICS:
-        raise parameter_error(owner, "metric", "'ip' or 'l2'", metric)
-
-
-def _as_queries(vectors: Any, dim: int, where: str) -> np.ndarray:
-    """Queries as a C-contiguous float32 (n, dim) array, checked against ``dim`` and for finiteness."""
-    queries = np.asarray(vectors)
-    if queries.ndim != 2:
-        raise InputDataError(f"Queries must be a 2-D array of shape (n_queries, dim); got shape {queries.shape}.")
-    if queries.dtype.kind not in "fiu":
-        raise InputDataError(f"Queries must be numeric; got dtype {queries.dtype}.")
-    if queries.shape[1] != dim:
-        raise DimensionMismatchError(f"The queries have dim {queries.shape[1]} but {where} has dim {dim}.")
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    finite = np.isfinite(queries).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise InputDataError(f"Query row {bad} is not finite (NaN or inf in float32).")
-    return queries
+    sample = RecallSample.of(store, query_positions, k, metric=index.metric, block_rows=block_rows)
+    _, approx = index.search_positions(sample.queries, k + 1)
+    return float(sample.recall(approx)), k
 
 
 def _first_line(exc: BaseException) -> str:

@@ -192,7 +192,7 @@ class SubsetNeighbors:
 
     def _exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the subset, block by block, merged with ties to the lower position (as ``exact_search``)."""
-        from thresher.stores.index import exact_search
+        from thresher.search import exact_search
 
         best_keys = np.full((len(queries), k), np.inf, dtype=np.float32)
         best_pos = np.full((len(queries), k), -1, dtype=np.int64)

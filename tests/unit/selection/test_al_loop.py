@@ -10,7 +10,7 @@ import pytest
 
 from thresher.exceptions import InputDataError, ParameterError
 from thresher.selectors.acquisition import Acquisition
-from thresher.selectors.al_loop import ActiveLearningLoop, LogisticBaseline
+from thresher.training.al_loop import ActiveLearningLoop, LogisticBaseline
 
 #: documents per category; "tech" is the minority class (40 of 400 = 10%)
 PER_CATEGORY = {"tech": 40, "business": 90, "entertainment": 90, "politics": 90, "sports": 90}

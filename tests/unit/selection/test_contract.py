@@ -2,8 +2,10 @@
 
 Seeded determinism, the budget respected, ids that are pool ids without
 duplicates, the same result from an array and from a store, parameters
-returned by get_params, and a bad budget refused with the standard message.
-New selectors join by adding example inputs to EXAMPLES.
+returned by get_params, every setting declared and a bad one refused with the
+standard message, and for the selectors that follow the distributed protocol,
+partial over any split into blocks + merge + finish equal to select.
+New selectors join by adding example inputs to make().
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 import thresher.selectors  # noqa: F401  (registers every selector)
 from thresher.exceptions import ParameterError
 from thresher.selectors import SELECTORS
+from thresher.selectors._base import BlockwiseSelector
 from thresher.stores import finalize_embedding_store, open_embedding_store, write_embedding_shard
 
 
@@ -73,3 +76,64 @@ def test_selector_contract(name, store):
     assert from_store.ids.tolist() == [f"id-{p}" for p in first.positions]
     with pytest.raises(ParameterError, match=f"'budget' parameter of {type(selector).__name__}"):
         selector.select(x, budget=0, **inputs)
+
+
+def test_every_setting_is_declared():
+    """Each selector declares what every constructor setting accepts, and only those (scikit-learn's check)."""
+    for name, cls in SELECTORS.items():
+        assert set(cls._parameter_constraints) == set(cls._param_names()), name
+
+
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+def test_bad_setting_refused_with_the_template(name):
+    selector, budget, inputs = make(name)
+    first = next(iter(type(selector)._parameter_constraints))
+    bad = type(selector)(**{**selector.get_params(), first: object()})
+    with pytest.raises(ParameterError, match=rf"^The '{first}' parameter of {type(selector).__name__} must be .+; got an object of type object\.$"):
+        bad.select(pool_vectors(), budget=budget, **inputs)
+
+
+def splits(n):
+    """Ways to cut rows [0, n) into consecutive blocks: one block, even, uneven, and single rows at the edges."""
+    rng = np.random.default_rng(7)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=6, replace=False))
+    yield "whole", [0, n]
+    yield "even", list(range(0, n, 64)) + [n]
+    yield "uneven", [0, *cuts.tolist(), n]
+    yield "single rows", [0, 1, 2, 3, *range(50, n, 97), n - 1, n]
+
+
+BLOCKWISE = sorted(name for name, cls in SELECTORS.items() if issubclass(cls, BlockwiseSelector))
+
+
+def test_the_distributed_selectors_implement_the_protocol():
+    assert {"rds_plus", "semdedup", "b3"} <= set(BLOCKWISE)
+
+
+@pytest.mark.parametrize("name", BLOCKWISE)
+def test_partial_merge_finish_equals_select(name, store):
+    """partial over any split of the pool into blocks (each a task, in any order), merge, finish == select on the whole array."""
+    from thresher.rng import as_generator
+    from thresher.selectors._base import ArrayPool, resolve_budget
+
+    x = pool_vectors()
+    selector, budget, inputs = make(name)
+    want = selector.select(x, budget=budget, **inputs)
+    pool = ArrayPool(x)
+    n_budget = resolve_budget(budget, pool.n_rows, type(selector).__name__)
+    for how, bounds in splits(len(x)):
+        rng = as_generator(selector.seed)
+        state = selector.prepare(pool, budget=n_budget, rng=rng, **inputs)
+        blocks = [next(ArrayPool(x[lo:hi]).iter_blocks()) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        blocks = [type(b)(lo, b.ids + lo, b.vectors) for b, lo in zip(blocks, bounds[:-1])]  # numbered as rows of the whole pool
+        partials = [selector.partial(state, [b], pool) for b in blocks[::-1]]  # tasks finish in any order
+        # merged in an uneven tree: associativity
+        merged = selector.merge([selector.merge(partials[: len(partials) // 3 + 1]), selector.merge(partials[len(partials) // 3 + 1 :])]) \
+            if len(partials) > 1 else selector.merge(partials)
+        options = {"rng": rng} if name == "b3" else {}
+        got = selector.finish(state, merged, pool, **options)
+        np.testing.assert_array_equal(got.positions, want.positions, err_msg=how)
+        np.testing.assert_array_equal(got.ids, want.ids, err_msg=how)
+        for column, values in want.selection_columns().items():
+            np.testing.assert_array_equal(np.asarray(got.selection_columns()[column]), np.asarray(values), err_msg=f"{how}: {column}")
+        assert got.summary == want.summary, how

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from thresher.exceptions import ArtifactError, InputDataError, ParameterError
-from thresher.selectors.infobatch import InfoBatch, write_loss_shard
+from thresher.selectors.infobatch import InfoBatch
+from thresher.training import apply_loss_shards, load_state, save_state, write_loss_shard
 
 
 def losses_for(epoch: int, indices: np.ndarray) -> np.ndarray:
@@ -141,8 +142,8 @@ def test_save_load_mid_run_resumes_identically(tmp_path):
 
     first = InfoBatch(n_samples=4000, epochs=8, prune_ratio=0.6, delta=0.7, seed=11)
     run_epochs(first, range(3))
-    first.save(tmp_path / "ckpt")
-    resumed = InfoBatch.load(tmp_path / "ckpt")
+    save_state(first, tmp_path / "ckpt")
+    resumed = load_state(tmp_path / "ckpt")
     np.testing.assert_array_equal(resumed.weights(np.arange(4000)), first.weights(np.arange(4000)))
     plans_resumed = run_epochs(resumed, range(3, 8))
     for x, y in zip(plans_full[3:], plans_resumed):
@@ -159,10 +160,10 @@ def test_save_load_mid_run_resumes_identically(tmp_path):
     with pytest.raises(ArtifactError, match="epochs"):
         wrong.load_state_dict(full.state_dict())
     with pytest.raises(ArtifactError, match="no saved InfoBatch state"):
-        InfoBatch.load(tmp_path / "nothing")
+        load_state(tmp_path / "nothing")
     np.save(tmp_path / "ckpt" / "scores.npy", np.zeros(4000, np.float32))  # as if a save died half-way
     with pytest.raises(ArtifactError, match="does not match"):
-        InfoBatch.load(tmp_path / "ckpt")
+        load_state(tmp_path / "ckpt")
 
 
 def test_history_and_summary_count_sample_steps():
@@ -304,21 +305,21 @@ def test_plan_shards_round_trip_and_loss_shards_feed_back(tmp_path):
     assert hf["index"][:10] == expected.indices[:10].tolist()
 
     # Trainers write loss shards (two ranks); feeding them back equals update().
-    ib.save(tmp_path / "state")
+    save_state(ib, tmp_path / "state")
     half = len(indices) // 2
     losses = losses_for(2, indices)
     write_loss_shard(tmp_path / "losses" / "rank-00000.arrow", indices[:half], losses[:half])
     write_loss_shard(tmp_path / "losses" / "rank-00001.arrow", indices[half:], losses[half:])
     ib.update(indices, losses)
     summary = update_state(tmp_path / "state", tmp_path / "losses")
-    restored = InfoBatch.load(tmp_path / "state")
+    restored = load_state(tmp_path / "state")
     np.testing.assert_array_equal(restored.scores, ib.scores)
     assert summary["n_epochs_started"] == 3
 
     # From a state directory: same plan as from the object.
     write_plan(tmp_path / "state", 3, tmp_path / "plan-3")
     np.testing.assert_array_equal(read_plan(tmp_path / "plan-3")[0], ib.plan(3).indices)
-    assert InfoBatch.load(tmp_path / "state").history()[-1]["epoch"] == 3
+    assert load_state(tmp_path / "state").history()[-1]["epoch"] == 3
 
     import pyarrow as pa
 
@@ -327,10 +328,10 @@ def test_plan_shards_round_trip_and_loss_shards_feed_back(tmp_path):
     (tmp_path / "bad").mkdir()
     write_stream_shard(tmp_path / "bad" / "x.arrow", pa.table({"index": pa.array([1], pa.int64()), "los": [0.1]}))
     with pytest.raises(InputDataError, match=r"x\.arrow has no 'loss' column"):
-        ib.update_from_shards(tmp_path / "bad")
+        apply_loss_shards(ib, tmp_path / "bad")
     write_stream_shard(tmp_path / "bad" / "x.arrow", pa.table({"index": pa.array([1, 5000], pa.int64()), "loss": [0.1, 0.2]}))
     with pytest.raises(InputDataError, match=r"x\.arrow.*5000 at position 1"):
-        ib.update_from_shards(tmp_path / "bad")
+        apply_loss_shards(ib, tmp_path / "bad")
 
 
 def test_cli_plan_infobatch(tmp_path):

@@ -160,3 +160,20 @@ def test_bad_group_quotas_are_refused(groups, quotas, message):
     pool, targets = make_data(n_tasks=1, n=10)
     with pytest.raises(ParameterError, match=message):
         RDSPlus().select(pool, budget=5, targets=targets, groups=groups, group_quotas=quotas)
+
+
+def test_score_partition_is_deprecated_and_still_works():
+    from thresher.selectors._base import ArrayPool
+    from thresher.selectors.rds import RDSState
+
+    x, targets = make_data(n=400)
+    selector = RDSPlus()
+    pool = ArrayPool(x)
+    scorer = selector.scorer(targets)
+    with pytest.warns(DeprecationWarning, match=r"RDSPlus\.partial"):
+        top, counts = selector.score_partition(pool.iter_blocks(97), scorer, 20, pool.take)
+    new = selector.partial(RDSState(scorer, 20), pool.iter_blocks(97), pool)
+    for (s_old, p_old), (s_new, p_new) in zip(top.finish(), new.top.finish()):
+        np.testing.assert_array_equal(p_old, p_new)
+        np.testing.assert_array_equal(s_old, s_new)
+    assert counts == new.counts and counts["n_scored"] == 400

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thresher.exceptions import ArtifactError, InputDataError, ParameterError
-from thresher.stores import pool as pool_module
+from thresher.stores.pool import jsonl as jsonl_format
 from thresher.stores.pool import Pool, PoolPartition, open_pool, reopen_pool
 
 N_ROWS = 23
@@ -162,7 +162,7 @@ def test_jsonl_scan_is_the_same_whatever_the_chunk_size(tmp_path, monkeypatch):
     write_jsonl(path, reference_rows(), blank_every=2, crlf=True, trailing_newline=False)
     big = open_pool(path, partition_rows=3)
     for chunk in (1, 2, 7, 64):
-        monkeypatch.setattr(pool_module, "_CHUNK", chunk)
+        monkeypatch.setattr(jsonl_format, "_CHUNK", chunk)
         small = open_pool(path, partition_rows=3)
         assert small == big
         assert read_all(small).equals(read_all(big))
@@ -185,12 +185,12 @@ def test_scan_matches_a_line_by_line_count(lines, trailing, every, chunk):
         if line.strip(b" \t\r"):
             starts.append(offset)
         offset += len(line) + 1
-    old = pool_module._CHUNK
-    pool_module._CHUNK = chunk
+    old = jsonl_format._CHUNK
+    jsonl_format._CHUNK = chunk
     try:
-        scan = pool_module._scan_jsonl(io.BytesIO(data), every)
+        scan = jsonl_format._scan_jsonl(io.BytesIO(data), every)
     finally:
-        pool_module._CHUNK = old
+        jsonl_format._CHUNK = old
     assert scan.n_rows == len(starts)
     assert scan.marks == starts[::every]
     assert scan.n_bytes == len(data)
@@ -452,7 +452,7 @@ def test_bad_json_names_the_file_and_line(tmp_path, monkeypatch):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputDataError, match=rf"Line 10 of {path} is not valid JSON"):
         open_pool(path)  # within the first MiB, where the column types are inferred
-    monkeypatch.setattr(pool_module, "_SAMPLE_BYTES", 16)
+    monkeypatch.setattr(jsonl_format, "_SAMPLE_BYTES", 16)
     pool = open_pool(path, partition_rows=4)  # the sample parses: the bad line is found on reading
     pool.read_partition(0)
     with pytest.raises(InputDataError, match=rf"Line 10 of {path} is not valid JSON"):
@@ -479,7 +479,7 @@ def test_bad_json_names_the_file_and_line(tmp_path, monkeypatch):
 
 
 def test_conflicting_types_after_the_sample_name_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(pool_module, "_SAMPLE_BYTES", 16)
+    monkeypatch.setattr(jsonl_format, "_SAMPLE_BYTES", 16)
     path = tmp_path / "a.jsonl"
     write_jsonl(path, [{"x": i} for i in range(6)] + [{"x": "seven"}])
     pool = open_pool(path, partition_rows=3)

@@ -1,0 +1,87 @@
+"""The ``batches`` step: B3 batch mining (Wang et al. 2025), batches of whole communities of a teacher's rank-window graph.
+
+Stage: :func:`thresher.pipeline.select.select_batches`; algorithm: :mod:`thresher.selectors.batch_mining`.
+The teacher's ranks come from the run's index (or exact search with ``exact: true``, for small pools).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from thresher.pipeline.steps._base import StepConfig, StepInputs, StepKind
+
+VERSION = 1
+
+
+class BatchesStep(StepConfig):
+    """B3 batch mining (Wang et al. 2025): batches of whole communities of a teacher's rank-window graph."""
+
+    step: Literal["batches"]
+    batch_size: int = Field(default=1024, gt=0)
+    community_size: int = Field(default=32, gt=0)
+    rank_window: tuple[int, int] = (30, 130)
+    n_hard_negatives: int = Field(default=0, ge=0)
+    group_column: str | None = None
+    drop_last: bool = True
+    exact: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _window_holds_negatives(self) -> BatchesStep:
+        p, stop = self.rank_window
+        if not 0 <= p < stop:
+            raise ValueError(f"rank_window must be [p, p + m] with 0 <= p < p + m; got {list(self.rank_window)}")
+        if self.n_hard_negatives > stop - p:
+            raise ValueError(f"n_hard_negatives {self.n_hard_negatives} is more than the rank window {list(self.rank_window)} holds "
+                             f"(m = {stop - p}); hard negatives are drawn from that window")
+        return self
+
+
+class BatchesKind(StepKind):
+    name = "batches"
+    Config = BatchesStep
+    version = VERSION
+    fingerprint_tag = "b3"
+
+    def uses_index(self, config: BatchesStep) -> bool:
+        return not config.exact
+
+    def pool_columns(self, config: BatchesStep) -> list[str]:
+        return [config.group_column] if config.group_column else []
+
+    def check(self, config: BatchesStep, *, has_index: bool) -> str | None:
+        if not has_index and not config.exact:
+            return "batch mining needs the teacher's ranks from an index; add an 'index' section (or set exact: true for a small pool)."
+        if config.batch_size % config.community_size:
+            return f"batch_size {config.batch_size} is not a multiple of community_size {config.community_size}."
+        return None
+
+    def check_rows(self, config: BatchesStep, bound: int) -> str | None:
+        if config.batch_size > bound:
+            return f"batch_size {config.batch_size} is larger than the {bound} rows that at most reach this step."
+        return None
+
+    def rows_after(self, config: BatchesStep, bound: int | None) -> int | None:
+        return None if bound is None else bound // config.batch_size * config.batch_size
+
+    def expected_rows(self, config: BatchesStep, bound: int) -> str:
+        return f"≤ {bound // config.batch_size * config.batch_size:,} ({bound // config.batch_size:,} batches of {config.batch_size})"
+
+    def memory(self, config: BatchesStep, bound: int | None) -> str:
+        window = config.rank_window[1] - config.rank_window[0]
+        return f"driver: ~{(bound or 0) * window * 12 / 2**30:.2f} GiB (rank windows + reciprocal graph of ≤ {bound:,} rows)"
+
+    def run(self, config: BatchesStep, inputs: StepInputs, executor: Any) -> Any:
+        from thresher.pipeline.select import select_batches
+
+        return select_batches(
+            inputs.store.path, inputs.out, index=inputs.index if self.uses_index(config) else None, batch_size=config.batch_size,
+            community_size=config.community_size, rank_window=tuple(config.rank_window), n_hard_negatives=config.n_hard_negatives,
+            group_column=config.group_column, drop_last=config.drop_last, seed=config.seed, subset=inputs.subset,
+            overwrite=inputs.overwrite, executor=executor,
+        )
+
+
+STEP = BatchesKind()
