@@ -17,7 +17,9 @@ from typing import Any
 
 import click
 
+from thresher.cli_steps import Convert, build_config, old_spelling, step_options
 from thresher.exceptions import ThresherError
+from thresher.pipeline.steps import STEPS
 
 
 EXIT_INPUT = 2  # the user's input (options, files, specs): fix the command
@@ -240,38 +242,63 @@ def select() -> None:
     """Select rows of a pool with a selector and write curated shards."""
 
 
-@select.command("rds")
-@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store.")
-@click.option("--targets", "targets", multiple=True, required=True, help="TASK=PATH: query examples of a task (data file or embedding store); repeat per task, in turn order.")
-@click.option("--budget", required=True, help="Rows to select: a count, a fraction of the pool, or 'all'.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--aggregation", type=click.Choice(["max", "mean"]), default="max", show_default=True)
-@click.option("--quota", "quotas", multiple=True, help="TASK=N: at most N rows picked by that task (repeatable).")
-@click.option("--group-column", default=None, help="Pool column of each row's source, for --group-quota.")
-@click.option("--group-quota", "group_quotas", multiple=True, help="VALUE=N: at most N rows whose --group-column is VALUE (repeatable).")
-@click.option("--dedup", is_flag=True, help="Drop exact-duplicate texts before selection.")
-@click.option("--decontaminate", type=float, default=None, help="Drop pool rows with cosine >= this to any target example.")
-@click.option("--target-text", default=None, help="Text template for target files (default: the pool's).")
-@click.option("--target-text-column", default=None)
-@click.option("--target-messages-column", default=None)
-@click.option("--overwrite", is_flag=True)
-@click.option("--quiet", is_flag=True)
-@_cluster_options
-def select_rds(pool_embeddings, targets, budget, out, aggregation, quotas, group_column, group_quotas, dedup, decontaminate, target_text,
-               target_text_column, target_messages_column, overwrite, quiet, scheduler, workers, slurm, local) -> None:
-    """RDS+: pick the pool rows most similar to target-task examples, round-robin across tasks (Ivison et al. 2025)."""
-    from thresher.pipeline.select import select_rds as run
+def _pool_and_out(what: str = "The pool's embedding store."):
+    """The options every ``select`` step command has that are not step parameters: input store, output and how it runs."""
+    def decorate(f):
+        f = _cluster_options(f)
+        f = click.option("--quiet", is_flag=True, help="No progress bar.")(f)
+        f = click.option("--overwrite", is_flag=True, help="Replace an existing thresher artefact in --out.")(f)
+        f = click.option("--out", required=True, type=click.Path(file_okay=False), help="Output curated-shards directory.")(f)
+        f = click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help=what)(f)
+        return f
+    return decorate
 
-    if target_text is not None and "\\" in target_text:
-        target_text = codecs.decode(target_text, "unicode_escape")
-    target_paths = _parse_pairs(targets, "--targets")
-    curated = run(
-        pool_embeddings, target_paths, out, budget=_parse_budget(budget), aggregation=aggregation,
-        quotas=_parse_pairs(quotas, "--quota", int) or None, group_column=group_column,
-        group_quotas=_parse_pairs(group_quotas, "--group-quota", int) or None, dedup=dedup, decontaminate=decontaminate, target_text=target_text,
-        target_text_column=target_text_column, target_messages_column=target_messages_column,
-        executor=_executor(scheduler, workers, slurm, local, quiet), overwrite=overwrite,
-    )
+
+def _select(kind: str, options: dict[str, Any], *, convert: dict[str, Convert] | None = None, fixed: dict[str, Any] | None = None):
+    """Build the step's config from the command's options and run it through its kind, as ``thresher run`` does, on the whole store.
+
+    Returns the config and the step's curated shards.
+    """
+    from thresher.pipeline.steps import StepInputs
+    from thresher.stores import open_embedding_store
+
+    step = STEPS[kind]
+    config = build_config(step, options, convert=convert, fixed=fixed)
+    index = options.get("index")
+    inputs = StepInputs(store=open_embedding_store(options["pool_embeddings"]), out=Path(options["out"]), run_dir=Path(options["out"]).parent,
+                        index=Path(index) if index else None, overwrite=options["overwrite"])
+    executor = _executor(options["scheduler"], options["workers"], options["slurm"], options["local"], options["quiet"])
+    return config, step.run(config, inputs, executor)
+
+
+def _unescape(text: str | None) -> str | None:
+    """A template with \\n and \\t written as such on the command line."""
+    return codecs.decode(text, "unicode_escape") if text is not None and "\\" in text else text
+
+
+def _parse_rank_window(value: str) -> tuple[int, int]:
+    try:
+        p, stop = (int(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"--rank-window must look like P:P+M (e.g. 30:130); got {value!r}") from None
+    return p, stop
+
+
+_RDS_CONVERT = {
+    "budget": Convert(_parse_budget),
+    "targets": Convert(lambda v: _parse_pairs(v, "--targets"), multiple=True),
+    "target_text": Convert(_unescape),
+    "quotas": Convert(lambda v: _parse_pairs(v, "--quota", int) or None, multiple=True, synonyms=("--quota",)),
+    "group_quotas": Convert(lambda v: _parse_pairs(v, "--group-quota", int) or None, multiple=True, synonyms=("--group-quota",)),
+}
+
+
+@select.command("rds")
+@_pool_and_out()
+@step_options(STEPS["rds"], skip=("target_task_column",), convert=_RDS_CONVERT)
+def select_rds(**options) -> None:
+    """RDS+: pick the pool rows most similar to target-task examples, round-robin across tasks (Ivison et al. 2025)."""
+    _, curated = _select("rds", options, convert=_RDS_CONVERT)
     summary = curated.manifest["summary"]
     click.echo(f"selected {curated.n_rows} of {curated.manifest['n_pool']} rows into {curated.path}")
     if summary.get("budget_rounding"):
@@ -300,30 +327,15 @@ def _parse_sampling_strategy(value: str) -> Any:
         return value
 
 
-@select.command("smote")
-@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store.")
-@click.option("--labels", required=True, help="The pool column holding each row's class.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--sampling-strategy", default="auto", show_default=True,
-              help="auto, 'not majority', minority, 'not minority', all; a float (binary: minority = it x majority); or JSON {\"class\": target count}.")
-@click.option("--undersample-majority", type=float, default=None, help="Keep this fraction, in (0, 1], of the majority class's rows.")
-@click.option("--k-neighbors", type=int, default=5, show_default=True, help="Same-class neighbours a synthetic row's second parent is drawn from.")
-@click.option("--neighbors", type=click.Choice(["auto", "exact"]), default="auto", show_default=True,
-              help="auto: exact FAISS search up to 100k rows a class, an approximate index above; exact: always exact.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True)
-@click.option("--quiet", is_flag=True)
-@_cluster_options
-def select_smote(pool_embeddings, labels, out, sampling_strategy, undersample_majority, k_neighbors, neighbors, seed, overwrite, quiet,
-                 scheduler, workers, slurm, local) -> None:
-    """SMOTE: synthetic minority rows in embedding space, with majority under-sampling (Chawla et al., JAIR 2002)."""
-    from thresher.pipeline.smote import select_smote as run
+_SMOTE_CONVERT = {"sampling_strategy": Convert(_parse_sampling_strategy)}
 
-    curated = run(
-        pool_embeddings, out, labels=labels, sampling_strategy=_parse_sampling_strategy(sampling_strategy),
-        undersample_majority=undersample_majority, k_neighbors=k_neighbors, neighbors=neighbors, seed=seed,
-        executor=_executor(scheduler, workers, slurm, local, quiet), overwrite=overwrite,
-    )
+
+@select.command("smote")
+@_pool_and_out()
+@step_options(STEPS["smote"], convert=_SMOTE_CONVERT)
+def select_smote(**options) -> None:
+    """SMOTE: synthetic minority rows in embedding space, with majority under-sampling (Chawla et al., JAIR 2002)."""
+    _, curated = _select("smote", options, convert=_SMOTE_CONVERT)
     s = curated.manifest["summary"]
     click.echo(f"wrote {curated.n_rows} rows into {curated.path}: {s['n_kept']} pool rows kept, {s['n_synthetic']} synthetic, "
                f"{s['n_undersampled']} under-sampled away")
@@ -331,46 +343,35 @@ def select_smote(pool_embeddings, labels, out, sampling_strategy, undersample_ma
         click.echo(f"  class {c}: {before} -> {s['class_counts_after'][c]} rows")
 
 
-@select.command("batches")
-@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store (the teacher's embeddings).")
-@click.option("--index", default=None, type=click.Path(file_okay=False), help="FAISS index over the store (default: exact search, small pools only).")
-@click.option("--batch-size", type=int, default=1024, show_default=True)
-@click.option("--community-size", type=int, default=32, show_default=True)
-@click.option("--rank-window", default="30:130", show_default=True, help="Teacher ranks P:P+M that become graph edges.")
-@click.option("--hard-negatives", "n_hard_negatives", type=int, default=0, show_default=True, help="Hard-negative ids per row, from its rank window.")
-@click.option("--group-column", default=None, help="Pool column naming each row's source: a batch comes from one source.")
-@click.option("--keep-last", is_flag=True, help="Keep the last, incomplete batch instead of dropping it.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--overwrite", is_flag=True)
-@click.option("--quiet", is_flag=True)
-@_cluster_options
-def select_batches(pool_embeddings, index, batch_size, community_size, rank_window, n_hard_negatives, group_column, keep_last, seed, out,
-                   overwrite, quiet, scheduler, workers, slurm, local) -> None:
-    """B3: batches of whole METIS communities of the teacher's rank-window graph (Thirukovalluru et al. 2025)."""
-    from thresher.pipeline.select import select_batches as run
+_BATCHES_CONVERT = {"rank_window": Convert(_parse_rank_window, show=lambda w: f"{w[0]}:{w[1]}")}
 
-    try:
-        p, stop = (int(v) for v in rank_window.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"--rank-window must look like P:P+M (e.g. 30:130); got {rank_window!r}") from None
-    curated = run(pool_embeddings, out, index=index, batch_size=batch_size, community_size=community_size, rank_window=(p, stop),
-                  n_hard_negatives=n_hard_negatives, group_column=group_column, drop_last=not keep_last, seed=seed, overwrite=overwrite,
-                  executor=_executor(scheduler, workers, slurm, local, quiet))
+
+@select.command("batches")
+@_pool_and_out("The pool's embedding store (the teacher's embeddings).")
+@click.option("--index", default=None, type=click.Path(file_okay=False), help="FAISS index over the store (default: exact search, small pools only).")
+@step_options(STEPS["batches"], skip=("exact",), convert=_BATCHES_CONVERT, off_flags={"drop_last": "--keep-last"},
+              old_flags={"--hard-negatives": "n_hard_negatives"})
+def select_batches(**options) -> None:
+    """B3: batches of whole METIS communities of the teacher's rank-window graph (Thirukovalluru et al. 2025)."""
+    config, curated = _select("batches", options, convert=_BATCHES_CONVERT, fixed={"exact": options["index"] is None})
     s = curated.manifest["summary"]
-    click.echo(f"{s['n_batches']} batches of {batch_size} ({s['n_rows_batched']} of {s['n_rows']} rows) into {curated.path}")
+    click.echo(f"{s['n_batches']} batches of {config.batch_size} ({s['n_rows_batched']} of {s['n_rows']} rows) into {curated.path}")
     click.echo(f"  mean in-batch similarity {s['mean_in_batch_similarity']:.4f} vs random batches {s['mean_in_batch_similarity_random']:.4f}")
     click.echo(f"  graph: {s['n_edges']} reciprocal edges, {s['n_isolated_rows']} isolated rows; left out {s['n_rows_left_out']} rows")
+
+_ACQUISITION_METHODS = ["entropy", "bald", "margin", "least_confidence", "variation_ratio"]
 
 
 @select.command("acquire")
 @click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store.")
 @click.option("--predictions", required=True, type=click.Path(exists=True), help="Parquet/Arrow file or folder: id + probs (list<float> [C]) or samples (list<list<float>> [S][C]).")
-@click.option("--labeled", default=None, type=click.Path(exists=True), help="Parquet/jsonl/csv file with id and label of the labelled rows (never acquired; AnchorAL anchors).")
-@click.option("--score", type=click.Choice(["entropy", "bald", "margin", "least_confidence", "variation_ratio"]), default="bald", show_default=True)
+@click.option("--labelled", default=None, type=click.Path(exists=True), help="Parquet/jsonl/csv file with id and label of the labelled rows (never acquired; AnchorAL anchors).")
+@click.option("--labeled", "old_labeled", default=None, type=click.Path(exists=True), hidden=True)
+@click.option("--method", type=click.Choice(_ACQUISITION_METHODS), default=None, help="The uncertainty score.  [default: bald]")
+@click.option("--score", "old_score", type=click.Choice(_ACQUISITION_METHODS), default=None, hidden=True)
 @click.option("--sampling", type=click.Choice(["topk", "softmax", "power", "softrank"]), default="power", show_default=True)
 @click.option("--beta", type=float, default=1.0, show_default=True, help="Inverse temperature of stochastic sampling.")
-@click.option("--anchoral", is_flag=True, help="Score only the AnchorAL sub-pool around per-class anchors (needs --labeled).")
+@click.option("--anchoral", is_flag=True, help="Score only the AnchorAL sub-pool around per-class anchors (needs --labelled).")
 @click.option("--n-anchors", type=int, default=10, show_default=True)
 @click.option("--n-neighbors", type=int, default=50, show_default=True)
 @click.option("--subpool-size", type=int, default=10_000, show_default=True)
@@ -380,42 +381,32 @@ def select_batches(pool_embeddings, index, batch_size, community_size, rank_wind
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True)
-def select_acquire(pool_embeddings, predictions, labeled, score, sampling, beta, anchoral, n_anchors, n_neighbors, subpool_size, index, budget,
-                   round_, seed, out, overwrite) -> None:
+def select_acquire(pool_embeddings, predictions, labelled, old_labeled, method, old_score, sampling, beta, anchoral, n_anchors, n_neighbors,
+                   subpool_size, index, budget, round_, seed, out, overwrite) -> None:
     """Active learning: acquire the most informative rows by model uncertainty, optionally in an AnchorAL sub-pool (runs in-process)."""
     from thresher.pipeline.acquire import select_acquire as run
 
-    curated = run(pool_embeddings, out, predictions=predictions, labeled=labeled, score=score, sampling=sampling, beta=beta, anchoral=anchoral,
-                  n_anchors=n_anchors, n_neighbors=n_neighbors, subpool_size=subpool_size, index=index, budget=budget, round=round_,
-                  seed=seed, overwrite=overwrite)
+    labelled = old_spelling("--labelled", labelled, "--labeled", old_labeled)
+    method = old_spelling("--method", method, "--score", old_score) or "bald"
+    curated = run(pool_embeddings, out, predictions=predictions, labelled=labelled, method=method, sampling=sampling, beta=beta,
+                  anchoral=anchoral, n_anchors=n_anchors, n_neighbors=n_neighbors, subpool_size=subpool_size, index=index, budget=budget,
+                  round=round_, seed=seed, overwrite=overwrite)
     s = curated.manifest["summary"]
     click.echo(f"round {s['round']}: acquired {s['n_selected']} of {s['n_candidates']} candidates ({s['n_pool']} pool rows, "
-               f"{s['n_labelled']} labelled) by {score}/{sampling} into {curated.path}")
+               f"{s['n_labelled']} labelled) by {method}/{sampling} into {curated.path}")
     if anchoral:
         click.echo(f"  AnchorAL: {s['n_anchors']} anchors, sub-pool of {s['n_candidates']} rows")
 
 
 @select.command("semdedup")
-@click.option("--pool-embeddings", required=True, type=click.Path(exists=True, file_okay=False), help="The pool's embedding store.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--clusters", "n_clusters", required=True, type=int, help="k of the k-means (at most the pool's rows).")
-@click.option("--eps", required=True, type=float, help="Remove a row whose cosine to an earlier row of its cluster is >= 1 - eps; in [0, 1).")
-@click.option("--sample-size", type=int, default=None, help="Rows the k-means is fitted on (default: min(rows, 256 x clusters)).")
-@click.option("--iterations", "n_iter", type=int, default=25, show_default=True, help="k-means iterations.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True)
-@click.option("--quiet", is_flag=True)
-@_cluster_options
-def select_semdedup(pool_embeddings, out, n_clusters, eps, sample_size, n_iter, seed, overwrite, quiet, scheduler, workers, slurm, local) -> None:
+@_pool_and_out()
+@step_options(STEPS["semdedup"], old_flags={"--clusters": "n_clusters", "--iterations": "n_iter"})
+def select_semdedup(**options) -> None:
     """SemDeDup: drop semantic near-duplicates within k-means clusters (Abbas et al. 2023); removed rows go to removed.arrow."""
-    from thresher.pipeline.dedup import select_semdedup as run
-
-    curated = run(pool_embeddings, out, n_clusters=n_clusters, eps=eps, sample_size=sample_size, n_iter=n_iter, seed=seed,
-                  overwrite=overwrite, executor=_executor(scheduler, workers, slurm, local, quiet))
+    _, curated = _select("semdedup", options)
     s = curated.manifest["summary"]
     click.echo(f"kept {s['kept']} of {s['rows_in']} rows, removed {s['removed']} ({s['clusters']} clusters, eps {s['eps']}) into {curated.path}")
     click.echo(f"  removed rows and what they duplicate: {curated.path / 'removed.arrow'}")
-
 
 @main.command("run")
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))

@@ -201,6 +201,27 @@ def check_params(owner: str, values: Mapping[str, Any], constraints: Mapping[str
             check_param(owner, name, values[name], allowed)
 
 
+#: The default of an argument kept under an old name: "not given".
+UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
+
+
+def renamed_argument(owner: str, new: str, value: Any, old: str, old_value: Any, default: Any) -> Any:
+    """The value of argument ``new`` of ``owner``, or of its old spelling ``old`` (with a DeprecationWarning naming ``new``).
+
+    ``value`` and ``old_value`` are :data:`UNSET` when not given (then ``default``); giving both is a ParameterError.
+    """
+    import warnings
+
+    from thresher.exceptions import ParameterError
+
+    if old_value is UNSET:
+        return default if value is UNSET else value
+    if value is not UNSET:
+        raise ParameterError(f"{owner}() takes {new}= or its old spelling {old}=, not both.")
+    warnings.warn(f"{owner}({old}=) is deprecated; use {new}=.", DeprecationWarning, stacklevel=3)
+    return old_value
+
+
 class _Shown:
     """A value as a message shows it: an object without a useful repr by its type."""
 

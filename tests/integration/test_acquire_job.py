@@ -53,8 +53,8 @@ def bald(samples):
 
 def test_bald_power_over_the_whole_unlabelled_pool(setup):
     tmp, store, samples, labelled, _ = setup
-    cur = select_acquire(store.path, tmp / "out_bald", predictions=tmp / "samples.parquet", labeled=tmp / "labeled.parquet",
-                         score="bald", sampling="power", budget=6, round=3, seed=1)
+    cur = select_acquire(store.path, tmp / "out_bald", predictions=tmp / "samples.parquet", labelled=tmp / "labeled.parquet",
+                         method="bald", sampling="power", budget=6, round=3, seed=1)
     ds = datasets.load_dataset("arrow", data_files=cur.files, split="train", cache_dir=str(tmp / "hf"))
     assert len(ds) == 6 and {"id", "text", "rank", "score", "raw_score", "in_subpool", "anchor_hits", "round"} <= set(ds.column_names)
     ids = store.ids()
@@ -74,8 +74,8 @@ def test_bald_power_over_the_whole_unlabelled_pool(setup):
 
 def test_anchoral_entropy_topk_on_the_subpool(setup):
     tmp, store, samples, labelled, labels = setup
-    cur = select_acquire(store.path, tmp / "out_anchor", predictions=tmp / "probs.parquet", labeled=tmp / "labeled.parquet",
-                         score="entropy", sampling="topk", anchoral=True, n_anchors=2, n_neighbors=4, subpool_size=12, budget=5, seed=4)
+    cur = select_acquire(store.path, tmp / "out_anchor", predictions=tmp / "probs.parquet", labelled=tmp / "labeled.parquet",
+                         method="entropy", sampling="topk", anchoral=True, n_anchors=2, n_neighbors=4, subpool_size=12, budget=5, seed=4)
     sub = anchoral_subpool(store, labelled, labels, classes=[0, 1, 2], n_anchors=2, n_neighbors=4, subpool_size=12, seed=as_generator(4))
     assert len(sub.positions) == 12 and cur.manifest["summary"]["n_candidates"] == 12 and cur.manifest["summary"]["n_anchors"] == 6
     ent = entr(samples.mean(axis=1)).sum(axis=1)
@@ -90,7 +90,7 @@ def test_anchoral_entropy_topk_on_the_subpool(setup):
 def test_cli_acquire(setup):
     tmp, store, _, _, _ = setup
     result = CliRunner().invoke(main, ["select", "acquire", "--pool-embeddings", str(store.path), "--predictions", str(tmp / "samples.parquet"),
-                                       "--labeled", str(tmp / "labeled.parquet"), "--score", "bald", "--sampling", "power", "--beta", "1",
+                                       "--labelled", str(tmp / "labeled.parquet"), "--method", "bald", "--sampling", "power", "--beta", "1",
                                        "--anchoral", "--n-anchors", "2", "--n-neighbors", "5", "--subpool-size", "10", "--budget", "4",
                                        "--round", "2", "--out", str(tmp / "cli")])
     assert result.exit_code == 0, result.output
@@ -101,8 +101,8 @@ def test_cli_acquire(setup):
 def test_bad_inputs_are_named(setup):
     tmp, store, samples, labelled, labels = setup
     ids = store.ids().tolist()
-    run = lambda preds, **kw: select_acquire(store.path, tmp / "bad", predictions=preds, labeled=kw.pop("labeled", tmp / "labeled.parquet"),
-                                             score=kw.pop("score", "entropy"), budget=kw.pop("budget", 3), overwrite=True, **kw)
+    run = lambda preds, **kw: select_acquire(store.path, tmp / "bad", predictions=preds, labelled=kw.pop("labelled", tmp / "labeled.parquet"),
+                                             method=kw.pop("method", "entropy"), budget=kw.pop("budget", 3), overwrite=True, **kw)
     probs = samples.mean(axis=1)
 
     def write(name, table):
@@ -124,13 +124,33 @@ def test_bad_inputs_are_named(setup):
     with pytest.raises(InputDataError, match=f"e.g. id {ids[-1]!r}"):
         run(missing)
     with pytest.raises(InputDataError, match="BALD needs several predictions"):
-        run(tmp / "probs.parquet", score="bald")
+        run(tmp / "probs.parquet", method="bald")
     one_class = write("one_class.parquet", pa.table({"id": [ids[i] for i in labelled[:3]], "label": ["a", "a", "b"]}))
     with pytest.raises(InputDataError, match="2 classes .* 3 columns"):
-        run(tmp / "probs.parquet", labeled=one_class, anchoral=True)
+        run(tmp / "probs.parquet", labelled=one_class, anchoral=True)
     with pytest.raises(InputDataError, match="has none"):
-        run(tmp / "probs.parquet", labeled=write("l2.parquet", pa.table({"id": [ids[0], ids[1]], "label": [0, 2]})), anchoral=True)
+        run(tmp / "probs.parquet", labelled=write("l2.parquet", pa.table({"id": [ids[0], ids[1]], "label": [0, 2]})), anchoral=True)
     with pytest.raises(ParameterError, match="only 39 are candidates"):
         run(tmp / "probs.parquet", budget=40)
     with pytest.raises(ParameterError, match="needs the labelled rows"):
-        run(tmp / "probs.parquet", labeled=None, anchoral=True)
+        run(tmp / "probs.parquet", labelled=None, anchoral=True)
+
+
+def test_old_argument_and_flag_spellings_warn_and_give_the_same_rows(setup):
+    tmp, store, _, _, _ = setup
+    common = dict(predictions=tmp / "samples.parquet", sampling="power", budget=5, seed=2)
+    new = select_acquire(store.path, tmp / "new", labelled=tmp / "labeled.parquet", method="entropy", **common)
+    with pytest.warns(DeprecationWarning, match=r"select_acquire\(labeled=\) is deprecated; use labelled="):
+        with pytest.warns(DeprecationWarning, match=r"select_acquire\(score=\) is deprecated; use method="):
+            old = select_acquire(store.path, tmp / "old", labeled=tmp / "labeled.parquet", score="entropy", **common)
+    assert old.to_table().column("id").to_pylist() == new.to_table().column("id").to_pylist()
+    assert new.manifest["params"]["score"] == "entropy"  # method reached the stage (the default is bald)
+    with pytest.raises(ParameterError, match=r"takes method= or its old spelling score=, not both"):
+        select_acquire(store.path, tmp / "both", method="bald", score="bald", **common)
+
+    argv = ["select", "acquire", "--pool-embeddings", str(store.path), "--predictions", str(tmp / "samples.parquet"), "--sampling", "power",
+            "--budget", "5", "--seed", "2"]
+    result = CliRunner().invoke(main, [*argv, "--labeled", str(tmp / "labeled.parquet"), "--score", "entropy", "--out", str(tmp / "old-cli")])
+    assert result.exit_code == 0, result.output
+    assert "note: --labeled is deprecated; use --labelled" in result.stderr and "note: --score is deprecated; use --method" in result.stderr
+    assert thresher.stores.open_curated(tmp / "old-cli").to_table().column("id").to_pylist() == new.to_table().column("id").to_pylist()

@@ -389,32 +389,32 @@ CASES: list[Case] = [
     Case("batches-zero-vector", "a zero vector in the pool store", ("select", "batches", "--pool-embeddings", "{emb_zero}", "--batch-size", "4",
          "--community-size", "2", "--rank-window", "2:6", "--out", "{tmp}/out", "--local", "--quiet"), r"Row 3 of the pool's embeddings is a zero vector"),
     # ---- select acquire
-    Case("acquire-nan-probability", "a NaN probability", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy", "--budget", "3"),
+    Case("acquire-nan-probability", "a NaN probability", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy", "--budget", "3"),
          r"^error: The predictions .*preds\.parquet hold a non-finite .*'r4'", (predictions(probs=lambda i: [float("nan"), 1.0] if i == 4 else _good_predictions(i)),)),
-    Case("acquire-inf-probability", "an infinite probability", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy", "--budget", "3"),
+    Case("acquire-inf-probability", "an infinite probability", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy", "--budget", "3"),
          r"preds\.parquet.*non-finite.*'r2'", (predictions(probs=lambda i: [float("inf"), 0.0] if i == 2 else _good_predictions(i)),)),
-    Case("acquire-logits", "logits instead of probabilities", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy", "--budget", "3"),
+    Case("acquire-logits", "logits instead of probabilities", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy", "--budget", "3"),
          r"not probabilities for id 'r0'.*softmax", (predictions(probs=lambda i: [2.0, -1.0]),)),
-    Case("acquire-ragged-probs", "rows with different numbers of classes", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy",
+    Case("acquire-ragged-probs", "rows with different numbers of classes", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy",
          "--budget", "3"), r"different shapes.*'r3' has 3 values", (predictions(probs=lambda i: [0.2, 0.3, 0.5] if i == 3 else _good_predictions(i)),)),
-    Case("acquire-unknown-id", "a prediction for an id not in the pool", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy",
+    Case("acquire-unknown-id", "a prediction for an id not in the pool", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy",
          "--budget", "3"), r"'ghost' is not in", (predictions(ids=lambda ids: [*ids[:-1], "ghost"]),)),
-    Case("acquire-duplicate-id", "the same id twice in the predictions", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy",
+    Case("acquire-duplicate-id", "the same id twice in the predictions", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy",
          "--budget", "3"), r"'r0' more than once", (predictions(ids=lambda ids: [*ids, "r0"]),)),
-    Case("acquire-budget-zero", "--budget 0", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy", "--budget", "0"),
+    Case("acquire-budget-zero", "--budget 0", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy", "--budget", "0"),
          r"'budget'.*got 0", (predictions(),)),
-    Case("acquire-budget-too-large", "--budget above the candidates", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy",
+    Case("acquire-budget-too-large", "--budget above the candidates", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy",
          "--budget", "99"), r"asks for 99 rows but only 24", (predictions(),)),
-    Case("acquire-bald-without-samples", "--score bald with one prediction per row", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet",
+    Case("acquire-bald-without-samples", "--method bald with one prediction per row", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet",
          "--budget", "3"), r"BALD needs several predictions", (predictions(),)),
-    Case("acquire-beta-zero", "--beta 0", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy", "--budget", "3", "--beta", "0"),
+    Case("acquire-beta-zero", "--beta 0", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy", "--budget", "3", "--beta", "0"),
          r"'beta'.*0", (predictions(),)),
-    Case("acquire-anchoral-one-class", "AnchorAL with labelled rows of one class", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score",
-         "entropy", "--budget", "3", "--anchoral", "--labeled", "{tmp}/labeled.jsonl"), r"labeled\.jsonl.*1 classes.*2 columns",
+    Case("acquire-anchoral-one-class", "AnchorAL with labelled rows of one class", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method",
+         "entropy", "--budget", "3", "--anchoral", "--labelled", "{tmp}/labeled.jsonl"), r"labeled\.jsonl.*1 classes.*2 columns",
          (predictions(), labeled([("r0", "cat"), ("r1", "cat")]))),
-    Case("acquire-pickle-predictions", "predictions as a pickle file (never unpickled)", (*ACQUIRE, "--predictions", "{tmp}/preds.pkl", "--score",
+    Case("acquire-pickle-predictions", "predictions as a pickle file (never unpickled)", (*ACQUIRE, "--predictions", "{tmp}/preds.pkl", "--method",
          "entropy", "--budget", "3"), r"preds\.pkl.*expected a \.parquet", (pickle_file("preds.pkl"),), absent="{tmp}/unpickled"),
-    Case("acquire-corrupt-parquet", "a predictions file that is not Parquet", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score",
+    Case("acquire-corrupt-parquet", "a predictions file that is not Parquet", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method",
          "entropy", "--budget", "3"), r"Cannot read .*preds\.parquet", (text("preds.parquet", b"PAR1 this is not parquet"),)),
     # ---- plan infobatch-init
     Case("init-prune-ratio-too-large", "--prune-ratio 0.95", (*INIT, "--n-samples", "10", "--epochs", "3", "--prune-ratio", "0.95"),
@@ -447,7 +447,7 @@ CASES: list[Case] = [
     # ---- real subprocesses: the exit code the shell sees
     Case("subprocess-unknown-option", "an option that does not exist (as a process)", ("index", "--embeddings", "{emb}", "--out", "{tmp}/out", "--bogus"),
          r"No such option.*--bogus", subprocess=True),
-    Case("subprocess-budget-zero", "--budget 0 (as a process)", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--score", "entropy",
+    Case("subprocess-budget-zero", "--budget 0 (as a process)", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy",
          "--budget", "0"), r"^error: .*'budget'.*got 0", (predictions(),), subprocess=True),
 ]
 
@@ -642,8 +642,8 @@ CASES_INPUTS: list[Case] = [
     Case("init-n-samples-huge", "--n-samples 10^13 (more memory than the machine has)", (*INIT, "--n-samples", "10000000000000", "--epochs", "3"),
          r"--n-samples 10000000000000\) needs 270\.0 TB of memory for the InfoBatch state.*this machine has \d"),
     # ---- what used to be silent
-    Case("batches-hard-negatives-wider-than-window", "--hard-negatives 5 with a rank window 2:6 (4 wide)", (*BATCHES, "--batch-size", "4",
-         "--community-size", "2", "--rank-window", "2:6", "--hard-negatives", "5"), r"'n_hard_negatives' parameter of BatchMiner \(5\).*\(2, 6\) \(m = 4\)"),
+    Case("batches-hard-negatives-wider-than-window", "--n-hard-negatives 5 with a rank window 2:6 (4 wide)", (*BATCHES, "--batch-size", "4",
+         "--community-size", "2", "--rank-window", "2:6", "--n-hard-negatives", "5"), r"n_hard_negatives 5 is more than the rank window \[2, 6\] holds \(m = 4\)"),
     Case("inspect-run-missing-step", "a run whose step directory is gone, with --verify", ("inspect", "{tmp}/run", "--verify"),
          r"run at .*run lists step 'embed' in .*run/embeddings, which is missing", (run_dir(),), out=None),
     Case("inspect-run-corrupt-step", "a run whose step shard is truncated, with --verify", ("inspect", "{tmp}/run", "--verify"),
@@ -927,7 +927,7 @@ def test_ids_never_become_file_names(world: World, tmp_path: Path):
     assert result.exit_code == 0, result.output
     # Entropy falls with i, so top-k by entropy picks the first four ids, in order.
     pq.write_table(pa.table({"id": evil, "probs": [[0.5 - 0.08 * i, 0.5 + 0.08 * i] for i in range(len(evil))]}), preds)
-    result = CliRunner().invoke(main, ["select", "acquire", "--pool-embeddings", str(emb), "--predictions", str(preds), "--score", "entropy",
+    result = CliRunner().invoke(main, ["select", "acquire", "--pool-embeddings", str(emb), "--predictions", str(preds), "--method", "entropy",
                                        "--sampling", "topk", "--budget", "4", "--out", str(cur)])
     assert result.exit_code == 0, result.output
     for path in tmp_path.rglob("*"):

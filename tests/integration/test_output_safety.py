@@ -75,7 +75,7 @@ def world(tmp_path_factory, minilm_path) -> World:
     spec = root / "spec" / "spec.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "guard", "pool": {"path": str(pool), "id_column": "uid"}, "embedding": {"model": minilm_path},
-        "steps": [{"step": "semdedup", "clusters": 2, "eps": 0.1}], "report": {"html": False},
+        "steps": [{"step": "semdedup", "n_clusters": 2, "eps": 0.1}], "report": {"html": False},
     }), encoding="utf-8")
     return World(root, minilm_path, pool, targets, emb, root / "idx", root / "state", root / "plan", root / "preds" / "p.parquet", spec)
 
@@ -109,7 +109,7 @@ def _commands(w: World) -> dict[str, tuple]:
                                "--rank-window", "1:3", "--out", o, "--local", "--quiet"], True, w.idx / "index.faiss", w.idx, w.state),
         "acquire": (lambda o: ["select", "acquire", "--pool-embeddings", emb, "--predictions", str(w.preds), "--budget", "2", "--out", o],
                     True, w.preds, w.preds.parent, w.idx),
-        "semdedup": (lambda o: ["select", "semdedup", "--pool-embeddings", emb, "--clusters", "2", "--eps", "0.1", "--out", o, "--local",
+        "semdedup": (lambda o: ["select", "semdedup", "--pool-embeddings", emb, "--n-clusters", "2", "--eps", "0.1", "--out", o, "--local",
                                 "--quiet"], True, w.emb / "part-00000.arrow", w.emb, w.idx),
         "infobatch-init": (lambda o: ["plan", "infobatch-init", "--out", o, "--n-samples", "10", "--epochs", "3"], False, None, None, w.plan),
         "infobatch": (lambda o: ["plan", "infobatch", "--scores", str(w.state), "--epoch", "1", "--out", o], True,

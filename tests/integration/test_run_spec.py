@@ -239,7 +239,7 @@ BAD_SPECS = [
     ("one target file without its task column", lambda s: s["steps"][0].pop("target_task_column"),
      r"spec.yaml:\d+: steps\[0\]: Value error, targets is one file .*name its task column with target_task_column"),
     ("unknown bundled file", lambda s: s["steps"][0].update(targets="bundled:nope.jsonl"), r"bundled:nope.jsonl: no such bundled file"),
-    ("eps out of range", lambda s: s["steps"].insert(0, {"step": "semdedup", "clusters": 4, "eps": 1.5}), r"steps\[0\]\.eps: Input should be less than 1"),
+    ("eps out of range", lambda s: s["steps"].insert(0, {"step": "semdedup", "n_clusters": 4, "eps": 1.5}), r"steps\[0\]\.eps: Input should be less than 1"),
     ("group quotas without a column", lambda s: s["steps"][0].pop("group_column"), r"group_column and group_quotas go together"),
     ("group column not in the pool", lambda s: s["steps"][0].update(group_column="site"), r"column 'site' is not in the pool"),
     ("two cluster places", lambda s: s.update(cluster={"scheduler": "tcp://x:1", "local": True}), r"choose one of scheduler, slurm, local"),

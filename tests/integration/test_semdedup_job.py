@@ -111,7 +111,7 @@ def test_subset_only_sees_its_rows(dedup_setup):
 
 def test_cli_matches_python_and_reuses_a_finished_output(dedup_setup):
     tmp, store, _ = dedup_setup
-    args = ["select", "semdedup", "--pool-embeddings", str(store.path), "--out", str(tmp / "cli"), "--clusters", "4", "--eps", str(EPS),
+    args = ["select", "semdedup", "--pool-embeddings", str(store.path), "--out", str(tmp / "cli"), "--n-clusters", "4", "--eps", str(EPS),
             "--local", "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -138,8 +138,8 @@ def test_bad_input_is_refused_and_nothing_is_written(dedup_setup):
     with pytest.raises(ParameterError, match="An attachment of write_curated must be a plain file name"):
         _other_curated(tmp, "other2", attachments={"part-00009.arrow": pa.table({"a": [1]})})
     result = CliRunner().invoke(main, ["select", "semdedup", "--pool-embeddings", str(store.path), "--out", str(tmp / "bad4"),
-                                       "--clusters", "0", "--eps", "0.1", "--local", "--quiet"])
-    assert result.exit_code == 2 and "'n_clusters' parameter of SemDeDup must be an int >= 1; got 0" in result.output
+                                       "--n-clusters", "0", "--eps", "0.1", "--local", "--quiet"])
+    assert result.exit_code == 2 and "Invalid value for '--n-clusters': 'n_clusters': Input should be greater than 0; got 0" in result.output
     assert not any((tmp / f"bad{i}").exists() for i in range(1, 5))
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thresher.exceptions import InputDataError, ParameterError
+from thresher.params import UNSET, renamed_argument
 
 ACQUIRE_STAGE_VERSION = 1
 PREDICTION_SUFFIXES = (".parquet", ".arrow", ".feather")
@@ -249,8 +250,8 @@ def select_acquire(
     *,
     predictions: Any,
     budget: int,
-    labeled: str | Path | None = None,
-    score: Literal["entropy", "bald", "margin", "least_confidence", "variation_ratio"] = "bald",
+    labelled: str | Path | None = UNSET,
+    method: Literal["entropy", "bald", "margin", "least_confidence", "variation_ratio"] = UNSET,
     sampling: Literal["topk", "softmax", "power", "softrank"] = "power",
     beta: float = 1.0,
     anchoral: bool = False,
@@ -261,6 +262,8 @@ def select_acquire(
     round: int = 0,
     seed: int = 0,
     overwrite: bool = False,
+    labeled: Any = UNSET,
+    score: Any = UNSET,
 ):
     """One active-learning acquisition round over an embedded pool; the picked rows become curated shards.
 
@@ -276,20 +279,22 @@ def select_acquire(
         Every unlabelled row needs one; rows of labelled ids are ignored.
     budget : int
         Rows to acquire (>= 1, at most the candidates).
-    labeled : path, optional
+    labelled : path, optional
         A parquet / jsonl / csv file with ``id`` and ``label``: the labelled rows (never acquired;
         AnchorAL's anchors). Integer labels are column indices; other labels map onto the columns in sorted order.
-    score, sampling, beta
-        As :class:`thresher.selectors.acquisition.Acquisition`.
+    method, sampling, beta
+        As :class:`thresher.selectors.acquisition.Acquisition` (``method``: the uncertainty score, default ``'bald'``).
     anchoral : bool
         Restrict the candidates to the AnchorAL sub-pool (``n_anchors``, ``n_neighbors``, ``subpool_size``);
-        needs ``labeled`` with rows of every class.
+        needs ``labelled`` with rows of every class.
     index : path, optional
         A thresher FAISS index over the store, for AnchorAL's neighbour search (default: exact search).
     round : int
         Written in the ``round`` column and the manifest.
     seed : int
         Seeds the anchors and the stochastic sampling; derive it per round (e.g. ``seed + round``) so anchors change.
+    labeled, score
+        Deprecated spellings of ``labelled`` and ``method`` (a DeprecationWarning names the new one).
 
     Returns
     -------
@@ -308,13 +313,16 @@ def select_acquire(
 
     from thresher.stores.output_guard import artefact_inputs, check_output
 
+    # the old names stay the local ones: the manifest's params and inputs keep their keys (and cached outputs their fingerprints)
+    labeled = renamed_argument("select_acquire", "labelled", labelled, "labeled", labeled, None)
+    score = renamed_argument("select_acquire", "method", method, "score", score, "bald")
     check_output(out, "curated", inputs={"pool_embeddings": pool_embeddings, "predictions": predictions, "labeled": labeled, "index": index,
                                        "pool_files": artefact_inputs(pool_embeddings)}, overwrite=overwrite)
     Acquisition(method=score, sampling=sampling, beta=beta, seed=seed).validate_params()
     check_param("select_acquire", "budget", budget, [Interval(int, 1, None)])
     check_param("select_acquire", "round", round, [Interval(int, 0, None)])
     if anchoral and labeled is None:
-        raise ParameterError("AnchorAL (anchoral=True) needs the labelled rows (labeled=PATH with id and label columns) to pick anchors.")
+        raise ParameterError("AnchorAL (anchoral=True) needs the labelled rows (labelled=PATH with id and label columns) to pick anchors.")
     store = open_embedding_store(pool_embeddings)
     pool = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     ids = store.ids()
@@ -322,7 +330,7 @@ def select_acquire(
     n_classes = values.shape[2]
     if score == "bald" and values.shape[1] < 2:
         raise InputDataError("BALD needs several predictions per row (a 'samples' column [S][C] with S >= 2); "
-                             "the predictions give one. Use score='entropy', or give MC-dropout / ensemble samples.")
+                             "the predictions give one. Use method='entropy', or give MC-dropout / ensemble samples.")
     if labeled is not None:
         lab_positions, lab_labels, lab_fp = read_labeled(labeled, store, ids)
     else:

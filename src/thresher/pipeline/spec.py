@@ -6,7 +6,7 @@ A spec names the pool, how it is embedded, the index, and a list of steps::
     embedding: {model: default}
     index: {type: auto}
     steps:
-      - {step: semdedup, clusters: 20, eps: 0.05}
+      - {step: semdedup, n_clusters: 20, eps: 0.05}
       - {step: rds, budget: 3000, targets: {travel: targets/travel.jsonl}}
       - {step: batches, batch_size: 64, community_size: 8}
 

@@ -46,7 +46,7 @@ def _spec(*steps, index=True):
 
 
 def test_the_kinds_bounds_checks_and_estimates():
-    spec = _spec({"step": "semdedup", "clusters": 4, "eps": 0.1}, {"step": "rds", "budget": 0.5, "targets": "t.jsonl", "target_task_column": "task"},
+    spec = _spec({"step": "semdedup", "n_clusters": 4, "eps": 0.1}, {"step": "rds", "budget": 0.5, "targets": "t.jsonl", "target_task_column": "task"},
                  {"step": "batches", "batch_size": 8, "community_size": 4})
     assert [step_kind(s).name for s in spec.steps] == ["semdedup", "rds", "batches"]
     assert spec_module.upper_bound_before(spec, 2, 100) == 50  # semdedup keeps ≤ 100, rds half of them

@@ -19,14 +19,14 @@ class BatchesStep(StepConfig):
     """B3 batch mining (Wang et al. 2025): batches of whole communities of a teacher's rank-window graph."""
 
     step: Literal["batches"]
-    batch_size: int = Field(default=1024, gt=0)
-    community_size: int = Field(default=32, gt=0)
-    rank_window: tuple[int, int] = (30, 130)
-    n_hard_negatives: int = Field(default=0, ge=0)
-    group_column: str | None = None
-    drop_last: bool = True
-    exact: bool = False
-    seed: int = 0
+    batch_size: int = Field(default=1024, gt=0, description="Rows per batch (a multiple of community_size).")
+    community_size: int = Field(default=32, gt=0, description="Rows per METIS community; a batch holds whole communities.")
+    rank_window: tuple[int, int] = Field(default=(30, 130), description="Teacher ranks P:P+M that become graph edges.")
+    n_hard_negatives: int = Field(default=0, ge=0, description="Hard-negative ids per row, from its rank window.")
+    group_column: str | None = Field(default=None, description="Pool column naming each row's source: a batch comes from one source.")
+    drop_last: bool = Field(default=True, description="Drop the last, incomplete batch (--keep-last keeps it).")
+    exact: bool = Field(default=False, description="Teacher ranks by exact search instead of the index (small pools).")
+    seed: int = Field(default=0, description="Seed of the community order and batch assembly.")
 
     @model_validator(mode="after")
     def _window_holds_negatives(self) -> BatchesStep:

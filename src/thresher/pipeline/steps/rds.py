@@ -24,18 +24,19 @@ class RDSStep(StepConfig):
     """RDS+ (Ivison et al. 2025): the pool rows closest to target-task examples, round-robin over tasks."""
 
     step: Literal["rds"]
-    budget: int | float
-    targets: dict[str, str] | str
-    target_task_column: str | None = None
-    target_text: str | None = None
-    target_text_column: str | None = None
-    target_messages_column: str | None = None
-    aggregation: Literal["max", "mean"] = "max"
-    quotas: dict[str, int] | None = None
-    group_column: str | None = None
-    group_quotas: dict[str, int] | None = None
-    dedup: bool = False
-    decontaminate: float | None = Field(default=None, gt=0, le=1)
+    budget: int | float = Field(description="Rows to select: a count, a fraction of the pool, or 'all'.")
+    targets: dict[str, str] | str = Field(description="TASK=PATH: query examples of a task (data file or embedding store); "
+                                                      "repeat per task, in turn order.")
+    target_task_column: str | None = Field(default=None, description="Task column of a single targets file.")
+    target_text: str | None = Field(default=None, description="Text template for target files (default: the pool's).")
+    target_text_column: str | None = Field(default=None, description="Column holding the targets' text.")
+    target_messages_column: str | None = Field(default=None, description="Column holding the targets' chat messages.")
+    aggregation: Literal["max", "mean"] = Field(default="max", description="How a row's similarities to a task's examples combine.")
+    quotas: dict[str, int] | None = Field(default=None, description="TASK=N: at most N rows picked by that task (repeatable).")
+    group_column: str | None = Field(default=None, description="Pool column of each row's source, for group quotas.")
+    group_quotas: dict[str, int] | None = Field(default=None, description="VALUE=N: at most N rows whose group column is VALUE (repeatable).")
+    dedup: bool = Field(default=False, description="Drop exact-duplicate texts before selection.")
+    decontaminate: float | None = Field(default=None, gt=0, le=1, description="Drop pool rows with cosine >= this to any target example.")
 
     @model_validator(mode="after")
     def _groups_together(self) -> RDSStep:
