@@ -989,6 +989,7 @@ def render_doc(messages: dict[str, str]) -> str:
 def _abridge(message: str, limit: int = 160) -> str:
     message = message.removeprefix("error: ").strip()
     message = re.sub(r"/\S*/(?:bad-inputs-world|test_[\w.-]+)(/|(?=[\s;:,']|$))", r"…\1", message)  # the case's folder, not this machine's
+    message = re.sub(r"(\.tmp-[\w.-]+?)-[0-9a-f]{12}\b", r"\1-…", message)  # a temporary file's random suffix: the doc stays stable
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
