@@ -244,6 +244,24 @@ def test_overwrite_of_a_same_kind_artefact_with_a_foreign_file_deletes_nothing(w
     assert tree_digest(tmp_path, world.root) == before
 
 
+def test_overwrite_never_follows_a_link_out_of_the_artefact(world, tmp_path):
+    """A listed shard replaced by a symbolic link to the user's file: the link is foreign, and neither it nor its target is removed."""
+    out = tmp_path / "plan"
+    assert _cli(["plan", "infobatch", "--scores", str(world.state), "--epoch", "1", "--out", str(out)]).exit_code == 0
+    shard = json.loads((out / "manifest.json").read_text())["shards"][0]["file"]
+    precious = tmp_path / "mine" / "data.arrow"
+    precious.parent.mkdir()
+    precious.write_bytes(b"the user's own data")
+    (out / shard).unlink()
+    (out / shard).symlink_to(precious)
+    before = tree_digest(tmp_path, world.root)
+    result = _cli(["plan", "infobatch", "--scores", str(world.state), "--epoch", "2", "--out", str(out), "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert re.search(rf"holds .*{re.escape(shard)}, which thresher did not write", result.output), result.output
+    assert tree_digest(tmp_path, world.root) == before
+    assert precious.read_bytes() == b"the user's own data" and (out / shard).is_symlink()
+
+
 def test_overwrite_replaces_a_clean_artefact_and_keeps_nothing_stale(world, tmp_path):
     out = tmp_path / "plan"
     assert _cli(["plan", "infobatch", "--scores", str(world.state), "--epoch", "1", "--out", str(out)]).exit_code == 0
