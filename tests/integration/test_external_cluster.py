@@ -1,4 +1,4 @@
-"""An existing Dask cluster (scheduler and workers started as separate processes), worker resources, and SLURM configs.
+"""An existing Dask cluster (scheduler and workers started as separate processes), worker resources, and a GPU SLURM config's job script.
 
 The scheduler and two workers are started with the ``dask`` command line, as an
 operator would on a cluster; the ``thresher`` command connects to them with
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -164,38 +163,43 @@ def test_embed_tasks_needing_a_gpu_run_only_on_the_worker_declaring_one(external
     assert not (tmp / "emb-tpu").exists()
 
 
-def _documented_slurm_config() -> dict:
-    """The SLURM YAML shown in README's cluster section: the test builds exactly what users are told to write."""
+def _documented_slurm_config(marker: str) -> dict:
+    """A SLURM YAML shown in README's SLURM section (the fenced block after ``<!-- marker``): the test builds what users are told to write."""
     import yaml
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Running on a cluster") :]
-    block = section[section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)]
-    return yaml.safe_load(block)
+    section = readme[readme.index(f"<!-- {marker}") :]
+    start = section.index("```yaml") + len("```yaml")
+    return yaml.safe_load(section[start : section.index("```", start)])
 
 
-def test_documented_slurm_config_builds_a_cluster_whose_job_script_asks_for_the_gpu(tmp_path):
+def test_documented_gpu_slurm_config_builds_a_cluster_whose_job_script_asks_for_the_gpu(tmp_path, monkeypatch):
+    """Only the job script is checked here (the test SLURM cluster has no GPU): tests/integration/test_slurm.py submits README's CPU config."""
     import yaml
     from dask.utils import format_bytes, parse_bytes
 
-    documented = _documented_slurm_config()
+    documented = _documented_slurm_config("slurm-gpu-config")
     assert documented["worker_extra_args"] == ["--resources", "GPU=1"] and documented["job_extra_directives"] == ["--gres=gpu:1"]
+    monkeypatch.chdir(tmp_path)  # log_directory is relative to where thresher runs, and made when the cluster is built
     config = tmp_path / "slurm.yaml"
-    config.write_text(yaml.safe_dump({**documented, "scheduler_options": {"dashboard_address": ":0"}}))  # no fixed port in tests
-    assert shutil.which("sbatch") is None  # no SLURM here: any job submission would fail loudly
+    config.write_text(yaml.safe_dump(documented))
     cluster = make_slurm_cluster(config)
     try:
         script = cluster.job_script()
         cluster.scale(0)
         assert not cluster.worker_spec and not cluster.workers  # building and scaling to 0 submits nothing
+        assert cluster.scheduler_spec["options"]["dashboard_address"] == ":0"  # no fixed port shared by a login node's users
     finally:
         cluster.close()
     memory = parse_bytes(documented["memory"])
+    log_directory = documented["log_directory"]
     expected = [f"#SBATCH -p {documented['queue']}", f"#SBATCH -A {documented['account']}", "#SBATCH -n 1",
                 f"#SBATCH --cpus-per-task={documented['cores']}", f"#SBATCH --mem={int(np.ceil(memory / 2**30))}G",
-                f"#SBATCH -t {documented['walltime']}", "#SBATCH --gres=gpu:1"]
+                f"#SBATCH -t {documented['walltime']}", "#SBATCH --gres=gpu:1",
+                f"#SBATCH -e {log_directory}/dask-worker-%J.err", f"#SBATCH -o {log_directory}/dask-worker-%J.out"]
     for line in expected:
         assert line in script.splitlines(), (line, script)
+    assert (tmp_path / log_directory).is_dir()
     worker_command = script.strip().splitlines()[-1]
     assert "distributed.cli.dask_worker" in worker_command
     assert "--resources GPU=1" in worker_command and f"--nthreads {documented['cores']}" in worker_command
