@@ -58,17 +58,55 @@ def load_targets(
     return arrays, fingerprints
 
 
-def _embed_file(task, source, store, text, text_column, messages_column, chat_format) -> tuple[np.ndarray, str]:
-    from thresher.embeddings.encoders import EncoderSpec, cached_encoder
-    from thresher.fingerprint import fingerprint_of
-    from thresher.pipeline.text import TextBuilder
+def target_texts(
+    targets: Mapping[str, Any],
+    store: Any,
+    *,
+    text: str | None = None,
+    text_column: str | None = None,
+    messages_column: str | None = None,
+    chat_format: str | None = None,
+    max_chars: int = 2000,
+) -> dict[str, list[str] | None]:
+    """Each task's example texts, in query order, as :func:`load_targets` embeds them (cut to ``max_chars``).
+
+    None for a task given as an array or an embedding store (no text to show).
+    Read a partition at a time; targets are small (they are embedded whole).
+    """
     from thresher.stores.pool import open_pool
+
+    out: dict[str, list[str] | None] = {}
+    for task, value in targets.items():
+        if isinstance(value, np.ndarray) or (Path(str(value)) / "manifest.json").is_file():
+            out[task] = None
+            continue
+        builder = _target_builder(store, text, text_column, messages_column, chat_format)
+        pool = open_pool(str(value))
+        texts: list[str] = []
+        for i in range(pool.n_partitions):
+            table = pool.read_partition(i, columns=builder.required_columns)
+            texts += [t[:max_chars] for t in builder.build(table, source=str(value))]
+        out[task] = texts
+    return out
+
+
+def _target_builder(store, text, text_column, messages_column, chat_format) -> Any:
+    """The text builder of target files: the given options, or by default the pool's own."""
+    from thresher.pipeline.text import TextBuilder
 
     pool_text = store.manifest.get("text") or {}
     if text is None and text_column is None and messages_column is None:
         text, text_column, messages_column = pool_text.get("template"), pool_text.get("text_column"), pool_text.get("messages_column")
-    builder = TextBuilder(text, text_column=text_column, messages_column=messages_column,
-                          chat_format=chat_format or pool_text.get("chat_format") or "tulu")
+    return TextBuilder(text, text_column=text_column, messages_column=messages_column,
+                       chat_format=chat_format or pool_text.get("chat_format") or "tulu")
+
+
+def _embed_file(task, source, store, text, text_column, messages_column, chat_format) -> tuple[np.ndarray, str]:
+    from thresher.embeddings.encoders import EncoderSpec, cached_encoder
+    from thresher.fingerprint import fingerprint_of
+    from thresher.stores.pool import open_pool
+
+    builder = _target_builder(store, text, text_column, messages_column, chat_format)
     pool = open_pool(str(source))
     missing = [c for c in builder.required_columns if c not in pool.column_names]
     if missing:

@@ -43,6 +43,8 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 {% if data.n_pool is not none %}Pool rows: <b id="n-pool">{{ data.n_pool }}</b>. {% endif %}
 {% if data.n_final is not none %}Rows in the final output: <b id="n-final">{{ data.n_final }}</b>.{% endif %}
 </p>
+{% if explore %}<p><a id="explore-link" href="{{ explore }}">Explore this selection</a>: an interactive map of the pool, each row's record (why it was kept or dropped) and a searchable table, in one page.</p>
+{% elif data.kind == "run" %}<p class="note">An interactive page of this selection: <code>thresher explore {{ data.path }}</code> writes it beside this report, which links to it once made again.</p>{% endif %}
 
 <section id="steps">
 <h2>Steps</h2>
@@ -135,8 +137,8 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 
-def render_html(data: ReportData) -> str:
-    """The report page for gathered ``data`` (figures drawn here)."""
+def render_html(data: ReportData, *, explore: str | None = None) -> str:
+    """The report page for gathered ``data`` (figures drawn here); ``explore`` is the relative link to an explore page, if any."""
     import jinja2
 
     figures: dict[str, Any] = {
@@ -147,7 +149,7 @@ def render_html(data: ReportData) -> str:
     }
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     made = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return env.from_string(_TEMPLATE).render(data=data, figures=figures, made=made)
+    return env.from_string(_TEMPLATE).render(data=data, figures=figures, made=made, explore=explore)
 
 
 def write_report(path: str | Path, html_path: str | Path | None = None, **options: Any) -> Path:
@@ -165,5 +167,16 @@ def write_report(path: str | Path, html_path: str | Path | None = None, **option
     check_output(out, "report", inputs={"path": path}, name="html_path")
     data = gather_report(path, **options)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, render_html(data).encode("utf-8"))
+    atomic_write_bytes(out, render_html(data, explore=_explore_beside(out)).encode("utf-8"))
     return out
+
+
+def _explore_beside(page: Path) -> str | None:
+    """``explore.html`` when an explore page thresher wrote sits beside the report (``thresher explore RUN`` puts it there)."""
+    candidate = page.parent / "explore.html"
+    try:
+        with candidate.open("r", encoding="utf-8") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    return candidate.name if '<meta name="thresher-page" content="explore">' in head else None

@@ -25,6 +25,13 @@ the maximum of those is the row's score. The true argmax is always among
 them, so the score equals the float64 brute-force definition and is the same
 whatever the blocks, partitions, workers or threads. The mean needs one
 float64 dot product with the mean query direction.
+
+Why a row was picked. For every selected row the selection also records, per
+task, which target example it is closest to (``nearest_target``: the
+example's position among the task's queries, the argmax of the exact cosine,
+ties to the lower position) — the "why" a curator reads beside the score. It
+is computed over the selected rows only, in blocks, with the same exact
+re-scoring of the float32 candidates.
 """
 
 from __future__ import annotations
@@ -122,6 +129,7 @@ class RDSScorer:
         self.all_q32 = self.all_q64.astype(np.float32)
         self.slices = _slices([len(d) for d in directions])
         self.all_slices = _slices([len(self.all_q64)])
+        self.query_slices = _slices([len(q) for q in queries])  # each task's own examples within all_q64
         # Float32 scores x32n.q32 (x normalised in float32) differ from the float64 cosine by at most
         # (1.5 d + 4) u for unit vectors (norm, division and input rounding, then a length-d dot product);
         # twice that is the margin, so a row's true best query is always among its re-scored candidates.
@@ -177,6 +185,56 @@ class RDSScorer:
         columns = [self._exact_max(self.q32[self.slices[t]] @ x32n.T, x, self.q64[self.slices[t]], -np.inf, everyone) for t in tasks]
         return np.stack(columns, axis=1) if task is None else columns[0]
 
+    def nearest_targets(self, vectors: np.ndarray, positions: np.ndarray | None = None, *,
+                        block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per row and task, the target example the row is closest to and their exact cosine.
+
+        Streams ``vectors`` in blocks of ``block_rows`` (default: the scoring
+        block size), so only block x queries float32 scores exist at once.
+
+        Returns
+        -------
+        nearest : ndarray of int64, shape (n_rows, n_tasks)
+            Position of the closest example among the task's queries (ties: the lower position).
+        cosine : ndarray of float64, shape (n_rows, n_tasks)
+            Its exact cosine; with aggregation="max" this is the task's score.
+        """
+        vectors = np.asarray(vectors)
+        n = len(vectors)
+        nearest = np.zeros((n, self.n_tasks), dtype=np.int64)
+        cosine = np.full((n, self.n_tasks), -np.inf)
+        step = block_rows or self.default_block_rows()
+        everyone = np.ones(min(step, n), dtype=bool)
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            x, x32n = self._prepare(vectors[lo:hi], None if positions is None else positions[lo:hi])
+            for t, sl in enumerate(self.query_slices):
+                value, arg = self._exact_argmax(self.all_q32[sl] @ x32n.T, x, self.all_q64[sl], everyone[: hi - lo])
+                cosine[lo:hi, t], nearest[lo:hi, t] = value, arg
+        return nearest, cosine
+
+    def _exact_argmax(self, s32t: np.ndarray, x: np.ndarray, q64: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_exact_max` (floor -inf) that also says which query reached the maximum (the lowest on ties)."""
+        rows, cols = self._candidates(s32t, eligible, -np.inf)
+        exact = exact_cosine_rows(x[rows], q64[cols])
+        best = np.full(len(x), -np.inf)
+        arg = np.zeros(len(x), dtype=np.int64)
+        if len(rows):
+            order = np.lexsort((cols, -exact, rows))  # per row: highest cosine first, then the lowest query
+            first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+            best[rows[first]], arg[rows[first]] = exact[first], cols[first]
+        return best, arg
+
+    def _candidates(self, s32t: np.ndarray, eligible: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """(pool row, query) pairs whose float32 score is within 2 delta of the row's float32 maximum, for
+        eligible rows that can reach ``floor``: the true maximum is always among them."""
+        approx = s32t.max(axis=0)
+        live = np.flatnonzero(eligible & (approx >= floor - 2 * self.delta))
+        if len(live) == 0 or s32t.shape[0] == 1:
+            return live, np.zeros(len(live), dtype=np.int64)
+        cols, r = np.nonzero(s32t[:, live] >= approx[live] - np.float32(2 * self.delta))
+        return live[r], cols
+
     def _exact_max(self, s32t: np.ndarray, x: np.ndarray, q64: np.ndarray, floor: float, eligible: np.ndarray) -> np.ndarray:
         """Exact max cosine over the queries behind ``s32t``'s rows (float32 scores, queries x pool rows),
         for eligible pool rows that can reach ``floor``.
@@ -185,16 +243,9 @@ class RDSScorer:
         maximum are re-scored: the true maximum is always among them.
         """
         out = np.full(len(x), -np.inf)
-        approx = s32t.max(axis=0)
-        live = np.flatnonzero(eligible & (approx >= floor - 2 * self.delta))
-        if len(live) == 0:
+        rows, cols = self._candidates(s32t, eligible, floor)
+        if len(rows) == 0:
             return out
-        if s32t.shape[0] == 1:
-            rows, cols = live, np.zeros(len(live), dtype=np.int64)
-        else:
-            sub = s32t[:, live]
-            cols, r = np.nonzero(sub >= approx[live] - np.float32(2 * self.delta))
-            rows = live[r]
         exact = exact_cosine_rows(x[rows], q64[cols])
         np.maximum.at(out, rows, exact)
         return out
@@ -465,7 +516,11 @@ class RDSPlus(BlockwiseSelector):
                 f"RDSPlus can pick only {len(positions)} rows within the group quotas {dict(group_quotas)} but the budget is {budget}: "
                 "raise the quotas or lower the budget."
             )
-        task_scores = scorer.exact_scores(pool.take(positions), positions)
+        picked_vectors = pool.take(positions)
+        nearest, nearest_cosine = scorer.nearest_targets(picked_vectors, positions)
+        # with "max" the task's score is the cosine to its nearest example (the same exact computation)
+        task_scores = nearest_cosine if scorer.aggregation == "max" else scorer.exact_scores(picked_vectors, positions)
+        del picked_vectors
         picked_score = task_scores[np.arange(len(positions)), task_index]
         all_ids = pool.ids()
         ids = all_ids[positions] if len(positions) else all_ids[:0]
@@ -487,7 +542,7 @@ class RDSPlus(BlockwiseSelector):
             params={**self.get_params(), "tasks": scorer.tasks, "quotas": dict(quotas) if quotas else None,
                     **({"group_quotas": {str(k): int(v) for k, v in group_quotas.items()}} if group_quotas else {})},
             score=picked_score,
-            columns={"task": tasks, "task_scores": task_scores},
+            columns={"task": tasks, "task_scores": task_scores, "nearest_target": nearest},
             seed=self.seed,
             summary=summary,
         )

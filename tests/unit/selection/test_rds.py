@@ -177,3 +177,37 @@ def test_score_partition_is_deprecated_and_still_works():
         np.testing.assert_array_equal(p_old, p_new)
         np.testing.assert_array_equal(s_old, s_new)
     assert counts == new.counts and counts["n_scored"] == 400
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_nearest_target_is_the_brute_force_argmax(aggregation, tmp_path):
+    """Each selected row's closest example per task equals numpy's argmax over the float64 cosines (ties: the lower position)."""
+    pool, targets = make_data(n=800, n_tasks=2)
+    targets["task1"] = np.concatenate([targets["task1"], targets["task1"][:3]])  # exact ties: the first copy must win
+    store = write_store(tmp_path / "store", pool, np.arange(len(pool)))
+    for source in (pool, store):
+        for block_rows in (5, 100_000):
+            sel = RDSPlus(aggregation=aggregation, block_rows=block_rows).select(source, budget=120, targets=targets)
+            x = pool[sel.positions].astype(np.float64)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            nearest = sel.columns["nearest_target"]
+            assert nearest.shape == (120, 2) and nearest.dtype == np.int64
+            for t, q in enumerate(targets.values()):
+                q = q.astype(np.float64) / np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)
+                cos = x @ q.T
+                np.testing.assert_array_equal(nearest[:, t], cos.argmax(axis=1))
+                assert nearest[:, t].max() < len(targets["task0"]) + 7 * t  # never one of the duplicated tail copies
+                if aggregation == "max":
+                    np.testing.assert_allclose(sel.columns["task_scores"][:, t], cos.max(axis=1), atol=1e-12)
+
+
+def test_nearest_targets_streams_in_blocks_with_the_same_answer():
+    pool, targets = make_data(n=500, n_tasks=3)
+    from thresher.selectors.rds import RDSScorer
+
+    scorer = RDSScorer(targets)
+    whole = scorer.nearest_targets(pool)
+    for block_rows in (1, 13, 499):
+        parts = scorer.nearest_targets(pool, block_rows=block_rows)
+        np.testing.assert_array_equal(parts[0], whole[0])
+        np.testing.assert_array_equal(parts[1], whole[1])
