@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from thresher.embeddings.onnx_backend import EXPORT_SETTINGS, RUNTIMES, Runtime
 from thresher.embeddings.pooling import get_pooling
 from thresher.exceptions import InputDataError, ParameterError, parameter_error
 from thresher.params import Interval, StrOptions, check_param
@@ -124,6 +125,13 @@ class EncoderSpec:
         A GGUF file inside the ``model`` folder, loaded (dequantised) by transformers.
     trust_remote_code : bool, default False
         Allow the model folder's own Python code to run.
+    runtime : {"torch", "onnx-int8"}, default "torch"
+        What runs the model. ``"onnx-int8"``: its transformer exported to ONNX
+        with int8 weights and run by ONNX Runtime on CPU (the ``onnx`` extra;
+        see :mod:`thresher.embeddings.onnx_backend`), ~2.5x faster than float32
+        on AVX-512 VNNI CPUs, with a per-row cosine to float32 of ~0.99. It is
+        part of the encoder's identity: int8 vectors are another store.
+        Called ``backend`` in ``embed()``, the pipeline spec and the CLI.
     """
 
     model: str = DEFAULT_MODEL
@@ -139,6 +147,7 @@ class EncoderSpec:
     padding_side: PaddingSide | None = None
     gguf_file: str | None = None
     trust_remote_code: bool = False
+    runtime: Runtime = "torch"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -166,6 +175,14 @@ class EncoderSpec:
         if self.gguf_file is not None and (not isinstance(self.gguf_file, str) or not self.gguf_file):
             raise parameter_error(_OWNER, "gguf_file", "None or a file name", self.gguf_file)
         _check_bool("trust_remote_code", self.trust_remote_code)
+        _check_choice("runtime", self.runtime, RUNTIMES)
+        if self.runtime != "torch":
+            if self.device not in ("auto", "cpu"):
+                raise parameter_error(_OWNER, "device", f"'auto' or 'cpu' with runtime {self.runtime!r} (a CPU runtime)", self.device)
+            if self.dtype not in ("auto", "float32"):
+                raise parameter_error(_OWNER, "dtype", f"'auto' or 'float32' with runtime {self.runtime!r} (it quantises float32 weights)", self.dtype)
+            if self.layer != -1:
+                raise parameter_error(_OWNER, "layer", f"-1 with runtime {self.runtime!r} (it exports the last hidden layer)", self.layer)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able settings for manifests and fingerprints.
@@ -173,9 +190,15 @@ class EncoderSpec:
         ``"default"`` is recorded under its stable name
         ``"sentence-transformers/all-MiniLM-L6-v2"``, with the local folder it
         was read from under ``"model_path"`` (a machine-specific detail that a
-        fingerprint should leave out).
+        fingerprint should leave out). ``runtime`` appears only when it is not
+        ``"torch"``, with the export settings under ``"export"``, so float32
+        stores keep the fingerprints they had before runtimes existed.
         """
         out = asdict(self)
+        if self.runtime == "torch":
+            del out["runtime"]
+        else:
+            out["export"] = dict(EXPORT_SETTINGS)
         if self.model == DEFAULT_MODEL:
             out["model"] = DEFAULT_MODEL_NAME
             out["model_path"] = default_model_path()
@@ -185,7 +208,8 @@ class EncoderSpec:
     def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
         """Rebuild a spec from :meth:`to_dict`'s output (or any mapping of its fields)."""
         data = dict(data)
-        data.pop("weights", None)  # recorded beside the settings (see weights_fingerprint), not one of them
+        for recorded in ("weights", "export", "quality", "onnx"):  # recorded beside the settings in manifests, not settings
+            data.pop(recorded, None)
         model_path = data.pop("model_path", None)
         if model_path is not None and data.get("model") == DEFAULT_MODEL_NAME:
             data["model"] = DEFAULT_MODEL
@@ -276,8 +300,11 @@ class Encoder:
 
     # -- public ---------------------------------------------------------------------------------
 
-    def encode(self, texts: Sequence[str]) -> EncodeResult:
+    def encode(self, texts: Sequence[str], *, on_batch: Callable[[int], None] | None = None) -> EncodeResult:
         """Embed ``texts``; vectors of shape (len(texts), dim), float32, in input order.
+
+        ``on_batch(n_texts)``, if given, is called after each batch with the
+        number of texts it embedded (for progress that moves per batch).
 
         Raises
         ------
@@ -289,7 +316,7 @@ class Encoder:
         n_truncated = n_tokens = 0
         with self._lock, torch.inference_mode():
             for start in range(0, len(texts), self.chunk_texts):
-                chunk_truncated, chunk_tokens = self._encode_chunk(texts[start : start + self.chunk_texts], start, vectors)
+                chunk_truncated, chunk_tokens = self._encode_chunk(texts[start : start + self.chunk_texts], start, vectors, on_batch)
                 n_truncated += chunk_truncated
                 n_tokens += chunk_tokens
         return EncodeResult(vectors=vectors, n_truncated=n_truncated, n_tokens=n_tokens)
@@ -311,7 +338,8 @@ class Encoder:
 
     # -- engine ---------------------------------------------------------------------------------
 
-    def _encode_chunk(self, texts: list[str], offset: int, out: np.ndarray) -> tuple[int, int]:
+    def _encode_chunk(self, texts: list[str], offset: int, out: np.ndarray,
+                      on_batch: Callable[[int], None] | None = None) -> tuple[int, int]:
         """Embed ``texts`` into ``out[offset:offset + len(texts)]``; (n_truncated, n_tokens).
 
         Chunks bound the memory held by token lists; within one, texts are
@@ -327,6 +355,8 @@ class Encoder:
             if self.spec.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
             out[offset + positions] = pooled.cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(positions))
         return n_truncated, int(lengths.sum())
 
     def _tokenize(self, texts: list[str]) -> tuple[dict[str, list[list[int]]], int]:
@@ -600,6 +630,10 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
     """
     if not isinstance(spec, EncoderSpec):
         raise parameter_error("load_encoder", "spec", "an EncoderSpec", spec)
+    if spec.runtime == "onnx-int8":
+        from thresher.embeddings.onnx_encoder import load_onnx_int8_encoder
+
+        return load_onnx_int8_encoder(spec)
     folder, gguf_file = _resolve_model(spec)
     device = _resolve_device(spec)
     dtype = _resolve_dtype(spec, device)

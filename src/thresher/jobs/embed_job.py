@@ -11,6 +11,8 @@ never read as complete.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from thresher.exceptions import InputDataError
+from thresher.exceptions import InputDataError, ParameterError
 from thresher.fingerprint import fingerprint_of, hash_file
 from thresher.jobs.progress import RowProgress
 from thresher.stores.atomic import atomic_write_json, remove_temporaries
@@ -45,6 +47,8 @@ def embed_fingerprint(pool: Any, text: Any, spec: Any, dtype: str) -> str:
 
     encoder = {k: v for k, v in spec.to_dict().items() if k not in ("model_path", "device")}
     encoder["weights"] = weights_fingerprint(spec)  # same name, other weights: another store
+    if getattr(spec, "runtime", "torch") != "torch":  # the export (settings, weights, library versions) is what computes
+        encoder["onnx_export"] = _export_identity(spec)["fingerprint"]
     params = {
         "encoder": encoder,
         "text": text.describe(),
@@ -54,20 +58,33 @@ def embed_fingerprint(pool: Any, text: Any, spec: Any, dtype: str) -> str:
     return fingerprint_of("embed", EMBED_JOB_VERSION, params, [pool.fingerprint])
 
 
+def _export_identity(spec: Any) -> dict[str, Any]:
+    """The fingerprint of ``spec``'s ONNX export and the versions of the libraries that made and run it."""
+    from thresher.embeddings.onnx_backend import export_fingerprint, export_record
+
+    record = export_record(spec)
+    return {"fingerprint": export_fingerprint(record), **record["versions"]}
+
+
 def _marker_path(out: Path, partition: int) -> Path:
     return out / f".{shard_name(partition)}.done.json"
 
 
 def embed_partition(partition: int, text: Any, spec: Any, out: str, dtype: StoreDtype, *, pool: Any,
-                    threads: dict[str, int] | None = None) -> dict[str, Any]:
-    """Embed one partition and write its shard + completion marker. Runs on a Dask worker (or in-process)."""
+                    threads: dict[str, int] | None = None, progress: Any = None, progress_interval: float = 0.5) -> dict[str, Any]:
+    """Embed one partition and write its shard + completion marker. Runs on a Dask worker (or in-process).
+
+    ``progress`` receives ``(partition, rows embedded so far)`` as batches finish, at most every
+    ``progress_interval`` seconds and after the last one: a callable (in-process) or the name of
+    a Dask event topic the client listens to (on a worker).
+    """
     from thresher.embeddings.encoders import cached_encoder
 
     started = time.perf_counter()
     _set_torch_threads(threads)
     table = pool.read_partition(partition, columns=text.required_columns)
     texts = text.build(table, source=pool.partitions[partition].source)
-    result = cached_encoder(spec).encode(texts)
+    result = cached_encoder(spec).encode(texts, on_batch=_batch_reporter(progress, partition, len(texts), progress_interval))
     hashes = np.fromiter((xxhash.xxh64_intdigest(t.encode("utf-8")) for t in texts), dtype=np.uint64, count=len(texts))
     info = write_embedding_shard(
         out, partition, table.column("id").combine_chunks(), result.vectors, dtype=dtype, extra_columns={"text_hash": hashes}
@@ -81,6 +98,76 @@ def embed_partition(partition: int, text: Any, spec: Any, out: str, dtype: Store
     }
     atomic_write_json(_marker_path(Path(out), partition), record)
     return record
+
+
+def _batch_reporter(progress: Any, partition: int, n_rows: int, interval: float) -> Any:
+    """An ``on_batch`` callback sending the partition's cumulative rows to ``progress`` (None: no callback)."""
+    if progress is None:
+        return None
+    if isinstance(progress, str):
+        from distributed import get_worker
+
+        worker, topic = get_worker(), progress
+
+        def send(rows: int) -> None:
+            worker.log_event(topic, {"partition": partition, "rows_done": rows})
+    else:
+        def send(rows: int) -> None:
+            progress(partition, rows)
+
+    state = {"rows": 0, "sent_at": time.monotonic()}
+
+    def on_batch(n: int) -> None:
+        state["rows"] += n
+        now = time.monotonic()
+        if now - state["sent_at"] >= interval or state["rows"] >= n_rows:
+            state["sent_at"] = now
+            send(state["rows"])
+
+    return on_batch
+
+
+class _BatchProgress:
+    """Rows embedded per partition, as the tasks report them per batch; advances the bar by what is new.
+
+    Reports carry a partition's cumulative count, so a task re-run after a lost worker
+    (counting again from 0) advances nothing until it passes what was already counted.
+    """
+
+    def __init__(self, bar: RowProgress, rows: dict[int, int]) -> None:
+        self.bar = bar
+        self.total = dict(rows)
+        self.done = dict.fromkeys(rows, 0)
+        self._lock = threading.Lock()
+
+    def report(self, partition: int, rows_done: int) -> None:
+        with self._lock:
+            new = min(int(rows_done), self.total[partition]) - self.done[partition]
+            if new <= 0:
+                return
+            self.done[partition] += new
+        self.bar.advance(new)
+
+    def on_event(self, event: tuple[float, dict[str, int]]) -> None:
+        """Handler of the Dask topic: ``event`` is ``(timestamp, {"partition", "rows_done"})``."""
+        msg = event[1]
+        self.report(int(msg["partition"]), int(msg["rows_done"]))
+
+    def finish(self) -> None:
+        for partition, total in self.total.items():
+            self.report(partition, total)
+
+
+def _progress_interval() -> float:
+    """Seconds between a task's progress reports (``THRESHER_PROGRESS_INTERVAL``, default 0.5)."""
+    raw = os.environ.get("THRESHER_PROGRESS_INTERVAL", "0.5")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ParameterError(f"THRESHER_PROGRESS_INTERVAL must be a number of seconds >= 0; got {raw!r}.") from None
+    if not value >= 0:
+        raise ParameterError(f"THRESHER_PROGRESS_INTERVAL must be a number of seconds >= 0; got {raw!r}.")
+    return value
 
 
 def _set_torch_threads(threads: dict[str, int] | None) -> None:
@@ -156,12 +243,20 @@ def run_embed_job(
     overwrite: bool = False,
     retries: int = 2,
     resources: dict[str, float] | None = None,
+    quality_gate: str = "refuse",
 ) -> EmbeddingStore:
     """Embed every partition of ``pool`` into an embedding store at ``out``, resuming an interrupted run.
 
     ``executor`` (a started :class:`thresher.jobs.executor.Executor`; default in
     this process, useful in notebooks and for debugging) runs one task per
-    partition still to embed, with a progress bar when ``executor.progress``.
+    partition still to embed, with a progress bar (and ``progress`` events)
+    that advance per encoded batch, when ``executor.progress``.
+
+    With an int8 runtime (``spec.runtime == "onnx-int8"``) the first
+    :data:`~thresher.embeddings.onnx_backend.CALIBRATION_ROWS` rows are first
+    embedded both in float32 and in int8, and ``quality_gate`` ("refuse" or
+    "warn") applies to their per-row cosines; the figures go in the manifest
+    (``encoder.quality``).
     """
     from thresher.jobs.executor import Executor
 
@@ -177,6 +272,9 @@ def run_embed_job(
         if done is not None:
             records[i] = done
     todo = [i for i in range(len(pool.partitions)) if i not in records]
+    encoder_record: dict[str, Any] = {}
+    if getattr(spec, "runtime", "torch") != "torch":
+        encoder_record = {"quality": calibrate_quality(pool, text, spec, gate=quality_gate), "onnx": _export_identity(spec)}
     rows_done = sum(r["shard"]["rows"] for r in records.values())
     bar = RowProgress(pool.n_rows, description="embed", enabled=executor.progress, initial=rows_done)
     job = executor.new_job()
@@ -202,7 +300,7 @@ def run_embed_job(
         "job": dict(job),
     }
     finalize_embedding_store(
-        out, shards=shards, fingerprint=fingerprint, dim=store_dim, dtype=dtype, encoder={**spec.to_dict(), "weights": weights_fingerprint(spec)},
+        out, shards=shards, fingerprint=fingerprint, dim=store_dim, dtype=dtype, encoder={**spec.to_dict(), "weights": weights_fingerprint(spec), **encoder_record},
         pool=pool.describe(), extra=extra
     )
     for i in range(len(pool.partitions)):
@@ -212,18 +310,62 @@ def run_embed_job(
 
 def _embed_partitions(executor, pool, todo, text, spec, out, dtype, retries, bar, fingerprint, job, resources) -> list[dict[str, Any]]:
     """One :func:`embed_partition` task per partition in ``todo``; their records in ``todo`` order."""
-    rows = [pool.partitions[i].stop - pool.partitions[i].start for i in todo]
+    batches = _BatchProgress(bar, {i: pool.partitions[i].stop - pool.partitions[i].start for i in todo})
     items = [(i, text, spec, str(out), dtype) for i in todo]
+    interval = _progress_interval()
     if executor.dask is None:
-        return executor.map(embed_partition, items, shared={"pool": pool}, rows=rows, bar=bar)
+        records = executor.map(embed_partition, items, shared={"pool": pool, "progress": batches.report, "progress_interval": interval})
+        batches.finish()
+        return records
     from thresher.jobs.cluster import cores_per_worker
 
+    client = executor.dask
     run = uuid.uuid4().hex[:8]  # keys unique to this run: two runs of one store must not share Dask tasks
-    return executor.map(
-        embed_partition, items, shared={"pool": pool, "threads": cores_per_worker(executor.dask)}, rows=rows, bar=bar, job=job,
-        retries=retries, resources=resources,  # e.g. {"GPU": 1}: only workers declaring it run the task
-        keys=[f"embed-{fingerprint[:12]}-{run}-{i:05d}" for i in todo],
-    )
+    topic = f"thresher-embed-progress-{fingerprint[:12]}-{run}"  # workers report batches here (Worker.log_event)
+    client.subscribe_topic(topic, batches.on_event)
+    try:
+        records = executor.map(
+            embed_partition, items, shared={"pool": pool, "threads": cores_per_worker(client), "progress": topic,
+                                            "progress_interval": interval},
+            job=job, retries=retries, resources=resources,  # e.g. {"GPU": 1}: only workers declaring it run the task
+            keys=[f"embed-{fingerprint[:12]}-{run}-{i:05d}" for i in todo],
+        )
+    finally:
+        client.unsubscribe_topic(topic)
+    batches.finish()  # reports still in flight when the last task ended
+    return records
+
+
+def calibrate_quality(pool: Any, text: Any, spec: Any, *, gate: str = "refuse", n_rows: int | None = None) -> dict[str, Any]:
+    """Per-row cosine of ``spec``'s vectors to float32 torch ones on the pool's first rows, checked by the quality gate.
+
+    The first ``n_rows`` (default :data:`~thresher.embeddings.onnx_backend.CALIBRATION_ROWS`) texts
+    of the pool, in partition order, are embedded by ``spec`` and by the same model in float32 on
+    CPU with torch; see :func:`thresher.embeddings.onnx_backend.check_quality` for the gate.
+    Runs in this process (it also exports the model once, before any task needs it).
+
+    Returns
+    -------
+    dict
+        ``{"median", "p01", "rows", "gate", "passed"}``, recorded in the manifest under ``encoder.quality``.
+    """
+    from dataclasses import replace
+
+    from thresher.embeddings.encoders import cached_encoder, load_encoder
+    from thresher.embeddings.onnx_backend import CALIBRATION_ROWS, check_quality, quality_figures
+
+    n_rows = CALIBRATION_ROWS if n_rows is None else n_rows
+    texts: list[str] = []
+    for i, part in enumerate(pool.partitions):
+        if len(texts) >= n_rows:
+            break
+        table = pool.read_partition(i, columns=text.required_columns)
+        texts.extend(text.build(table, source=part.source)[: n_rows - len(texts)])
+    candidate = cached_encoder(spec).encode(texts).vectors
+    reference = load_encoder(replace(spec, runtime="torch", device="cpu", dtype="float32")).encode(texts).vectors
+    figures = quality_figures(reference, candidate)
+    warning = check_quality(figures, gate=gate, backend=spec.runtime)
+    return {**figures, "gate": gate, "passed": warning is None}
 
 
 def _check_unique_ids(out: Path, shards: list[ShardInfo], pool: Any) -> None:
