@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from distributed import Client
 
 import thresher
 from thresher.cli import main
@@ -152,3 +158,132 @@ def _other_curated(tmp, name="other", **kwargs):
     store = open_embedding_store(tmp / "emb")
     return write_curated(tmp / name, pool=reopen_pool(store.manifest["pool"]), positions=[0, 1], columns={}, selector="x",
                          params={}, fingerprint="x", **kwargs).path
+
+
+# -- issue 19: the same answer wherever it runs, and the exact mode ------------------------------------------------------
+
+
+def _dask_process(*args: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture(scope="module")
+def external_scheduler(tmp_path_factory):
+    """``dask scheduler`` and one ``dask worker`` with 2 threads, started as an operator would (so its tasks inherit
+    the nanny's OMP_NUM_THREADS=1 and run with another thread count than the LocalCluster's)."""
+    tmp = tmp_path_factory.mktemp("scheduler")
+    scheduler_file = tmp / "scheduler.json"
+    processes = [_dask_process("scheduler", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file), log=tmp / "scheduler.log")]
+    try:
+        deadline = time.monotonic() + 120
+        while not (scheduler_file.is_file() and scheduler_file.stat().st_size > 0):
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.2)
+        processes.append(_dask_process("worker", "--scheduler-file", str(scheduler_file), "--nthreads", "2", "--no-dashboard",
+                                       "--memory-limit", "0", log=tmp / "worker.log"))
+        address = json.loads(scheduler_file.read_text())["address"]
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=120)
+            yield address, client
+    finally:
+        for p in processes[::-1]:
+            p.terminate()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def copies_store(tmp_path_factory):
+    """600 rows: 150 random points in 8 dims and 3 noisy copies of each (cosine about 0.96), so that with 40 clusters
+    near-duplicates straddle cluster borders and form chains; a pool of text beside it, 4 shards."""
+    from thresher.stores import finalize_embedding_store, write_embedding_shard
+    from thresher.stores.pool import open_pool
+
+    tmp = tmp_path_factory.mktemp("copies")
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(150, 8))
+    x = np.concatenate([base, np.repeat(base, 3, 0) + 0.2 * rng.normal(size=(450, 8))]).astype(np.float32)
+    x = x[rng.permutation(len(x))]
+    pool_path = tmp / "pool.jsonl"
+    pool_path.write_text("".join(json.dumps({"id": f"v{i:03d}", "text": f"row {i}"}) + "\n" for i in range(len(x))))
+    pool = open_pool(str(pool_path), id_column="id", partition_rows=150)
+    (tmp / "emb").mkdir()
+    shards = [write_embedding_shard(tmp / "emb", i, pool.read_partition(i, columns=[]).column("id"), x[150 * i : 150 * (i + 1)])
+              for i in range(pool.n_partitions)]
+    finalize_embedding_store(tmp / "emb", shards=shards, fingerprint="copies-600", dim=8, dtype="float32", encoder={"normalize": False},
+                             pool=pool.describe())
+    return tmp, thresher.open_embedding_store(tmp / "emb"), x
+
+
+def _files(curated) -> list[bytes]:
+    return [open(f, "rb").read() for f in curated.files + [str(curated.path / "removed.arrow")]]
+
+
+@pytest.mark.parametrize("mode", ["paper", "exact"])
+def test_same_bytes_in_process_on_a_local_cluster_and_on_an_external_scheduler(copies_store, dask_client, external_scheduler, mode, monkeypatch):
+    tmp, store, x = copies_store
+    address, external = external_scheduler
+    settings = dict(n_clusters=40, eps=0.05, mode=mode, seed=3)
+    monkeypatch.setenv("THRESHER_PARTITION_ROWS", "100")  # many tasks, each with a few clusters (and as many output shards everywhere)
+    in_process = select_semdedup(store.path, tmp / f"{mode}-here", **settings, executor=Executor.in_process(progress=False))
+    local = select_semdedup(store.path, tmp / f"{mode}-local", **settings, executor=Executor.on_client(dask_client, progress=False))
+    remote = select_semdedup(store.path, tmp / f"{mode}-remote", **settings, executor=Executor.on_client(external, progress=False))
+    assert local.manifest["job"]["tasks"] > 4 and remote.manifest["job"]["tasks"] > 4
+    assert _files(in_process) == _files(local) == _files(remote)
+    expected = SemDeDup(**settings).select(x)  # the pure selector, in this process
+    assert in_process.to_table().column("id").to_pylist() == [f"v{p:03d}" for p in expected.positions]
+    assert read_removed(remote.path).column("duplicate_of").to_pylist() == [f"v{p:03d}" for p in expected.removed.duplicate_of_positions]
+
+    # the tasks on the external worker ran FAISS and BLAS on the host's cores, not on the OMP_NUM_THREADS=1 its nanny set
+    def report():
+        from thresher.threads import native_threads
+
+        return native_threads()["faiss"]
+
+    from thresher.threads import available_cores
+
+    assert Executor.on_client(external, progress=False).map(report, [()]) == [max(1, available_cores() // 2)]  # 2 task threads
+
+
+def test_exact_mode_keeps_its_promises_and_the_paper_mode_does_not(copies_store):
+    tmp, store, x = copies_store
+    xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    s = xn @ xn.T
+    np.fill_diagonal(s, -np.inf)
+    ids = store.ids()
+    pos = {k: p for p, k in enumerate(ids.tolist())}
+    for mode in ("paper", "exact"):
+        cur = select_semdedup(store.path, tmp / f"promise-{mode}", n_clusters=40, eps=0.05, mode=mode, seed=3,
+                              executor=Executor.in_process(progress=False))
+        kept = np.array([pos[i] for i in cur.to_table().column("id").to_pylist()])
+        removed = read_removed(cur.path)
+        gone = np.array([pos[i] for i in removed.column("id").to_pylist()])
+        twins = np.array([pos[i] for i in removed.column("duplicate_of").to_pylist()])
+        pairs_kept = int((np.triu(s[np.ix_(kept, kept)], 1) >= 0.95).sum())
+        orphans = int((s[np.ix_(gone, kept)].max(axis=1) < 0.95).sum())
+        assert cur.manifest["summary"]["mode"] == mode
+        if mode == "paper":
+            assert pairs_kept > 0 and orphans > 0  # the case shows what exact mode is for
+            assert "mode" not in cur.manifest["params"]  # a paper-mode output keeps the fingerprint it had before modes
+        else:
+            assert pairs_kept == 0 and orphans == 0
+            np.testing.assert_allclose(removed.column("similarity").to_numpy(), s[gone, twins], rtol=0, atol=1e-12)
+            assert (removed.column("similarity").to_numpy() >= 0.95).all() and np.isin(twins, kept).all()
+            assert cur.manifest["params"]["mode"] == "exact" and cur.manifest["summary"]["edges"] == int((np.triu(s, 1) >= 0.95).sum())
+
+
+def test_cli_exact_mode_matches_python(copies_store):
+    tmp, store, _ = copies_store
+    result = CliRunner().invoke(main, ["select", "semdedup", "--pool-embeddings", str(store.path), "--out", str(tmp / "cli-exact"),
+                                       "--n-clusters", "40", "--eps", "0.05", "--seed", "3", "--mode", "exact", "--local", "--quiet"])
+    assert result.exit_code == 0, result.output
+    python = select_semdedup(store.path, tmp / "py-exact", n_clusters=40, eps=0.05, seed=3, mode="exact", executor=Executor.in_process(progress=False))
+    assert _files(open_curated(tmp / "cli-exact")) == _files(python)
+    bad = CliRunner().invoke(main, ["select", "semdedup", "--pool-embeddings", str(store.path), "--out", str(tmp / "cli-bad"),
+                                    "--n-clusters", "4", "--eps", "0.05", "--mode", "exactly", "--local", "--quiet"])
+    assert bad.exit_code == 2 and "'exactly' is not one of 'paper', 'exact'" in bad.output

@@ -11,7 +11,9 @@ them in this process or as Dask tasks, and in both cases
   counts the tasks re-run after a worker died;
 - releases each task's result as soon as it is read, so a worker lost later
   does not make Dask run a finished task again;
-- sends shared inputs (a selector, centroids, a pool) to the workers once.
+- sends shared inputs (a selector, centroids, a pool) to the workers once;
+- runs each Dask task with FAISS and BLAS on its worker's share of cores
+  (:mod:`thresher.threads`), never on a thread count the worker inherited.
 
 Where the work runs is chosen once, from the same settings as the spec's
 ``cluster`` section and the CLI's options (:meth:`Executor.from_settings`):
@@ -34,8 +36,9 @@ from typing import Any
 import numpy as np
 
 from thresher.exceptions import ParameterError
-from thresher.jobs.cluster import TaskRetries, dask_client
+from thresher.jobs.cluster import TaskRetries, dask_client, threads_per_task
 from thresher.jobs.progress import RowProgress, report_futures
+from thresher.threads import run_with_threads
 
 #: The stage keywords an executor replaces (deprecated on stage functions).
 CLUSTER_KEYWORDS = ("scheduler", "workers", "slurm", "client", "local", "progress")
@@ -218,7 +221,9 @@ class Executor:
         shared_f = {k: v if _is_scalar(v) else client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
         items = [self._scatter_arrays(item) for item in items]
         keys = list(keys) if keys is not None else [f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}" for _ in items]
-        futures = [client.submit(fn, *item, key=key, retries=retries, pure=False, resources=dict(resources) if resources else None, **shared_f)
+        threads = threads_per_task(client)
+        futures = [client.submit(run_with_threads, fn, *item, key=key, retries=retries, pure=False, resources=dict(resources) if resources else None,
+                                 _thresher_threads=threads, **shared_f)
                    for item, key in zip(items, keys)]
         if job is not None:
             job.track(futures)

@@ -4,7 +4,7 @@ SemDeDup (Abbas et al. 2023, as NeMo Curator runs it; the definition, its
 tie-breaks and its exactness are in :mod:`thresher.selectors.semdedup`):
 
 1. Fit spherical k-means on a seeded sample of the rows (of ``subset`` when
-   given), on the driver: one FAISS call on ``sample_size`` vectors.
+   given), on the driver, thread-invariant (:mod:`thresher.selectors.spherical_kmeans`).
 2. Assign every row to its nearest centroid, streaming, one task per store
    shard (on Dask, or in this process with ``local``).
 3. Group positions by cluster on the driver; deduplicate cluster by cluster,
@@ -18,9 +18,17 @@ tie-breaks and its exactness are in :mod:`thresher.selectors.semdedup`):
    ``cluster``, in pool order) before the manifest, which lists it with its
    checksum under ``attachments``.
 
-Every result is the same for any number of workers, shards or blocks. The
-driver holds per-row scalars only (position, cluster, cosines: about 60 bytes
-a row at peak), never the vectors; a task holds its clusters' vectors.
+With ``mode="exact"`` (:mod:`thresher.selectors.semdedup_exact`), step 2 also
+marks, per row, the clusters it may have a near-duplicate in; step 3's tasks
+return every pair at cosine >= 1 - eps with an end in their clusters (reading
+the marked rows of nearby clusters from the store), and the driver keeps rows
+greedily over those pairs, in the paper's order made global.
+
+Every result is the same for any number of workers, shards, blocks or threads.
+The driver holds per-row scalars only (position, cluster, cosines: about 60
+bytes a row at peak; exact mode adds n_clusters / 8 bytes a row of marks and
+24 bytes per near-duplicate pair), never the vectors; a task holds its
+clusters' vectors (exact mode: and the marked rows of the clusters near them).
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ REMOVED_FILE = "removed.arrow"
 SEMDEDUP_COLUMNS = ("rank", "cluster", "centroid_distance", "max_similarity")
 
 
-def _dedup_clusters(store_path: str, groups: list[tuple[int, np.ndarray, np.ndarray]], *, selector: Any, rows: np.ndarray | None) -> list[Any]:
-    """SemDeDup inside each of ``groups`` ((cluster, positions, centroid cosines)), vectors read from the store.
+def _cluster_task(store_path: str, groups: list[tuple[int, np.ndarray, np.ndarray]], *, selector: Any, rows: np.ndarray | None,
+                  context: Any) -> Any:
+    """SemDeDup's work on ``groups`` ((cluster, positions, centroid cosines)), vectors read from the store
+    (:meth:`thresher.selectors.semdedup.SemDeDup.cluster_task`).
 
     Positions are those of the pool SemDeDup sees: store positions, or with
     ``rows`` (the subset's sorted store positions) positions within the subset.
@@ -49,7 +59,11 @@ def _dedup_clusters(store_path: str, groups: list[tuple[int, np.ndarray, np.ndar
     from thresher.stores.embedding_store import open_embedding_store
 
     store = open_embedding_store(store_path)
-    return [selector.dedup_cluster(c, store.take(p if rows is None else rows[p]), p, cos) for c, p, cos in groups]
+
+    def take(p: np.ndarray) -> np.ndarray:
+        return store.take(p if rows is None else rows[p])
+
+    return selector.cluster_task(groups, take, context)
 
 
 def _id_array(ids: np.ndarray, id_type: pa.DataType) -> pa.Array:
@@ -69,6 +83,7 @@ def select_semdedup(
     sample_size: int | None = None,
     n_iter: int = 25,
     seed: int = 0,
+    mode: str = "paper",
     subset: Any = None,
     block_rows: int | None = None,
     executor: Any = None,
@@ -97,6 +112,11 @@ def select_semdedup(
         Rows the k-means is fitted on (default min(rows, 256 x n_clusters)).
     n_iter, seed, block_rows
         As :class:`thresher.selectors.semdedup.SemDeDup`.
+    mode : {"paper", "exact"}
+        ``"paper"`` (default): the paper's within-cluster rule. ``"exact"``: a
+        row goes when a kept row of any cluster is within eps; every removed
+        row then has a kept twin at cosine >= 1 - eps (``duplicate_of``) and no
+        two kept rows are that close.
     subset : array of int, optional
         Sorted unique store positions to deduplicate (the rows a previous step
         kept); None = every row.
@@ -118,7 +138,7 @@ def select_semdedup(
     from thresher.jobs.executor import stage_executor
     from thresher.jobs.score_job import score_store
     from thresher.rng import as_generator
-    from thresher.selectors.semdedup import SemDeDup, pack_clusters
+    from thresher.selectors.semdedup import SemDeDup
     from thresher.stores.curated import open_curated, write_curated
     from thresher.stores.embedding_store import open_embedding_store
     from thresher.stores.manifest import damage, read_manifest
@@ -133,9 +153,11 @@ def select_semdedup(
     pool = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     rows = check_subset(subset, store.n_rows, "select_semdedup")
     n_in = store.n_rows if rows is None else len(rows)
-    selector = SemDeDup(n_clusters=n_clusters, eps=eps, sample_size=sample_size, n_iter=n_iter, block_rows=block_rows, seed=seed)
+    selector = SemDeDup(n_clusters=n_clusters, eps=eps, sample_size=sample_size, n_iter=n_iter, block_rows=block_rows, seed=seed, mode=mode)
     selector.check_rows(n_in)
     params = {k: v for k, v in selector.get_params().items() if k != "block_rows"}  # block size never changes the result
+    if mode == "paper":
+        del params["mode"]  # as before there were modes: a finished paper-mode output keeps its fingerprint
     params["subset"] = None if rows is None else {"rows": int(n_in), "hash": subset_digest(rows)}
     fingerprint = SEMDEDUP_STEP.fingerprint([store.fingerprint], params)
     if not overwrite:
@@ -155,14 +177,11 @@ def select_semdedup(
         assignment = score_store(store, selector, state, executor=executor, subset=rows, block_rows=assign_rows, job=job,
                                  description="assign")
 
-        def dedup_clusters(groups: list[tuple[int, np.ndarray, np.ndarray]]) -> list[Any]:
-            packed = pack_clusters([len(g[1]) for g in groups], config.partition_rows)
-            results = executor.map(_dedup_clusters, [(path, [groups[j] for j in task]) for task in packed],
-                                   shared={"selector": selector, "rows": rows}, job=job,
-                                   rows=[sum(len(groups[j][1]) for j in task) for task in packed], description="dedup")
-            return [r for task in results for r in task]
+        def run_tasks(tasks: list[list[tuple[int, np.ndarray, np.ndarray]]], context: Any) -> list[Any]:
+            return executor.map(_cluster_task, [(path, task) for task in tasks], shared={"selector": selector, "rows": rows, "context": context},
+                                job=job, rows=[sum(len(g[1]) for g in task) for task in tasks], description="dedup")
 
-        selection = selector.finish(state, assignment, seen, dedup_clusters=dedup_clusters,
+        selection = selector.finish(state, assignment, seen, run_tasks=run_tasks, task_rows=config.partition_rows,
                                     ids_at=lambda p: ids_at(store, p if rows is None else rows[p]))
         del assignment
         removed = selection.removed

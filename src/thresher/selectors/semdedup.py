@@ -2,7 +2,8 @@
 
 Definition, for vectors x (any norm; cosines are taken):
 
-1. Spherical k-means (FAISS, seeded, fitted on a sample of the pool) gives
+1. Spherical k-means (seeded, fitted on a sample of the pool; thread-invariant,
+   :mod:`thresher.selectors.spherical_kmeans`) gives
    ``n_clusters`` unit centroids c_k. Each row joins the centroid of largest
    cosine (ties: lower cluster index); its ``centroid_distance`` is
    1 - cos(x, c).
@@ -24,6 +25,13 @@ Definition, for vectors x (any norm; cosines are taken):
    largest cosine to any earlier row, which is always >= 1 - eps for a
    removed row.
 
+Two modes. ``mode="paper"`` (the default) is the rule above, the paper's.
+``mode="exact"`` follows the plain definition of a duplicate instead: a row
+is removed iff a row kept before it in the keep order made global (centroid
+cosine ascending, then position) has cosine >= 1 - eps to it, wherever its
+cluster is; every removed row then names a kept row at cosine >= 1 - eps and
+no two kept rows are that close (:mod:`thresher.selectors.semdedup_exact`).
+
 Exactness. Similarities are first computed in float32 with a BLAS matrix
 product of one block of a cluster against the cluster's earlier rows (never
 more than block x cluster), whose result depends on block shape and threads.
@@ -35,21 +43,22 @@ candidates whose float32 value lies within 2 delta of the float32
 maximum (delta a bound on the float32 error); the true maximum, and all rows
 tied with it, are always among them. So every decision, tie-break and
 reported number equals the float64 definition and is the same for any block
-size, number of partitions or workers. The k-means fit itself is one FAISS
-call on one machine (the driver); its centroids are deterministic for a given
-seed, sample and machine.
+size, number of partitions, workers or threads. The k-means fit runs on the
+driver with the same exact assignments and fixed-order float64 sums, so its
+centroids are the same bits for any thread count (FAISS's own k-means was
+measured to differ between 1 and 2 threads on real text, issue 19).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from thresher.exceptions import InputDataError, ParameterError, parameter_error
-from thresher.params import Interval
+from thresher.params import Interval, StrOptions
 from thresher.selectors._base import BLOCK_ROWS, SEED, BlockwiseSelector, PoolLike, Selection
 from thresher.selectors.rds import exact_dot_rows
 
@@ -61,6 +70,8 @@ PAIR_CHUNK = 16_384
 ROW_CHUNK = 8_192
 #: k-means training rows per centroid when ``sample_size`` is not given (FAISS's own default cap)
 SAMPLE_PER_CLUSTER = 256
+#: the rules a row is removed by (module docstring)
+MODES = ("paper", "exact")
 _OWNER = "SemDeDup"
 
 
@@ -205,7 +216,7 @@ class RemovedRows:
 class SemDeDupSelection(Selection):
     """The kept rows (in pool order, with ``cluster``, ``centroid_distance`` and ``max_similarity``, the largest
     cosine to an earlier row of the cluster's order, NaN for a cluster's first row), plus :attr:`removed` and the
-    fitted :attr:`centroids` (FAISS's, float32 (n_clusters, dim))."""
+    fitted :attr:`centroids` (float32 (n_clusters, dim))."""
 
     removed: RemovedRows | None = None
     centroids: np.ndarray | None = field(default=None, repr=False)
@@ -213,21 +224,27 @@ class SemDeDupSelection(Selection):
 
 @dataclass(frozen=True)
 class SemDeDupState:
-    """What every block of SemDeDup needs: the fitted ``centroids`` (float32 (n_clusters, dim)); and for
-    ``finish``, the training ``sample_size`` and the pool's ``n_rows``."""
+    """What every block of SemDeDup needs: the fitted ``centroids`` (float32 (n_clusters, dim)), in exact mode
+    the sketches' ``basis``; and for ``finish``, the training ``sample_size`` and the pool's ``n_rows``."""
 
     centroids: np.ndarray
     sample_size: int
     n_rows: int
+    basis: np.ndarray | None = None  # exact mode: the sketches' orthonormal basis (:func:`~thresher.selectors.semdedup_exact.sketch_basis`)
 
 
 @dataclass(frozen=True)
 class Assignment:
-    """Each row's nearest centroid: ``positions`` (ascending), ``cluster`` and ``cos`` (the exact cosine to it)."""
+    """Each row's nearest centroid: ``positions`` (ascending), ``cluster`` and ``cos`` (the exact cosine to it);
+    in exact mode ``near``, the packed marks of the clusters each row may have a near-duplicate in
+    (:func:`thresher.selectors.semdedup_exact.near_clusters`), and each row's ``sketch``
+    (:func:`thresher.selectors.semdedup_exact.sketch_rows`)."""
 
     positions: np.ndarray
     cluster: np.ndarray
     cos: np.ndarray
+    near: np.ndarray | None = None
+    sketch: np.ndarray | None = None
 
     def groups(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(cluster, its positions ascending, their centroid cosines) for every non-empty cluster, by cluster index."""
@@ -256,12 +273,18 @@ class SemDeDup(BlockwiseSelector):
         sized so a block's float32 similarities take 32 MiB).
     seed : int, default 0
         Drives the sample and the k-means initialisation.
+    mode : {"paper", "exact"}, default "paper"
+        ``"paper"``: the paper's within-cluster rule (a row goes when any
+        earlier row of its cluster's order is within eps, kept or not).
+        ``"exact"``: a row goes when a row kept before it, in any cluster, is
+        within eps; so every removed row has a kept twin at cosine >= 1 - eps
+        and no two kept rows are within eps (module docstring).
 
     Distributed protocol (:class:`~thresher.selectors._base.BlockwiseSelector`):
     ``prepare`` draws the sample and fits the centroids (:class:`SemDeDupState`);
     ``partial`` assigns a block's rows to them; ``merge`` gathers the
     :class:`Assignment` in position order; ``finish`` deduplicates cluster by
-    cluster (``dedup_clusters=`` lets a job spread the clusters over workers).
+    cluster (``run_tasks=`` lets a job spread the clusters over workers).
 
     Examples
     --------
@@ -277,16 +300,18 @@ class SemDeDup(BlockwiseSelector):
         "n_iter": [Interval(int, 1, None)],
         "block_rows": BLOCK_ROWS,
         "seed": SEED,
+        "mode": [StrOptions(*MODES)],
     }
 
     def __init__(self, *, n_clusters: int = 1000, eps: float = 0.01, sample_size: int | None = None, n_iter: int = 25,
-                 block_rows: int | None = None, seed: int = 0):
+                 block_rows: int | None = None, seed: int = 0, mode: Literal["paper", "exact"] = "paper"):
         self.n_clusters = n_clusters
         self.eps = eps
         self.sample_size = sample_size
         self.n_iter = n_iter
         self.block_rows = block_rows
         self.seed = seed
+        self.mode = mode
 
     @property
     def threshold(self) -> float:
@@ -312,28 +337,44 @@ class SemDeDup(BlockwiseSelector):
         return sample_positions(n_rows, size, rng), kmeans_seed
 
     def fit_centroids(self, sample: np.ndarray, *, kmeans_seed: int, positions: np.ndarray | None = None) -> np.ndarray:
-        """Spherical k-means on the (normalised) sample with FAISS; returns the centroids, float32 (n_clusters, dim)."""
-        import faiss
+        """Spherical k-means on the (normalised) sample, the same bits whatever the thread count
+        (:mod:`thresher.selectors.spherical_kmeans`); returns the centroids, float32 (n_clusters, dim)."""
+        from thresher.selectors.spherical_kmeans import spherical_kmeans
 
         rows = Rows.of(sample, positions=positions)
-        m, dim = rows.x.shape
+        m = rows.x.shape[0]
         if m < self.n_clusters:
             raise ParameterError(f"{_OWNER} cannot fit {self.n_clusters} clusters on a sample of {m} rows.")
-        km = faiss.Kmeans(dim, int(self.n_clusters), niter=int(self.n_iter), seed=int(kmeans_seed), spherical=True, verbose=False,
-                          max_points_per_centroid=max(1, m), min_points_per_centroid=1)
-        km.train(np.ascontiguousarray(rows.unit32))
-        Rows.of(km.centroids, what="the k-means centroids")
-        return np.asarray(km.centroids, dtype=np.float32)
+        centroids = spherical_kmeans(rows, int(self.n_clusters), int(self.n_iter), int(kmeans_seed))
+        Rows.of(centroids, what="the k-means centroids")
+        return centroids
 
-    def assign(self, vectors: np.ndarray, centroids: np.ndarray, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def assign(self, vectors: np.ndarray, centroids: np.ndarray, positions: np.ndarray | None = None, *,
+               basis: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Nearest centroid by cosine (ties: lower index) and that cosine, exact in float64.
 
-        Returns (cluster int64 (n,), cosine float64 (n,)).
+        Returns (cluster int64 (n,), cosine float64 (n,)), and with ``basis`` (exact mode) the packed marks
+        (uint8 (n, ceil(n_clusters / 8))) and the sketches (float32 (n, m + 1)) of
+        :mod:`thresher.selectors.semdedup_exact`. Rows are taken in chunks of at most 32 MiB of float32 products.
         """
+        from thresher.selectors.semdedup_exact import near_clusters, sketch_rows
+
         x = Rows.of(vectors, positions=positions)
         c = Rows.of(centroids, what="the k-means centroids")
-        cos, cluster = exact_max(x.unit32 @ c.unit32.T, x, c, float32_error_bound(x.x.shape[1]))
-        return cluster, cos
+        delta = float32_error_bound(x.x.shape[1])
+        n, k = len(x), len(c)
+        cluster, cos = np.empty(n, dtype=np.int64), np.empty(n)
+        marks = np.empty((n, (k + 7) // 8), dtype=np.uint8) if basis is not None else None
+        step = max(1, SCORE_BLOCK_BYTES // (4 * k))
+        for lo in range(0, n, step):
+            part = x[lo : lo + step]
+            s32 = part.unit32 @ c.unit32.T
+            cos[lo : lo + step], cluster[lo : lo + step] = exact_max(s32, part, c, delta)
+            if marks is not None:
+                marks[lo : lo + step] = near_clusters(s32, cluster[lo : lo + step], c.unit32, self.eps, delta)
+        if basis is None:
+            return cluster, cos
+        return cluster, cos, marks, sketch_rows(x, basis)
 
     def dedup_cluster(self, cluster: int, vectors: np.ndarray, positions: np.ndarray, centroid_cos: np.ndarray) -> ClusterDedup:
         """The SemDeDup decisions inside one cluster (module docstring, steps 2-4), blocked.
@@ -374,56 +415,147 @@ class SemDeDup(BlockwiseSelector):
     # -- the distributed protocol (BlockwiseSelector) ---------------------------------------------
 
     def prepare(self, pool: PoolLike, *, budget: int, rng: np.random.Generator) -> SemDeDupState:
-        """Draw the training sample with ``rng`` and fit the k-means on it (on the driver: one FAISS call)."""
+        """Draw the training sample with ``rng`` and fit the k-means on it (on the driver)."""
         if budget != pool.n_rows:
             raise parameter_error(_OWNER, "budget", "1.0 (SemDeDup keeps what eps leaves; lower eps to keep more)", budget)
         sample, kmeans_seed = self.draw_sample(pool.n_rows, rng)
-        centroids = self.fit_centroids(pool.take(sample), kmeans_seed=kmeans_seed, positions=sample)
-        return SemDeDupState(centroids, len(sample), pool.n_rows)
+        vectors = pool.take(sample)
+        centroids = self.fit_centroids(vectors, kmeans_seed=kmeans_seed, positions=sample)
+        basis = None
+        if self.mode == "exact":
+            from thresher.selectors.semdedup_exact import sketch_basis
+
+            basis = sketch_basis(Rows.of(vectors, positions=sample))
+        return SemDeDupState(centroids, len(sample), pool.n_rows, basis)
 
     def partial(self, state: SemDeDupState, blocks: Iterable[Any], pool: Any = None) -> Assignment:
-        """Assign every row of ``blocks`` to its nearest centroid (step 1 of the module docstring)."""
-        out_p, out_c, out_s = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0)]
+        """Assign every row of ``blocks`` to its nearest centroid (step 1 of the module docstring); in exact mode, mark
+        the clusters each row may have a near-duplicate in, and sketch it."""
+        exact = self.mode == "exact"
+        parts: list[tuple[np.ndarray, ...]] = []
         for block in blocks:
             positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
-            cluster, cos = self.assign(block.vectors, state.centroids, positions)
-            out_p.append(positions)
-            out_c.append(cluster)
-            out_s.append(cos)
-        return Assignment(np.concatenate(out_p), np.concatenate(out_c), np.concatenate(out_s))
+            parts.append((positions, *self.assign(block.vectors, state.centroids, positions, basis=state.basis if exact else None)))
+        if not parts:
+            width, sketch = (len(state.centroids) + 7) // 8, 0 if state.basis is None else state.basis.shape[1] + 1
+            empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), np.empty((0, width), np.uint8), np.empty((0, sketch), np.float32))
+            parts = [empty[: 5 if exact else 3]]
+        columns = [np.concatenate(c) for c in zip(*parts)]
+        return Assignment(*columns)
 
     def merge(self, partials: Sequence[Assignment]) -> Assignment:
         """The assignments of disjoint blocks, in position order."""
         positions = np.concatenate([p.positions for p in partials])
         order = np.argsort(positions, kind="stable")
-        return Assignment(positions[order], np.concatenate([p.cluster for p in partials])[order], np.concatenate([p.cos for p in partials])[order])
+
+        def cat(name: str) -> np.ndarray | None:
+            if getattr(partials[0], name) is None:
+                return None
+            return np.concatenate([getattr(p, name) for p in partials])[order]
+
+        return Assignment(positions[order], cat("cluster"), cat("cos"), cat("near"), cat("sketch"))
 
     def finish(self, state: SemDeDupState, merged: Assignment, pool: PoolLike, *,
-               dedup_clusters: Callable[[list[tuple[int, np.ndarray, np.ndarray]]], Sequence[ClusterDedup]] | None = None,
-               ids_at: Callable[[np.ndarray], np.ndarray] | None = None) -> SemDeDupSelection:
-        """Deduplicate cluster by cluster (steps 2-4), then gather kept and removed rows, each in pool order.
+               run_tasks: Callable[[list[list[tuple[int, np.ndarray, np.ndarray]]], Any], Sequence[Any]] | None = None,
+               task_rows: int | None = None, ids_at: Callable[[np.ndarray], np.ndarray] | None = None) -> SemDeDupSelection:
+        """Deduplicate cluster by cluster, then gather kept and removed rows, each in pool order.
 
-        ``dedup_clusters`` maps (cluster, positions, centroid cosines) groups to
-        their :class:`ClusterDedup` results (a job spreads them over workers;
-        default: :meth:`dedup_cluster` in this process on ``pool.take``).
-        ``ids_at`` gives the pool ids at positions (default: ``pool.ids()``).
+        The clusters are packed into tasks of about ``task_rows`` rows (default: all in one), each a list of
+        (cluster, positions, centroid cosines); ``run_tasks(tasks, context)`` returns ``[self.cluster_task(task,
+        take, context) for task in tasks]`` with ``take`` reading rows of the pool where the task runs (a job
+        spreads them over workers; default: in this process on ``pool.take``). ``ids_at`` gives the pool ids at
+        positions (default: ``pool.ids()``).
         """
         if len(merged.positions) != state.n_rows or len(np.unique(merged.positions)) != state.n_rows:
             raise ValueError(f"{_OWNER} got assignments for {len(merged.positions)} rows ({len(np.unique(merged.positions))} distinct) "
                              f"of {state.n_rows}")
         groups = merged.groups()
-        if dedup_clusters is None:
-            parts = [self.dedup_cluster(c, pool.take(p), p, cos) for c, p, cos in groups]
-        else:
-            parts = list(dedup_clusters(groups))
+        tasks = [[groups[j] for j in task] for task in pack_clusters([len(g[1]) for g in groups], task_rows or max(1, state.n_rows))]
+        context = self.task_context(merged)
         del groups
+        if run_tasks is None:
+            parts = [self.cluster_task(task, pool.take, context) for task in tasks]
+        else:
+            parts = list(run_tasks(tasks, context))
+        del tasks
         if ids_at is None:
             all_ids = pool.ids()
 
             def ids_at(p: np.ndarray) -> np.ndarray:
                 return all_ids[p]
 
-        return self._gather(parts, ids_at, state)
+        if self.mode == "exact":
+            return self._gather_exact(parts, merged, ids_at, state)
+        return self._gather([r for part in parts for r in part], ids_at, state)
+
+    def task_context(self, merged: Assignment) -> Any:
+        """What every task needs besides its own clusters: nothing in paper mode; in exact mode the rows grouped by
+        cluster and their marks (:class:`~thresher.selectors.semdedup_exact.ExactContext`)."""
+        if self.mode != "exact":
+            return None
+        from thresher.selectors.semdedup_exact import ExactContext
+
+        order = np.lexsort((merged.positions, merged.cluster))
+        starts = np.searchsorted(merged.cluster[order], np.arange(int(self.n_clusters) + 1))
+        return ExactContext(merged.positions[order], starts.astype(np.int64), merged.near[order], merged.sketch[order])
+
+    def cluster_task(self, groups: Sequence[tuple[int, np.ndarray, np.ndarray]], take: Callable[[np.ndarray], np.ndarray], context: Any) -> Any:
+        """One task's work over its clusters ((cluster, positions, centroid cosines) each): a list of
+        :class:`ClusterDedup` (paper mode), or the :class:`~thresher.selectors.semdedup_exact.Edges` found (exact mode)."""
+        if self.mode == "exact":
+            from thresher.selectors.semdedup_exact import cluster_edges
+
+            return cluster_edges([c for c, _, _ in groups], take, context, eps=self.eps, block_rows=self.block_rows,
+                                 score_bytes=SCORE_BLOCK_BYTES)
+        from thresher.selectors.semdedup_exact import SMALL_CLUSTER
+        from thresher.threads import one_blas_thread
+
+        out = []
+        for c, p, cos in groups:
+            with one_blas_thread(len(p) < SMALL_CLUSTER):  # a small cluster's products are small: no BLAS threads to wake
+                out.append(self.dedup_cluster(c, take(p), p, cos))
+        return out
+
+    def _gather_exact(self, parts: Sequence[Any], merged: Assignment, ids_at: Callable[[np.ndarray], np.ndarray],
+                      state: SemDeDupState) -> SemDeDupSelection:
+        """The exact mode's greedy keep over every edge, then kept and removed rows in pool order."""
+        from thresher.selectors.semdedup_exact import Edges, greedy_keep
+
+        edges = Edges.concat(parts)
+        n_edges = len(edges)
+        positions, cluster, cos = merged.positions, merged.cluster, merged.cos  # positions are 0..n-1, ascending
+        order = np.lexsort((positions, cos))  # the paper's keep order, over the whole pool
+        keep = greedy_keep(order, edges)
+        del edges
+        k = np.flatnonzero(keep.kept)
+        r = np.flatnonzero(~keep.kept)
+        removed = RemovedRows(
+            positions=r, ids=ids_at(r), duplicate_of_positions=keep.duplicate_of[r], duplicate_of=ids_at(keep.duplicate_of[r]),
+            similarity=keep.similarity[r], max_similarity=keep.max_similarity[r], cluster=cluster[r],
+        )
+        summary = self._summary(state, cluster, n_kept=len(k), n_removed=len(r), below=int((keep.similarity[r] < self.threshold).sum()))
+        summary["edges"] = int(n_edges)
+        return SemDeDupSelection(
+            positions=k, ids=ids_at(k), selector=self.name, params=self.get_params(),
+            columns={"cluster": cluster[k], "centroid_distance": 1.0 - cos[k], "max_similarity": keep.max_similarity[k]},
+            seed=self.seed, summary=summary, removed=removed, centroids=state.centroids,
+        )
+
+    def _summary(self, state: SemDeDupState, cluster: np.ndarray, *, n_kept: int, n_removed: int, below: int) -> dict[str, Any]:
+        sizes = np.bincount(cluster, minlength=int(self.n_clusters))
+        return {
+            "rows_in": int(state.n_rows),
+            "kept": int(n_kept),
+            "removed": int(n_removed),
+            "clusters": int(self.n_clusters),
+            "clusters_nonempty": int((sizes > 0).sum()),
+            "largest_cluster": int(sizes.max()) if len(sizes) else 0,
+            "eps": float(self.eps),
+            "threshold": self.threshold,
+            "sample_size": int(state.sample_size),
+            "mode": self.mode,
+            "removed_with_similarity_below_threshold": int(below),
+        }
 
     def _gather(self, parts: Sequence[ClusterDedup], ids_at: Callable[[np.ndarray], np.ndarray], state: SemDeDupState) -> SemDeDupSelection:
         """The clusters' results as kept rows and removed rows, each in pool order, and the counts."""
@@ -448,19 +580,7 @@ class SemDeDup(BlockwiseSelector):
             positions=positions[r], ids=ids_at(positions[r]), duplicate_of_positions=dup[r], duplicate_of=ids_at(dup[r]),
             similarity=sim[r], max_similarity=max_sim[r], cluster=cluster[r],
         )
-        sizes = np.bincount(cluster, minlength=int(self.n_clusters))
-        summary = {
-            "rows_in": int(n_rows),
-            "kept": int(len(k)),
-            "removed": int(len(r)),
-            "clusters": int(self.n_clusters),
-            "clusters_nonempty": int((sizes > 0).sum()),
-            "largest_cluster": int(sizes.max()) if len(sizes) else 0,
-            "eps": float(self.eps),
-            "threshold": self.threshold,
-            "sample_size": int(state.sample_size),
-            "removed_with_similarity_below_threshold": int((sim[r] < self.threshold).sum()),
-        }
+        summary = self._summary(state, cluster, n_kept=len(k), n_removed=len(r), below=int((sim[r] < self.threshold).sum()))
         return SemDeDupSelection(
             positions=positions[k],
             ids=ids_at(positions[k]),
@@ -503,5 +623,5 @@ def pack_clusters(sizes: Sequence[int], target_rows: int) -> list[list[int]]:
     return tasks
 
 
-__all__ = ["Assignment", "ClusterDedup", "SemDeDupState", "RemovedRows", "Rows", "SemDeDup", "SemDeDupSelection", "exact_cosines", "exact_max", "float32_error_bound",
+__all__ = ["MODES", "Assignment", "ClusterDedup", "SemDeDupState", "RemovedRows", "Rows", "SemDeDup", "SemDeDupSelection", "exact_cosines", "exact_max", "float32_error_bound",
            "group_by_cluster", "pack_clusters", "sample_positions"]

@@ -198,3 +198,44 @@ def test_helpers():
     assert pack_clusters([5, 5, 20, 1, 1, 1], 10) == [[0, 1], [2], [3, 4, 5]]
     rng = np.random.default_rng(0)
     np.testing.assert_array_equal(sample_positions(5, 10, rng), np.arange(5))
+
+
+def test_kmeans_equals_a_plain_numpy_lloyd_and_ignores_the_thread_count():
+    from threadpoolctl import threadpool_limits
+
+    from thresher.selectors.semdedup import Rows
+    from thresher.selectors.spherical_kmeans import spherical_kmeans
+
+    x = planted(seed=11, n=900, dim=16, n_near=300)
+    rows = Rows.of(x)
+    with threadpool_limits(1):
+        one = spherical_kmeans(rows, 12, 8, seed=5)
+    with threadpool_limits(2):
+        two = spherical_kmeans(rows, 12, 8, seed=5)
+    assert one.tobytes() == two.tobytes()  # the same bits, whatever BLAS does with its threads
+
+    # the oracle: Lloyd's iterations in float64 with full matrices, from the same start
+    xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    c = rows.unit32[np.sort(np.random.default_rng(5).choice(len(x), 12, replace=False))].astype(np.float64)
+    for _ in range(8):
+        cn = c / np.linalg.norm(c, axis=1, keepdims=True)
+        assign = (xn @ cn.T).argmax(axis=1)
+        assert np.bincount(assign, minlength=12).min() > 0  # no empty cluster to refill on this data
+        c = np.stack([xn[assign == j].sum(axis=0) for j in range(12)])
+    np.testing.assert_allclose(one, c / np.linalg.norm(c, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_kmeans_refills_an_empty_cluster(monkeypatch):
+    import thresher.selectors.spherical_kmeans as kmeans
+    from thresher.selectors.semdedup import Rows
+
+    # 3 points, each repeated 30 times, and 4 centroids: two start on the same point, the tie goes to the lower
+    # index, the other empties and is refilled by splitting a cluster (FAISS's rule), every iteration
+    x = np.repeat(np.eye(3, dtype=np.float32) + np.float32(0.1), 30, axis=0)
+    emptied = []
+    split = kmeans._split_empty
+    monkeypatch.setattr(kmeans, "_split_empty", lambda sums, counts, rng: (emptied.append(int((counts == 0).sum())), split(sums, counts, rng)))
+    c = kmeans.spherical_kmeans(Rows.of(x), 4, 5, seed=1)
+    assert sum(emptied) >= 1
+    assert np.isfinite(c).all() and len({tuple(r) for r in c.tolist()}) == 4
+    assert np.array_equal(c, kmeans.spherical_kmeans(Rows.of(x), 4, 5, seed=1))
