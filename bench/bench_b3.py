@@ -1,17 +1,39 @@
-"""B3 batch mining at pool scale: graph + METIS + batch assembly, time and peak memory, against random batching.
+"""B3 batch mining at pool scale: one-level METIS against two levels (coarse regions, METIS inside each), time, peak memory, quality.
 
 Generated pool: N x 384 unit vectors around 2,000 cluster centres. The
 teacher ranks come from a thresher FAISS index over the store (its build time
-is reported apart). The baseline is what trainers do without B3: a seeded
-random permutation cut into batches; the figure that matters is how much
-more similar in-batch negatives are.
+is reported apart). Each variant runs in a fresh process; its peak is the
+anonymous resident memory of that process and all its children (Dask workers
+included), sampled every 50 ms.
+
+- ``one level``: the rank windows of every row (searched through the index in
+  this process), the reciprocal graph, one METIS call with N / 32 parts, batches
+  (``BatchMiner(partition="one_level")``): the whole graph in one process.
+- ``two levels``: a seeded k-means on a sample makes ceil(N / part_rows)
+  regions; each region is a task (rank windows of its rows searched in the
+  whole pool, the graph inside the region, METIS), run one after another in
+  this process (``Executor.in_process``), then batches (``BatchMiner(partition="two_level")``
+  through :func:`thresher.jobs.b3_parts_job.parts_on_cluster`).
+- ``two levels, Dask``: the same on the default local Dask cluster (what
+  ``thresher run`` uses), whole process tree measured.
+- ``part ranks`` (``rank_scope="part"``): two levels whose teacher ranks each
+  row among its part's rows only (an IVF-Flat search trained on the part), so
+  the pool's index is not used at all.
+- ``two levels, IVF regions`` (``--ivf-regions``): regions made of the
+  index's IVF lists (a k-means over the list centroids weighted by list size;
+  a row's region is its list's), the alternative to a k-means over rows.
+
+Quality, computed apart from the selector from the saved communities: mean
+cosine between members of a community, and the share of community pairs that
+are edges of the full reciprocal window graph (both over the output
+communities). Baseline: random batches of the same rows (their mean in-batch
+cosine, from the selector's summary).
 
 The teacher's effect on the rank window is measured on a sample: for 100
 seeded rows, the window of ranks [p, p + m) found through the index against
-the window of an exact search (``thresher.search.exact_search``):
-window recall = |index window ∩ exact window| / m, and top-(p + m) recall.
+the window of an exact search: window recall = |index window ∩ exact window| / m.
 
-    python bench/bench_b3.py --rows 100000 1000000 --index-type auto IVF2048,Flat --nprobe 2
+    python bench/bench_b3.py --rows 1000000 --index-type IVF2048,Flat --nprobe 2
 """
 
 from __future__ import annotations
@@ -32,6 +54,15 @@ from _common import PeakMemory, load_note, machine_line, run_variant, update_ben
 SCRIPT = Path(__file__).resolve()
 DIM, BATCH, COMMUNITY, WINDOW = 384, 1024, 32, (30, 130)
 WINDOW_SAMPLE = 100
+#: the two-level runs: name -> (arguments of ``--variant two``, file stem of its communities)
+RUNS = {
+    "two": (["--where", "here"], "two"),
+    "two-dask": (["--where", "dask"], "two_dask"),
+    "part": (["--where", "here", "--rank-scope", "part"], "part"),
+    "part-dask": (["--where", "dask", "--rank-scope", "part"], "part_dask"),
+}
+RUN_NAMES = {"two": "two levels, pool ranks, here", "two-dask": "two levels, pool ranks, Dask",
+             "part": "two levels, part ranks, here", "part-dask": "two levels, part ranks, Dask"}
 
 
 def make_store(path: Path, rows: int) -> None:
@@ -75,44 +106,137 @@ def variant_window(store_path: str, index_path: str) -> dict:
     return {"window_recall": float(window), "top_recall": float(top)}
 
 
-def variant_b3(store_path: str, index_path: str) -> dict:
+def _communities(sel) -> np.ndarray:
+    """The output communities of a selection, shape (n, K)."""
+    community = np.asarray(sel.columns["community"])
+    return sel.positions[np.argsort(community, kind="stable")].reshape(-1, COMMUNITY)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its finished children (Dask workers once the cluster is closed)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _result(sel, seconds: float, peak: int, extra: dict, out: str) -> dict:
+    np.save(out, _communities(sel))
+    s = sel.summary
+    keep = ("n_edges", "n_batches", "n_rows_left_out", "mean_in_batch_similarity", "mean_in_batch_similarity_random",
+            "mean_in_community_similarity", "n_parts", "largest_part_rows", "window_entries_leaving_parts")
+    return {"seconds": seconds, "peak_bytes": peak, **{k: s[k] for k in keep if k in s}, **extra}
+
+
+def variant_one(store_path: str, index_path: str, out: str, window_out: str) -> dict:
+    """One level: every row's rank window in this process, one METIS call (the rank windows are saved for the quality variant)."""
     from thresher.selectors.batch_mining import BatchMiner, window_neighbors
     from thresher.stores import open_embedding_store, open_index
 
+    cpu = _cpu_seconds()
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         store = open_embedding_store(store_path)
-        window = window_neighbors(store, open_index(index_path, store=store), WINDOW[0], WINDOW[1] - WINDOW[0])  # the teacher ranks
+        window = window_neighbors(store, open_index(index_path, store=store), WINDOW[0], WINDOW[1] - WINDOW[0])
         search_seconds = time.perf_counter() - t0
-        sel = BatchMiner(batch_size=BATCH, community_size=COMMUNITY, rank_window=WINDOW).select(store, budget=1.0, window=window)
+        sel = BatchMiner(batch_size=BATCH, community_size=COMMUNITY, rank_window=WINDOW, partition="one_level").select(store, budget=1.0, window=window)
         seconds = time.perf_counter() - t0
-    s = sel.summary
-    return {"seconds": seconds, "search_seconds": search_seconds, "peak_bytes": mem.peak, "b3_sim": s["mean_in_batch_similarity"], "random_sim": s["mean_in_batch_similarity_random"],
-            "n_edges": s["n_edges"], "n_batches": s["n_batches"], "left_out": s["n_rows_left_out"]}
+    cpu = _cpu_seconds() - cpu
+    np.save(window_out, window)
+    return _result(sel, seconds, mem.peak, {"search_seconds": search_seconds, "cpu_seconds": cpu}, out)
 
 
-def variant_random(store_path: str) -> dict:
+def variant_two(store_path: str, index_path: str, out: str, part_rows: int, where: str, rank_scope: str = "pool") -> dict:
+    """Two levels through the stage's job: regions and parts as tasks, in this process or on the default local Dask cluster."""
+    from thresher.jobs.b3_parts_job import parts_on_cluster
+    from thresher.jobs.executor import Executor
+    from thresher.selectors.batch_mining import BatchMiner
     from thresher.stores import open_embedding_store
 
+    cpu = _cpu_seconds()
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         store = open_embedding_store(store_path)
-        order = np.random.default_rng(0).permutation(store.n_rows)
-        batches = [order[i : i + BATCH] for i in range(0, store.n_rows - BATCH + 1, BATCH)]
+        miner = BatchMiner(batch_size=BATCH, community_size=COMMUNITY, rank_window=WINDOW, partition="two_level", part_rows=part_rows,
+                           rank_scope=rank_scope)
+        state = miner.prepare(store, budget=store.n_rows)
+        executor = Executor.in_process(progress=False) if where == "here" else Executor(progress=False)
+        with executor.started():
+            started = time.perf_counter()
+            plan, results = parts_on_cluster(store, index_path if rank_scope == "pool" else None, miner, state, executor=executor)
+            parts_seconds = time.perf_counter() - started
+            workers = len(executor.dask.scheduler_info()["workers"]) if executor.dask is not None else 0
+        sel = miner.finish_parts(state, plan, results, store, budget=store.n_rows)
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_bytes": mem.peak, "n_batches": len(batches)}
+    cpu = _cpu_seconds() - cpu
+    return _result(sel, seconds, mem.peak, {"parts_seconds": parts_seconds, "workers": workers, "cpu_seconds": cpu}, out)
+
+
+def variant_two_ivf(store_path: str, index_path: str, out: str, part_rows: int) -> dict:
+    """Two levels whose regions are unions of the index's IVF lists: a k-means over the list centroids, weighted by list size."""
+    from thresher.search import GroupedIVFSearch
+    from thresher.selectors import b3_partition
+    from thresher.selectors.batch_mining import BatchMiner
+    from thresher.stores import open_embedding_store, open_index
+
+    cpu = _cpu_seconds()
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        store = open_embedding_store(store_path)
+        index = open_index(index_path, store=store)
+        lists = GroupedIVFSearch.from_index(index)
+        sizes = np.array([len(p) for p in lists.list_positions])
+        n_regions = b3_partition.n_coarse_parts(store.n_rows, part_rows)
+        weighted = np.repeat(np.arange(len(sizes)), sizes)  # a list centroid counts once per row of its list
+        sample = weighted[b3_partition.coarse_sample(len(weighted), n_regions, 0)]
+        list_region = b3_partition.assign_coarse(lists.centroids, b3_partition.coarse_centroids(lists.centroids[sample], n_regions, 0))
+        region = np.empty(store.n_rows, np.int32)
+        for lst, positions in enumerate(lists.list_positions):
+            region[positions] = list_region[lst]
+        del lists
+        miner = BatchMiner(batch_size=BATCH, community_size=COMMUNITY, rank_window=WINDOW, partition="two_level", part_rows=part_rows)
+        state = miner.prepare(store, budget=store.n_rows)
+        plan = miner.plan_parts(region)
+        results = [miner.mine_part(state, part, members, store, neighbors=index) for part, members in enumerate(plan.members)]
+        sel = miner.finish_parts(state, plan, results, store, budget=store.n_rows)
+        seconds = time.perf_counter() - t0
+    cpu = _cpu_seconds() - cpu
+    return _result(sel, seconds, mem.peak, {"cpu_seconds": cpu}, out)
+
+
+def variant_quality(store_path: str, window_path: str, *communities_paths: str) -> dict:
+    """Per saved communities file: mean in-community cosine, share of community pairs that are edges of the full window graph."""
+    from thresher.selectors.batch_mining import community_similarity, reciprocal_graph
+    from thresher.stores import open_embedding_store
+
+    store = open_embedding_store(store_path)
+    graph = reciprocal_graph(np.load(window_path, mmap_mode="r"))
+    out = {"full_edges": int(graph.nnz // 2)}
+    for path in communities_paths:
+        communities = np.load(path)
+        edges = sum(graph[c][:, c].nnz // 2 for c in communities)
+        out[Path(path).stem] = {"cosine": float(community_similarity(store, communities).mean()),
+                                "edge_share": edges / (len(communities) * COMMUNITY * (COMMUNITY - 1) / 2)}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000])
-    parser.add_argument("--variant", choices=["index", "b3", "random", "window"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["index", "window", "one", "two", "two_ivf", "quality"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
+    parser.add_argument("--out", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--where", choices=["here", "dask"], default="here", help=argparse.SUPPRESS)
+    parser.add_argument("--rank-scope", choices=["pool", "part"], default="pool", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS),
+                        help="Which B3 variants to run (one level always runs: it makes the reference rank windows).")
     parser.add_argument("--index-type", nargs="+", default=["auto"],
                         help="Index for the teacher ranks (auto, or a FAISS factory string): one for every --rows, or one per --rows.")
     parser.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: the index's own, nlist / 32, at least 16); "
                         "other indexes ignore it.")
+    parser.add_argument("--part-rows", type=int, default=100_000, help="Two levels: rows per coarse region.")
+    parser.add_argument("--ivf-regions", action="store_true", help="Also run two levels with regions made of IVF lists (IVF indexes only).")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.variant == "index":
@@ -121,54 +245,85 @@ def main() -> None:
     if args.variant == "window":
         print(json.dumps(variant_window(args.store, args.index)))
         return
-    if args.variant == "b3":
-        print(json.dumps(variant_b3(args.store, args.index)))
+    if args.variant == "one":
+        print(json.dumps(variant_one(args.store, args.index, *args.out)))
         return
-    if args.variant == "random":
-        print(json.dumps(variant_random(args.store)))
+    if args.variant == "two":
+        print(json.dumps(variant_two(args.store, args.index, args.out[0], args.part_rows, args.where, args.rank_scope)))
         return
+    if args.variant == "two_ivf":
+        print(json.dumps(variant_two_ivf(args.store, args.index, args.out[0], args.part_rows)))
+        return
+    if args.variant == "quality":
+        print(json.dumps(variant_quality(args.store, *args.out)))
+        return
+    if len(args.index_type) not in (1, len(args.rows)):
+        parser.error("--index-type takes one index for every --rows, or one per --rows")
     gib = 2**30
     load_start = os.getloadavg()[0]
     lines = [
         f"Command: `python bench/bench_b3.py --rows {' '.join(map(str, args.rows))} --index-type {' '.join(args.index_type)}"
-        f"{'' if args.nprobe is None else f' --nprobe {args.nprobe}'}` ({machine_line()}).",
+        f"{'' if args.nprobe is None else f' --nprobe {args.nprobe}'} --part-rows {args.part_rows}{' --ivf-regions' if args.ivf_regions else ''}`"
+        f" ({machine_line()}).",
         "",
         f"Generated pool of N × {DIM} unit vectors around 2,000 centres; batch {BATCH}, community {COMMUNITY}, rank window "
-        f"{WINDOW[0]}:{WINDOW[1]}. B3 = neighbour search through the index, reciprocal graph, METIS, equalised communities, "
-        "batches (one process). Baseline = a seeded random permutation cut into batches. Window recall: on "
-        f"{WINDOW_SAMPLE} seeded rows, |teacher window ∩ exact window| / m for ranks {WINDOW[0]}:{WINDOW[1]} "
-        f"(top-{WINDOW[1]} recall in brackets). B3 s is the whole selection; of it, teacher search s is the rank windows "
-        f"(N queries × {WINDOW[1] + 1} neighbours through the index; an IVF-Flat index is searched list by list, the queries "
-        "probing a list scored against it in one matrix product), the rest the reciprocal graph, METIS, communities, "
-        "batches and the two in-batch similarity figures.",
+        f"{WINDOW[0]}:{WINDOW[1]}. **one level**: every row's rank window (N queries × {WINDOW[1] + 1} neighbours through the index, "
+        "in this process), the reciprocal graph, one METIS call with N / 32 parts, batches. **two levels**: a seeded k-means on a "
+        f"sample makes ceil(N / {args.part_rows:,}) regions; each region is a task (its rows' rank windows searched in the whole pool, "
+        "the graph inside the region, METIS with n_region / 32 parts), then batches; run in this process (*here*) or on the default "
+        "local Dask cluster (*Dask*, workers in brackets). *Pool ranks*: the teacher ranks among the whole pool through the index "
+        "(window entries that leave the region are dropped); *part ranks* (`rank_scope=\"part\"`): among the region's rows only "
+        "(an IVF-Flat search trained on the region, lists of ~512 rows, 4 probed; no index used). *IVF regions*: regions made of the index's IVF lists (a k-means over the list "
+        "centroids weighted by list size) instead of a k-means over rows. Peak: anonymous resident memory of the process and its "
+        "children (Dask workers). Quality, computed apart from the selector over the output communities: mean in-community cosine, and "
+        "the share of community pairs that are edges of the full reciprocal window graph; *edges lost*: reciprocal edges METIS did not "
+        "see (they cross regions), of the full graph's. Random: mean in-batch cosine of random batches of the same rows.",
         "",
-        "| rows | index build s (index, search, recall@10) | B3 s | teacher search s | B3 peak | window recall vs exact (top) | random batching s | reciprocal edges | batches | mean in-batch cosine B3 | random |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| rows | index build s (index, recall@10) | window recall vs exact | variant | B3 s (CPU s) | of it, regions + parts s "
+        "| peak | regions (largest) | edges lost | in-community cosine | community pairs that are edges | in-batch cosine | random |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    if len(args.index_type) not in (1, len(args.rows)):
-        parser.error("--index-type takes one index for every --rows, or one per --rows")
     for rows, index_type in zip(args.rows, args.index_type * len(args.rows) if len(args.index_type) == 1 else args.index_type):
         with tempfile.TemporaryDirectory() as tmp:
-            store, index = Path(tmp) / "store", Path(tmp) / "index"
+            tmp = Path(tmp)
+            store, index = tmp / "store", tmp / "index"
             make_store(store, rows)
             nprobe = [] if args.nprobe is None else ["--nprobe", str(args.nprobe)]
-            ix = run_variant(SCRIPT, "--variant", "index", "--store", str(store), "--index", str(index), "--index-type", index_type, *nprobe)
-            b3 = run_variant(SCRIPT, "--variant", "b3", "--store", str(store), "--index", str(index))
-            win = run_variant(SCRIPT, "--variant", "window", "--store", str(store), "--index", str(index))
-            rnd = run_variant(SCRIPT, "--variant", "random", "--store", str(store))
+            common = ["--store", str(store), "--index", str(index)]
+            ix = run_variant(SCRIPT, "--variant", "index", *common, "--index-type", index_type, *nprobe)
+            win = run_variant(SCRIPT, "--variant", "window", *common)
+            runs = {"one level": run_variant(SCRIPT, "--variant", "one", *common, "--out", str(tmp / "one.npy"), str(tmp / "window.npy"))}
+            part = ["--part-rows", str(args.part_rows)]
+            files = {"one level": "one"}
+            for run in args.runs:
+                extra, stem = RUNS[run]
+                runs[RUN_NAMES[run]] = run_variant(SCRIPT, "--variant", "two", *common, "--out", str(tmp / f"{stem}.npy"), *part, *extra)
+                files[RUN_NAMES[run]] = stem
+            if args.ivf_regions and "IVF" in ix["factory"]:
+                runs["two levels, IVF regions, pool ranks, here"] = run_variant(SCRIPT, "--variant", "two_ivf", *common, "--out", str(tmp / "two_ivf.npy"), *part)
+                files["two levels, IVF regions, pool ranks, here"] = "two_ivf"
+            quality = run_variant(SCRIPT, "--variant", "quality", "--store", str(store), "--out", str(tmp / "window.npy"),
+                                  *[str(tmp / f"{f}.npy") for f in files.values()])
         search = ", ".join(f"{k} {v}" for k, v in ix["search_params"].items())
-        lines.append(
-            f"| {rows:,} | {ix['seconds']:.1f} ({ix['factory']}{', ' + search if search else ''}, recall@10 {ix['recall']:.3f}) | {b3['seconds']:.1f} | "
-            f"{b3['search_seconds']:.1f} | "
-            f"{b3['peak_bytes'] / gib:.2f} GiB | {win['window_recall']:.3f} ({win['top_recall']:.3f}) | "
-            f"{rnd['seconds']:.3f} | {b3['n_edges']:,} | {b3['n_batches']} | {b3['b3_sim']:.4f} | {b3['random_sim']:.4f} |"
-        )
-        print(lines[-1], flush=True)
+        for name, r in runs.items():
+            q = quality[files[name]]
+            tasks = r.get("search_seconds", r.get("parts_seconds"))  # one level: its teacher search; two: regions and parts
+            tasks = "—" if tasks is None else f"{tasks:.1f}{' (teacher search)' if 'search_seconds' in r else ''}"
+            regions = "—" if "n_parts" not in r else f"{r['n_parts']} ({r['largest_part_rows']:,})"
+            lost = "—" if "n_parts" not in r else f"{1 - r['n_edges'] / quality['full_edges']:.1%}"
+            where = f"{name} ({r['workers']} worker{'s' if r['workers'] != 1 else ''})" if r.get("workers") else name
+            lines.append(
+                f"| {rows:,} | {ix['seconds']:.1f} ({ix['factory']}{', ' + search if search else ''}, {ix['recall']:.3f}) | "
+                f"{win['window_recall']:.3f} | {where} | {r['seconds']:.1f} ({r['cpu_seconds']:.0f}) | {tasks} | "
+                f"{r['peak_bytes'] / gib:.2f} GiB | {regions} | {lost} | {q['cosine']:.4f} | {q['edge_share']:.4f} | "
+                f"{r['mean_in_batch_similarity']:.4f} | {r['mean_in_batch_similarity_random']:.4f} |"
+            )
+            print(lines[-1], flush=True)
     lines += ["", load_note(load_start)]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        update_benchmarks_md("B3 batch mining (issue 7)", body)
+        update_benchmarks_md("B3 batch mining in two levels (issue 13)", body)
 
 
 if __name__ == "__main__":

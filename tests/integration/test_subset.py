@@ -129,9 +129,13 @@ def test_b3_on_a_subset_equals_b3_on_a_store_of_the_subset(chained, dask_client)
     # the teacher windows, without and with a FAISS index over the whole store, equal brute force among the subset
     p, m = 2, 10
     expected, sims = brute_force_windows(store.take(subset), p, m)
-    np.testing.assert_array_equal(window_on_cluster(store, None, p, m, executor=Executor.on_client(dask_client), subset=subset), expected)
+    exact = window_on_cluster(store, None, p, m, executor=Executor.on_client(dask_client), subset=subset)
+    np.testing.assert_array_equal(exact, expected)
     build_index(store, tmp / "flat", index_type="flat")
     flat = window_on_cluster(store, tmp / "flat", p, m, subset=subset)
+    # an exact index over the store is searched block by block over the subset, as without an index (not through a
+    # FAISS selector, which scans query by query): the very same windows, near-ties included
+    np.testing.assert_array_equal(flat, exact)
     assert flat.shape == (len(subset), m) and flat.min() >= 0
     rows_ = np.arange(len(subset))[:, None]
     np.testing.assert_allclose(sims[rows_, flat], sims[rows_, expected], atol=1e-5)  # equal up to float32 near-ties

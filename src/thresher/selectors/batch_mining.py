@@ -13,6 +13,9 @@ whose members are strong negatives for each other:
 3. METIS partitions the graph into ``floor(N / K)`` parts; parts are cut into
    communities of exactly K (overflow regrouped deterministically, no row
    repeated — the reference pads with duplicate positions by mistake).
+   Large pools are partitioned in two levels (:mod:`thresher.selectors.b3_partition`):
+   coarse regions by a seeded k-means, then METIS inside each region, each
+   region an independent task, so no process holds the whole graph.
 4. A batch is ``batch_size / K`` whole communities; community order and batch
    order are shuffled with the seed; an incomplete last batch is dropped
    unless asked otherwise.
@@ -25,15 +28,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from thresher.exceptions import InputDataError, ParameterError
-from thresher.params import Check, Interval
-from thresher.rng import as_generator
+from thresher.params import Check, Interval, StrOptions
+from thresher.rng import as_generator, derive_seed
 from thresher.search import GroupedIVFSearch, drop_self, exact_search
+from thresher.selectors import b3_partition
 from thresher.selectors._base import SEED, BlockwiseSelector, PoolLike, Selection
+from thresher.selectors.b3_partition import DEFAULT_PART_ROWS, ONE_LEVEL_MAX_ROWS, PartCommunities, PartPlan
 from thresher.selectors.rds import normalize_rows
 
 OWNER = "BatchMiner"
@@ -53,24 +58,62 @@ def window_neighbors(pool: PoolLike, neighbors: Any, p: int, m: int, *, block_ro
     return window_neighbors_of_blocks(pool, pool.iter_blocks(block_rows), neighbors, p, m)
 
 
-def window_neighbors_of_blocks(pool: PoolLike, blocks: Any, neighbors: Any, p: int, m: int) -> np.ndarray:
-    """:func:`window_neighbors` for the given blocks of ``pool`` only (a job's partition), rows in block order."""
+def teacher_search(pool: PoolLike, neighbors: Any) -> Any:
+    """The teacher's ranking as a function ``(vectors (n, dim), k) -> positions (n, k)``, nearest first, -1 where missing.
+
+    ``neighbors``: None (exact inner-product search over ``pool``), a thresher
+    IVF-Flat index over the pool (searched with :class:`GroupedIVFSearch`), or
+    anything with ``search_positions(vectors, k)``.
+    """
     from thresher.selectors._base import ArrayPool
 
-    k = p + m + 1
-    searched = pool.vectors if isinstance(pool, ArrayPool) else pool
+    if neighbors is None:
+        searched = pool.vectors if isinstance(pool, ArrayPool) else pool
+        return lambda vectors, k: exact_search(searched, vectors, k, metric="ip")[1]
     grouped = GroupedIVFSearch.of(neighbors, pool.n_rows)
+    if grouped is not None:
+        return grouped.search
+    return lambda vectors, k: neighbors.search_positions(vectors, k)[1]
+
+
+def window_neighbors_of_blocks(pool: PoolLike, blocks: Any, neighbors: Any, p: int, m: int) -> np.ndarray:
+    """:func:`window_neighbors` for the given blocks of ``pool`` only (a job's partition), rows in block order."""
+    search = teacher_search(pool, neighbors)
     parts = []
     for block in blocks:
         positions = np.arange(block.start, block.start + len(block.ids), dtype=np.int64)
-        if neighbors is None:
-            _, found = exact_search(searched, block.vectors, k, metric="ip")
-        elif grouped is not None:
-            found = grouped.search(block.vectors, k)
-        else:
-            _, found = neighbors.search_positions(block.vectors, k)
-        parts.append(drop_self(found, positions)[:, p : p + m])
+        parts.append(drop_self(search(block.vectors, p + m + 1), positions)[:, p : p + m])
     return np.concatenate(parts) if parts else np.empty((0, m), dtype=np.int64)
+
+
+#: What the grouped IVF search's per-block candidate lists may take: queries x nprobe x k (float32 key + int64 position).
+SEARCH_BLOCK_BYTES = 256 << 20
+
+
+def search_block_rows(pool: PoolLike, neighbors: Any, k: int) -> int:
+    """Queries to search at once. 8,192, or for the grouped IVF search as many as its candidate lists allow in
+    :data:`SEARCH_BLOCK_BYTES` (8,192 to 65,536): its cost per block is a pass over every probed list, so
+    bigger blocks mean fewer, larger matrix products (at 1M rows, IVF2048 nprobe 2, 20k queries in one block
+    took about 2.5x less CPU than in blocks of 8,192)."""
+    if not GroupedIVFSearch.applies(neighbors, pool.n_rows):
+        return 8192
+    import faiss
+
+    nprobe = max(1, int(faiss.extract_index_ivf(neighbors.faiss_index).nprobe))
+    return int(min(65_536, max(8192, SEARCH_BLOCK_BYTES // (nprobe * k * 12))))
+
+
+def window_of_rows(pool: PoolLike, positions: np.ndarray, neighbors: Any, p: int, m: int, *, block_rows: int | None = None) -> np.ndarray:
+    """:func:`window_neighbors` of the rows at ``positions`` (any rows of ``pool``, e.g. one coarse part), searched
+    ``block_rows`` at a time (default :func:`search_block_rows`)."""
+    search = teacher_search(pool, neighbors)
+    block_rows = search_block_rows(pool, neighbors, p + m + 1) if block_rows is None else block_rows
+    index = np.int32 if pool.n_rows < 2**31 else np.int64
+    out = np.empty((len(positions), m), dtype=index)
+    for lo in range(0, len(positions), block_rows):
+        rows = positions[lo : lo + block_rows]
+        out[lo : lo + len(rows)] = drop_self(search(pool.take(rows), p + m + 1), rows)[:, p : p + m]
+    return out
 
 
 def reciprocal_graph(window: np.ndarray) -> Any:
@@ -99,13 +142,17 @@ def reciprocal_graph(window: np.ndarray) -> Any:
     return both
 
 
-def metis_parts(graph: Any, n_parts: int) -> np.ndarray:
-    """METIS k-way partition of ``graph`` (scipy CSR) into ``n_parts`` parts; part id per node."""
+def metis_parts(graph: Any, n_parts: int, *, seed: int | None = None) -> np.ndarray:
+    """METIS k-way partition of ``graph`` (scipy CSR) into ``n_parts`` parts; part id per node.
+
+    ``seed`` is METIS's own random seed (None: METIS's default, itself fixed).
+    """
     import pymetis
 
     if n_parts <= 1:
         return np.zeros(graph.shape[0], dtype=np.int64)
-    _, membership = pymetis.part_graph(n_parts, xadj=graph.indptr.astype(np.int64), adjncy=graph.indices.astype(np.int64))
+    options = None if seed is None else pymetis.Options(seed=int(seed) % (2**31 - 1))
+    _, membership = pymetis.part_graph(n_parts, xadj=graph.indptr.astype(np.int64), adjncy=graph.indices.astype(np.int64), options=options)
     return np.asarray(membership, dtype=np.int64)
 
 
@@ -131,16 +178,41 @@ def equal_communities(parts: np.ndarray, community_size: int) -> tuple[list[np.n
     return communities, rest[n_whole * community_size :]
 
 
-def mean_in_batch_similarity(pool: PoolLike, batches: Sequence[np.ndarray]) -> float:
-    """Mean cosine between distinct members of the same batch, averaged over batches."""
+def community_similarity(pool: PoolLike, communities: np.ndarray, *, block_rows: int = 16_384) -> np.ndarray:
+    """Per community (a row of ``communities``, shape (n, K), K >= 2), the mean cosine between its distinct members."""
+    n, size = communities.shape
+    out = np.empty(n, dtype=np.float64)
+    step = max(1, block_rows // max(size, 1))
+    for lo in range(0, n, step):
+        rows = communities[lo : lo + step].ravel()
+        x = normalize_rows(pool.take(rows), what="the pool's embeddings", positions=rows).reshape(-1, size, pool.dim)
+        s = x.sum(axis=1)
+        out[lo : lo + len(x)] = (np.einsum("ij,ij->i", s, s) - size) / (size * (size - 1))
+    return out
+
+
+def mean_in_batch_similarity(pool: PoolLike, batches: Sequence[np.ndarray], *, block_rows: int = 65_536) -> float:
+    """Mean cosine between distinct members of the same batch, averaged over batches.
+
+    The rows of consecutive batches are read together, about ``block_rows`` at a
+    time: one read per store shard serves many batches.
+    """
     values = []
-    for members in batches:
-        if len(members) < 2:
-            continue
-        rows = np.sort(members)
+    batches = [np.sort(members) for members in batches if len(members) >= 2]
+    lo = 0
+    while lo < len(batches):
+        hi, size = lo + 1, len(batches[lo])
+        while hi < len(batches) and size + len(batches[hi]) <= block_rows:
+            size += len(batches[hi])
+            hi += 1
+        rows = np.concatenate(batches[lo:hi])
         x = normalize_rows(pool.take(rows), what="the pool's embeddings", positions=rows)  # a zero row has no cosine: refused, named
-        s = x.sum(axis=0)
-        values.append((s @ s - len(x)) / (len(x) * (len(x) - 1)))
+        start = 0
+        for members in batches[lo:hi]:
+            s = x[start : start + len(members)].sum(axis=0)
+            start += len(members)
+            values.append((s @ s - len(members)) / (len(members) * (len(members) - 1)))
+        lo = hi
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -179,8 +251,26 @@ class BatchMiner(BlockwiseSelector):
         Per row, this many ids sampled from its rank window, stored as ``hard_negatives``.
     drop_last : bool, default True
         Drop the last batch when it has fewer than ``batch_size / community_size`` communities.
+    partition : {"auto", "one_level", "two_level"}, default "auto"
+        ``"one_level"``: one METIS call over the whole graph (the paper's way;
+        the graph and every rank window in one process). ``"two_level"``:
+        coarse regions first (seeded k-means), METIS inside each
+        (:mod:`thresher.selectors.b3_partition`); edges between regions are
+        lost, no process holds the whole graph. ``"auto"``: one level up to
+        ``ONE_LEVEL_MAX_ROWS`` (250,000) rows, two above.
+    part_rows : int, default 100,000
+        Two levels: the coarse k-means makes ``ceil(n_rows / part_rows)`` regions.
+    rank_scope : {"pool", "part"}, default "pool"
+        ``"pool"``: the teacher ranks every row among the whole pool (through
+        ``neighbors``, the pool's index, or exact search), as the paper does.
+        ``"part"``: among the rows of its part only (always two levels; a pool
+        of at most ``part_rows`` rows is one part per source): no index over
+        the pool is needed and the cost grows linearly with the pool
+        (:func:`~thresher.selectors.b3_partition.part_rank_windows`); ranks
+        differ from the pool's near the parts' borders.
     seed : int, default 0
-        Shuffles community and batch order, and samples hard negatives.
+        Shuffles community and batch order, samples hard negatives, seeds the
+        coarse k-means and (per part) METIS.
 
     ``select(pool, budget=1.0, neighbors=index, groups=None, window=None)``:
     ``neighbors`` is a thresher FAISS index over the pool (None: exact search);
@@ -188,11 +278,16 @@ class BatchMiner(BlockwiseSelector):
     ``window`` the teacher rank windows when already computed (by a job). The budget is
     the share of the pool to batch (1.0 = all).
 
-    Distributed protocol (:class:`~thresher.selectors._base.BlockwiseSelector`):
+    Distributed protocol, one level (:class:`~thresher.selectors._base.BlockwiseSelector`):
     the teacher search is the block-wise part. ``prepare`` checks the pool and
     gives the :class:`TeacherWindows`; ``partial`` searches the windows of a
     block's rows (``neighbors=``: the index opened where it runs); ``merge``
     stitches adjacent row ranges; ``finish`` builds the graph and the batches.
+
+    Two levels: ``prepare``; :meth:`coarse_centroids` (driver, a sample);
+    :meth:`assign_regions` over blocks (any worker); :meth:`plan_parts` (driver);
+    :meth:`mine_part` per part (any worker: teacher windows, graph, METIS);
+    :meth:`finish_parts` (driver: leftovers, batches).
     """
 
     name = "b3"
@@ -202,16 +297,23 @@ class BatchMiner(BlockwiseSelector):
         "rank_window": [Check(_rank_window, "a pair (p, p + m) of ints with 0 <= p < p + m")],
         "n_hard_negatives": [Interval(int, 0, None)],
         "drop_last": ["boolean"],
+        "partition": [StrOptions("auto", "one_level", "two_level")],
+        "part_rows": [Interval(int, 1, None)],
+        "rank_scope": [StrOptions("pool", "part")],
         "seed": SEED,
     }
 
     def __init__(self, *, batch_size: int = 1024, community_size: int = 32, rank_window: tuple[int, int] = (30, 130),
-                 n_hard_negatives: int = 0, drop_last: bool = True, seed: int = 0):
+                 n_hard_negatives: int = 0, drop_last: bool = True, partition: Literal["auto", "one_level", "two_level"] = "auto",
+                 part_rows: int = DEFAULT_PART_ROWS, rank_scope: Literal["pool", "part"] = "pool", seed: int = 0):
         self.batch_size = batch_size
         self.community_size = community_size
         self.rank_window = rank_window
         self.n_hard_negatives = n_hard_negatives
         self.drop_last = drop_last
+        self.partition = partition
+        self.part_rows = part_rows
+        self.rank_scope = rank_scope
         self.seed = seed
 
     def _check_param_relations(self) -> None:
@@ -226,6 +328,22 @@ class BatchMiner(BlockwiseSelector):
                 f"The 'n_hard_negatives' parameter of BatchMiner ({self.n_hard_negatives}) must be at most the width of "
                 f"'rank_window' {tuple(int(v) for v in self.rank_window)} (m = {width}): hard negatives are drawn from that window."
             )
+        if self.part_rows < self.community_size:
+            raise ParameterError(
+                f"The 'part_rows' parameter of BatchMiner ({self.part_rows}) must be at least 'community_size' ({self.community_size}): "
+                "a coarse part smaller than a community gives none."
+            )
+        if self.rank_scope == "part" and self.partition == "one_level":
+            raise ParameterError("The 'rank_scope' parameter of BatchMiner is 'part', which needs parts: 'partition' must be "
+                                 "'two_level' or 'auto', not 'one_level'.")
+
+    def two_levels(self, n_rows: int) -> bool:
+        """Whether a pool of ``n_rows`` rows is partitioned in two levels (``partition``; "auto": above ``ONE_LEVEL_MAX_ROWS``,
+        or always with ``rank_scope="part"``)."""
+        return self.partition == "two_level" or (self.partition == "auto" and (n_rows > ONE_LEVEL_MAX_ROWS or self.rank_scope == "part"))
+
+    def _seed(self) -> int:
+        return int(self.seed) if isinstance(self.seed, (int, np.integer)) else 0
 
     # -- the distributed protocol (BlockwiseSelector): the teacher's rank windows are the block-wise part ---------
 
@@ -271,6 +389,18 @@ class BatchMiner(BlockwiseSelector):
     def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, neighbors: Any = None,
                 groups: Sequence[Any] | np.ndarray | None = None, window: np.ndarray | None = None) -> Selection:
         state = self.prepare(pool, budget=budget, rng=rng, neighbors=neighbors, groups=groups)
+        if self.two_levels(pool.n_rows):
+            if window is not None and self.rank_scope == "part":
+                raise ParameterError("BatchMiner takes 'window' (the teacher's ranks among the pool) with rank_scope='pool' only; "
+                                     "with rank_scope='part' each part ranks its own rows.")
+            if window is not None and np.shape(window) != (pool.n_rows, state.m):
+                raise InputDataError(f"'window' must have shape (n_rows, m) = ({pool.n_rows}, {state.m}); got {np.shape(window)}.")
+            centroids = self.coarse_centroids(pool)
+            region = np.concatenate([self.assign_regions(centroids, [block]) for block in pool.iter_blocks(65_536)])
+            plan = self.plan_parts(region, groups)
+            results = [self.mine_part(state, part, members, pool, neighbors=neighbors, window=None if window is None else np.asarray(window)[members])
+                       for part, members in enumerate(plan.members)]
+            return self.finish_parts(state, plan, results, pool, budget=budget, rng=rng)
         if window is None:
             blocks = pool.iter_blocks(self.block_rows_for(state, neighbors, pool.n_rows))
             merged = self.merge([self.partial(state, blocks, pool, neighbors=neighbors)])
@@ -280,41 +410,157 @@ class BatchMiner(BlockwiseSelector):
 
     def finish(self, state: TeacherWindows, merged: WindowRows, pool: PoolLike, *, budget: int | None = None,
                rng: np.random.Generator | None = None, groups: Sequence[Any] | np.ndarray | None = None) -> Selection:
-        """The driver's step: reciprocal graph of the windows, METIS communities, batches (module docstring, steps 2-4).
+        """The driver's step, one level: reciprocal graph of the windows, METIS communities, batches (module docstring, steps 2-4).
 
         ``budget`` (rows, default all) and ``rng`` (default: from ``seed``) as ``select`` passes them.
         """
         p, m, n = state.p, state.m, pool.n_rows
-        stop = p + m
-        budget = n if budget is None else budget
         rng = as_generator(self.seed, OWNER) if rng is None else rng
         window = merged.window
         if merged.start != 0 or window.shape != (n, m):
             raise InputDataError(f"'window' must have shape (n_rows, m) = ({n}, {m}) from row 0; got {window.shape} from row {merged.start}.")
         graph = reciprocal_graph(window)
-        group_labels = np.zeros(n, dtype=np.int64) if groups is None else np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
-        communities: list[np.ndarray] = []
+        group_labels = group_codes(groups, n)
+        found: list[np.ndarray] = []
         n_left_out = 0
         for g in np.unique(group_labels):
             members = np.flatnonzero(group_labels == g)
             sub = graph[members][:, members]
             parts = metis_parts(sub, len(members) // self.community_size)
-            found, rest = equal_communities(parts, self.community_size)
-            communities += [members[c] for c in found]
+            communities, rest = equal_communities(parts, self.community_size)
+            found += [members[c] for c in communities]
             n_left_out += len(rest)
+        communities = np.array(found, dtype=np.int64).reshape(len(found), self.community_size)
+        ids = pool.ids()
+        summary = {
+            "partition": "one_level",
+            "n_edges": int(graph.nnz // 2),
+            "n_isolated_rows": int((np.diff(graph.indptr) == 0).sum()),
+            "n_rows_left_out_by_equalising": int(n_left_out),
+            "mean_in_community_similarity": _mean(community_similarity(pool, communities)) if self.community_size > 1 else float("nan"),
+        }
+        del graph
+
+        def hard(positions: np.ndarray) -> list[list[Any]]:
+            return _as_id_lists(_hard_negative_positions(window[positions], self.n_hard_negatives, rng), ids)
+
+        return self._assemble(communities, group_labels[communities[:, 0]], pool, ids, budget=n if budget is None else budget, rng=rng,
+                              hard=hard, summary=summary)
+
+    # -- two levels: coarse regions, then METIS inside each part (module b3_partition) -----------------------
+
+    def coarse_centroids(self, pool: PoolLike) -> np.ndarray:
+        """The coarse regions' unit centroids: spherical k-means on a seeded sample of ``pool`` (the driver reads the sample only)."""
+        n_regions = b3_partition.n_coarse_parts(pool.n_rows, self.part_rows)
+        sample = b3_partition.coarse_sample(pool.n_rows, n_regions, self._seed())
+        return b3_partition.coarse_centroids(pool.take(sample), n_regions, self._seed())
+
+    def assign_regions(self, centroids: np.ndarray, blocks: Iterable[Any]) -> np.ndarray:
+        """Region of each row of ``blocks`` (in block order): its nearest centroid."""
+        parts = [b3_partition.assign_coarse(block.vectors, centroids) for block in blocks]
+        return np.concatenate(parts) if parts else np.empty(0, np.int32)
+
+    def plan_parts(self, region: np.ndarray, groups: Sequence[Any] | np.ndarray | None = None) -> PartPlan:
+        """The parts: non-empty (source group, region) pairs, from each row's region (and group)."""
+        n_regions = int(region.max()) + 1 if len(region) else 1
+        return b3_partition.plan_parts(region, None if groups is None else group_codes(groups, len(region)), n_regions)
+
+    def mine_part(self, state: TeacherWindows, part: int, members: np.ndarray, pool: PoolLike, neighbors: Any = None,
+                  window: np.ndarray | None = None, block_rows: int | None = None) -> PartCommunities:
+        """One part: its rows' teacher windows, the reciprocal graph inside the part, METIS, communities.
+
+        ``members`` are the part's sorted pool positions. Their windows are ranks in
+        the whole ``pool`` (``rank_scope="pool"``: ``window`` when already computed,
+        else searched through ``neighbors`` as :meth:`partial` does; entries that leave
+        the part are dropped) or among the part's rows (``rank_scope="part"``).
+        The search, METIS and the hard negatives take seeds derived from ``seed`` and
+        ``part``, so a part's result does not depend on where or with what else it runs.
+        """
+        members = np.asarray(members, dtype=np.int64)
+        if self.rank_scope == "part":
+            local = b3_partition.part_rank_windows(pool.take(members), state.p, state.m, derive_seed(self._seed(), "b3-part-ranks", part))
+            window = np.where(local >= 0, members[np.maximum(local, 0)], -1)
+            n_leaving = 0
+        else:
+            if window is None:
+                window = window_of_rows(pool, members, neighbors, state.p, state.m, block_rows=block_rows)
+            local, n_leaving = b3_partition.window_inside(members, window)
+        graph = reciprocal_graph(local)
+        parts = metis_parts(graph, len(members) // self.community_size, seed=derive_seed(self._seed(), "b3-metis", part))
+        found, rest = equal_communities(parts, self.community_size)
+        communities = members[np.array(found, dtype=np.int64).reshape(len(found), self.community_size)]
+        rest = members[rest]
+        hard = None
+        if self.n_hard_negatives:
+            order = np.searchsorted(members, np.concatenate([communities.ravel(), rest]))
+            hard = _hard_negative_positions(window[order], self.n_hard_negatives, as_generator(derive_seed(self._seed(), "b3-hard", part)))
+        return PartCommunities(
+            part=int(part), communities=communities, rest=rest,
+            similarity=community_similarity(pool, communities) if self.community_size > 1 else np.full(len(communities), np.nan),
+            hard_negatives=hard, n_edges=int(graph.nnz // 2), n_isolated_rows=int((np.diff(graph.indptr) == 0).sum()),
+            n_window_entries=int((window >= 0).sum()), n_window_entries_leaving=n_leaving,
+        )
+
+    def finish_parts(self, state: TeacherWindows, plan: PartPlan, results: Sequence[PartCommunities], pool: PoolLike, *,
+                     budget: int | None = None, rng: np.random.Generator | None = None) -> Selection:
+        """The driver's step, two levels: the parts' communities, the leftovers regrouped per group in part order, batches."""
+        n = pool.n_rows
+        rng = as_generator(self.seed, OWNER) if rng is None else rng
+        results = sorted(results, key=lambda r: r.part)
+        if [r.part for r in results] != list(range(plan.n_parts)):
+            raise ValueError(f"BatchMiner.finish_parts needs one result per part 0..{plan.n_parts - 1}; got parts {[r.part for r in results][:10]}.")
+        regrouped, regrouped_group, left = b3_partition.regroup_rests(list(results), plan.group, self.community_size)
+        communities = np.concatenate([r.communities for r in results] + [regrouped])
+        community_group = np.concatenate([np.full(len(r.communities), g, dtype=np.int64) for r, g in zip(results, plan.group)] + [regrouped_group])
+        similarity = np.concatenate([r.similarity for r in results]
+                                    + [community_similarity(pool, regrouped) if self.community_size > 1 and len(regrouped) else np.empty(0)])
+        n_entries = sum(r.n_window_entries for r in results)
+        summary = {
+            "partition": "two_level",
+            "n_parts": plan.n_parts,
+            "n_regions": plan.n_regions,
+            "largest_part_rows": max(len(m) for m in plan.members),
+            "n_edges": sum(r.n_edges for r in results),
+            "n_isolated_rows": sum(r.n_isolated_rows for r in results),
+            "rank_scope": self.rank_scope,
+            # with rank_scope="part" no entry can leave its part: the share is of "pool" ranks only
+            "window_entries_leaving_parts": (sum(r.n_window_entries_leaving for r in results) / n_entries if n_entries else 0.0)
+                                            if self.rank_scope == "pool" else None,
+            "n_communities_of_leftovers": len(regrouped),
+            "n_rows_left_out_by_equalising": int(len(left)),
+            "mean_in_community_similarity": _mean(similarity),
+        }
+        ids = pool.ids()
+        hard = None
+        if self.n_hard_negatives:
+            hard_of = np.full((n, self.n_hard_negatives), -1, dtype=np.int64)
+            for r in results:
+                hard_of[r.rows] = r.hard_negatives
+
+            def hard(positions: np.ndarray) -> list[list[Any]]:
+                return _as_id_lists(hard_of[positions], ids)
+
+        return self._assemble(communities, community_group, pool, ids, budget=n if budget is None else budget, rng=rng, hard=hard,
+                              summary=summary)
+
+    # -- batches from communities (both ways) ---------------------------------------------------------------
+
+    def _assemble(self, communities: np.ndarray, community_group: np.ndarray, pool: PoolLike, ids: np.ndarray, *, budget: int,
+                  rng: np.random.Generator, hard: Any, summary: dict[str, Any]) -> Selection:
+        """Batches of ``batch_size / K`` whole communities (shape (n, K)) of one group each, shuffled with ``rng``; the Selection."""
+        p, stop, n = int(self.rank_window[0]), int(self.rank_window[1]), pool.n_rows
         per_batch = self.batch_size // self.community_size
-        community_group = np.array([group_labels[c[0]] for c in communities], dtype=np.int64)
-        batches: list[list[int]] = []
+        batches: list[np.ndarray] = []
         n_dropped_communities = 0
         for g in np.unique(community_group):
-            ids = np.flatnonzero(community_group == g)
-            ids = ids[rng.permutation(len(ids))]
-            for lo in range(0, len(ids), per_batch):
-                chunk = ids[lo : lo + per_batch]
+            members = np.flatnonzero(community_group == g)
+            members = members[rng.permutation(len(members))]
+            for lo in range(0, len(members), per_batch):
+                chunk = members[lo : lo + per_batch]
                 if len(chunk) < per_batch and self.drop_last:
                     n_dropped_communities += len(chunk)
                     continue
-                batches.append(chunk.tolist())
+                batches.append(chunk)
         batch_order = rng.permutation(len(batches))
         batches = [batches[b] for b in batch_order]
         n_keep_batches = min(len(batches), max(1, -(-budget // self.batch_size))) if budget < n else len(batches)
@@ -322,26 +568,26 @@ class BatchMiner(BlockwiseSelector):
         if not batches:
             raise ParameterError(f"No complete batch of {self.batch_size} rows could be formed from {n} rows; lower batch_size or pass drop_last=False.")
 
-        positions = np.concatenate([communities[c] for batch in batches for c in batch])
-        batch_col = np.concatenate([np.full(sum(len(communities[c]) for c in batch), b) for b, batch in enumerate(batches)])
-        community_col = np.concatenate([np.full(len(communities[c]), c) for batch in batches for c in batch])
-        position_col = np.concatenate([np.arange(sum(len(communities[c]) for c in batch)) for batch in batches])
+        size = self.community_size
+        chosen = np.concatenate(batches)
+        positions = communities[chosen].ravel()
+        lengths = np.array([len(b) * size for b in batches])
+        batch_col = np.repeat(np.arange(len(batches)), lengths)
+        community_col = np.repeat(chosen, size)
+        position_col = np.arange(len(positions)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         columns: dict[str, Any] = {"batch": batch_col, "community": community_col, "position": position_col}
-        ids = pool.ids()
         if self.n_hard_negatives:
-            columns["hard_negatives"] = _hard_negatives(window[positions], self.n_hard_negatives, rng, ids)
-        b3_batches = [np.concatenate([communities[c] for c in batch]) for batch in batches]
+            columns["hard_negatives"] = hard(positions)
+        b3_batches = [communities[b].ravel() for b in batches]
         shuffled = positions[rng.permutation(len(positions))]
         random_batches = [shuffled[i : i + len(b)] for i, b in zip(np.cumsum([0] + [len(b) for b in b3_batches[:-1]]), b3_batches)]
         summary = {
             "n_rows": n,
-            "n_edges": int(graph.nnz // 2),
-            "n_isolated_rows": int((np.diff(graph.indptr) == 0).sum()),
+            **summary,
             "n_communities": len(communities),
             "n_batches": len(batches),
             "n_rows_batched": int(len(positions)),
             "n_rows_left_out": int(n - len(positions)),
-            "n_rows_left_out_by_equalising": int(n_left_out),
             "n_communities_dropped_with_last_batch": int(n_dropped_communities),
             "mean_in_batch_similarity": mean_in_batch_similarity(pool, b3_batches),
             "mean_in_batch_similarity_random": mean_in_batch_similarity(pool, random_batches),
@@ -350,9 +596,25 @@ class BatchMiner(BlockwiseSelector):
                          params={**self.get_params(), "rank_window": [p, stop]}, columns=columns, seed=self.seed, summary=summary)
 
 
-def _hard_negatives(window: np.ndarray, n_hard: int, rng: np.random.Generator, ids: np.ndarray) -> list[list[Any]]:
-    """Per row, ``n_hard`` ids drawn without replacement from its teacher rank window (top p already excluded)."""
+def group_codes(groups: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
+    """Source labels as codes 0..g-1 (sorted label order); all 0 without groups."""
+    if groups is None:
+        return np.zeros(n, dtype=np.int64)
+    return np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+def _mean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _hard_negative_positions(window: np.ndarray, n_hard: int, rng: np.random.Generator) -> np.ndarray:
+    """Per row, ``n_hard`` positions drawn without replacement from its teacher rank window (top p already excluded); -1 where missing."""
     keys = rng.random(window.shape)
     keys[window < 0] = np.inf
-    picks = np.take_along_axis(window, np.argsort(keys, axis=1)[:, :n_hard], axis=1)
+    return np.take_along_axis(window, np.argsort(keys, axis=1)[:, :n_hard], axis=1)
+
+
+def _as_id_lists(picks: np.ndarray, ids: np.ndarray) -> list[list[Any]]:
+    """Per row, the ids of its valid (>= 0) picked positions."""
     return [[ids[j] for j in row if j >= 0] for row in picks.tolist()]
