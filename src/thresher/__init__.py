@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "embed": "thresher.pipeline.embed",
+    "import_embeddings": "thresher.stores.embedding_import",
     "build_index": "thresher.stores.index",
     "open_index": "thresher.stores.index",
     "open_embedding_store": "thresher.stores.embedding_store",
@@ -24,6 +25,7 @@ _LAZY = {
     "open_pool": "thresher.stores.pool",
     "EncoderSpec": "thresher.embeddings.encoders",
     "dask_client": "thresher.jobs.cluster",
+    "explore": "thresher.explore",  # the subpackage, callable: thresher.explore(run, out) writes the page
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -31,7 +33,8 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        return module if module.__name__ == f"thresher.{name}" else getattr(module, name)
     raise AttributeError(f"module 'thresher' has no attribute {name!r}")
 
 

@@ -48,6 +48,12 @@ class RuntimeConfig:
         Memory an index may use (``THRESHER_MEMORY_BUDGET``, bytes, default 4 GiB).
     scheduler_timeout : int
         Seconds to wait for an existing scheduler to answer (``THRESHER_SCHEDULER_TIMEOUT``, default 10).
+    slurm_startup_timeout : int
+        Seconds SLURM worker jobs may stay queued before the first worker connects, and the longest
+        time without any connected worker during the work (``THRESHER_SLURM_STARTUP_TIMEOUT``, default 600).
+    slurm_poll_interval : int
+        Seconds between two looks at the SLURM worker jobs' states (``squeue``) while fewer workers are
+        connected than asked (``THRESHER_SLURM_POLL_INTERVAL``, default 10).
     """
 
     block_rows: int = field(default_factory=lambda: _env_int("THRESHER_BLOCK_ROWS", 65_536))
@@ -55,6 +61,8 @@ class RuntimeConfig:
     scheduler: str | None = field(default_factory=lambda: _env_str("THRESHER_SCHEDULER", None))
     memory_budget_bytes: int = field(default_factory=lambda: _env_int("THRESHER_MEMORY_BUDGET", 4 << 30))
     scheduler_timeout: int = field(default_factory=lambda: _env_int("THRESHER_SCHEDULER_TIMEOUT", 10))
+    slurm_startup_timeout: int = field(default_factory=lambda: _env_int("THRESHER_SLURM_STARTUP_TIMEOUT", 600))
+    slurm_poll_interval: int = field(default_factory=lambda: _env_int("THRESHER_SLURM_POLL_INTERVAL", 10))
 
 
 def runtime_config() -> RuntimeConfig:

@@ -49,10 +49,12 @@ def verify_run(path: Path, manifest: dict[str, Any]) -> tuple[int, int]:
     if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("dir"), str) for s in steps):
         raise ArtifactError(f"{path / 'manifest.json'} has a malformed 'steps' list.")
     root = path.resolve()
+    # a run over an existing store reads it in place: its one step outside the run directory, recorded as the run's store
+    store = (manifest.get("embedding_store") or {}).get("path")
     n_files = 0
     for step in steps:
         name, directory = step.get("name", "?"), path / step["dir"]
-        if not directory.resolve().is_relative_to(root):
+        if not directory.resolve().is_relative_to(root) and not (store is not None and step["dir"] == store):
             raise ArtifactError(f"The run at {path} lists step {name!r} in {step['dir']!r}, outside the run directory.")
         if not directory.is_dir():
             raise ArtifactError(f"The run at {path} lists step {name!r} in {directory}, which is missing; run the spec again to rebuild it.")
@@ -141,10 +143,17 @@ def _embeddings(path: Path, m: dict[str, Any], n_rows: int) -> list[str]:
     lines = [
         f"  rows {store.n_rows} in {store.n_shards} shards; dim {store.dim}, {store.dtype}, {'L2-normalised' if store.normalized else 'not normalised'}",
         f"  model {store.model}  pooling {store.pooling or 'model default'}  layer {store.layer}",
-        f"  pool {json.dumps(m.get('pool', {}).get('sources', m.get('pool')))[:300]}",
-        f"  text {json.dumps(m.get('text'))[:200]}",
-        f"  truncated texts {m.get('n_truncated', 0)}  tokens {m.get('n_tokens', 0)}  resumed partitions {m.get('n_resumed_partitions', 0)}",
     ]
+    source = m.get("source") or {}
+    if source.get("kind") == "import":  # `thresher embeddings import`: vectors made elsewhere, no pool of its own
+        files = [r.get("source") for r in source.get("vector_files", []) + source.get("id_files", [])]
+        lines.append(f"  imported from {json.dumps(files)[:300]} (source dtypes {', '.join(source.get('source_dtypes', []))})")
+    else:
+        lines += [
+            f"  pool {json.dumps((m.get('pool') or {}).get('sources', m.get('pool')))[:300]}",
+            f"  text {json.dumps(m.get('text'))[:200]}",
+            f"  truncated texts {m.get('n_truncated', 0)}  tokens {m.get('n_tokens', 0)}  resumed partitions {m.get('n_resumed_partitions', 0)}",
+        ]
     if store.n_rows and n_rows:
         ids, vectors = store.shard_ids(0)[:n_rows], np.asarray(store.shard_embeddings(0)[:n_rows], dtype=np.float32)
         lines.append("  first rows:")
@@ -180,7 +189,52 @@ def _curated(path: Path, m: dict[str, Any], n_rows: int) -> list[str]:
         lines.append("  first rows:")
         for row in table.to_pylist():
             lines.append("    " + _short_row(row))
+    if n_rows:
+        lines += _row_facts(path, m, shards, n_rows)
     return lines
+
+
+def _row_facts(path: Path, m: dict[str, Any], shards: Any, n_rows: int) -> list[str]:
+    """Why rows were kept or dropped, in the steps' own words: the per-row facts each selector stored (first ``n_rows``)."""
+    from thresher.stores.arrow_io import read_stream_shard
+    from thresher.stores.manifest import artifact_file
+
+    selector, columns = m.get("selector"), set(m.get("selection_columns") or [])
+    attached = {a["file"] for a in m.get("attachments", [])}
+    lines: list[str] = []
+    first = next(iter(shards.tables())).slice(0, n_rows).to_pylist() if shards.n_rows else []
+    if selector == "rds_plus" and "nearest_target" in columns:
+        tasks = [str(t) for t in (m.get("params") or {}).get("targets") or []]
+        texts: dict[tuple[str, int], str] = {}
+        if "targets.arrow" in attached:
+            for r in read_stream_shard(artifact_file(path, "targets.arrow", key="attachments")).to_pylist():
+                texts[(r["task"], r["position"])] = r["text"] or ""
+        lines.append("  per-row facts (RDS+: score per task, and the target example each row is closest to; targets.arrow holds them):")
+        for row in first:
+            parts = [f"picked by {row.get('task')}"]
+            for t, task in enumerate(tasks):
+                k = row["nearest_target"][t]
+                quote = _quote(texts.get((task, k), ""))
+                parts.append(f"{task} {row['task_scores'][t]:.4f}, closest {task} example #{k}{': ' + quote if quote else ''}")
+            lines.append(f"    id={row['id']!s}: " + "; ".join(parts))
+    elif selector == "semdedup" and "removed.arrow" in attached:
+        removed = read_stream_shard(artifact_file(path, "removed.arrow", key="attachments")).slice(0, n_rows).to_pylist()
+        lines.append("  per-row facts (SemDeDup: each removed row, the kept row it duplicates and their cosine; removed.arrow holds them):")
+        lines += [f"    {r['id']!s} duplicates {r['duplicate_of']!s} (cosine {r['similarity']:.4f}, cluster {r['cluster']})" for r in removed]
+    elif selector == "smote" and "parents" in columns:
+        last = read_stream_shard(shards.files[-1]) if shards.files else None
+        synthetic = [r for r in (last.select(["id", "parents", "gap"]).to_pylist() if last is not None else []) if r["parents"]][:n_rows]
+        lines.append("  per-row facts (SMOTE: each synthetic row's parents, base then neighbour, and the gap along the line between them):")
+        lines += [f"    {r['id']!s} = {r['parents'][0]!s} + {r['gap']:.4f} x ({r['parents'][1]!s} - {r['parents'][0]!s})" for r in synthetic]
+    elif selector == "b3" and "community" in columns:
+        lines.append("  per-row facts (B3: batch, community, position in the batch):")
+        lines += [f"    id={row['id']!s}: batch {row.get('batch')}, community {row.get('community')}, position {row.get('position')}" for row in first]
+    return lines
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return json.dumps(text if len(text) <= limit else text[:limit] + "…", ensure_ascii=False)
 
 
 def _describe_shard_file(path: Path, n_rows: int) -> str:

@@ -47,6 +47,14 @@ class EnvironmentProblemError(ThresherError):
     exit_code = 1
 
 
+class SlurmJobError(EnvironmentProblemError):
+    """SLURM worker jobs cannot do the work: sbatch refused them, they never started, or they keep ending.
+
+    Raised after every job thresher submitted has been cancelled (see :mod:`thresher.jobs.slurm`);
+    the message names SLURM's own reason (sbatch's error, ``squeue``'s reason, the job's state and log file).
+    """
+
+
 def parameter_error(owner: str, name: str, expected: str, got: Any) -> ParameterError:
     """Build the standard message for a bad parameter.
 

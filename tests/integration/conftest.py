@@ -62,3 +62,33 @@ def write_random_store(pool_path: Path, out: Path, *, partition_rows: int, dim: 
 def make_random_store():
     """``make_random_store(pool_path, out, partition_rows=…)``: see :func:`write_random_store`."""
     return write_random_store
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A throw-away single-node SLURM cluster (``slurm_cluster.py`` beside this file), ``SLURM_CONF`` naming it for the session.
+
+    Skips, giving the reason, only where SLURM is not installed or the daemons cannot be started (not root).
+    At the end its daemons and job processes are stopped by pid, and a job left in the queue fails the session.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("thresher_tests_slurm_cluster", Path(__file__).with_name("slurm_cluster.py"))
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    reason = helper.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = helper.SlurmTestCluster(tmp_path_factory.mktemp("slurm"))
+    with pytest.MonkeyPatch.context() as patch:
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.stop()
+            raise
+        patch.setenv("SLURM_CONF", str(cluster.conf))
+        try:
+            yield cluster
+        finally:
+            left = cluster.stop()
+        assert not left, f"jobs left in the test SLURM queue: {left}"

@@ -232,7 +232,7 @@ class Case:
     @property
     def command(self) -> str:
         words = [w for w in self.argv[:2] if not w.startswith("-")]
-        return "thresher " + " ".join(words if words[0] in ("select", "plan") else words[:1])
+        return "thresher " + " ".join(words if words[0] in ("select", "plan", "embeddings") else words[:1])
 
 
 def _good_predictions(i: int) -> list[float]:
@@ -388,6 +388,11 @@ CASES: list[Case] = [
          "--community-size", "2", "--rank-window", "2:6", "--out", "{tmp}/out", "--local", "--quiet"), r"id='r5'.*emb_nan/part-00000\.arrow is not finite"),
     Case("batches-zero-vector", "a zero vector in the pool store", ("select", "batches", "--pool-embeddings", "{emb_zero}", "--batch-size", "4",
          "--community-size", "2", "--rank-window", "2:6", "--out", "{tmp}/out", "--local", "--quiet"), r"Row 3 of the pool's embeddings is a zero vector"),
+    Case("batches-part-rows-below-community", "--part-rows smaller than --community-size", (*BATCHES, "--batch-size", "4",
+         "--community-size", "4", "--rank-window", "2:6", "--part-rows", "2"), r"'part_rows' parameter of BatchMiner \(2\) must be at least 'community_size' \(4\)"),
+    Case("batches-part-ranks-one-level", "--rank-scope part with --partition one_level", (*BATCHES, "--batch-size", "4",
+         "--community-size", "2", "--rank-window", "2:6", "--rank-scope", "part", "--partition", "one_level"),
+         r"'rank_scope' parameter of BatchMiner is 'part'.*not 'one_level'"),
     # ---- select acquire
     Case("acquire-nan-probability", "a NaN probability", (*ACQUIRE, "--predictions", "{tmp}/preds.parquet", "--method", "entropy", "--budget", "3"),
          r"^error: The predictions .*preds\.parquet hold a non-finite .*'r4'", (predictions(probs=lambda i: [float("nan"), 1.0] if i == 4 else _good_predictions(i)),)),
@@ -565,6 +570,52 @@ def run_dir(*, step_dir: str = "embeddings", copy: bool = False, edit: Callable[
     return make
 
 
+def npy(name: str, make_array: Callable[[], np.ndarray]) -> Callable[[Path, World], None]:
+    return lambda tmp, world: np.save(tmp / name, make_array())
+
+
+def vectors_parquet(name: str, ids: list, rows: list[list[float]] | np.ndarray, value_type=pa.float32()) -> Callable[[Path, World], None]:
+    """A Parquet file of ``id`` + ``embedding`` (a list column: rows may differ in width)."""
+    def make(tmp: Path, world: World) -> None:
+        values = rows.tolist() if isinstance(rows, np.ndarray) else rows
+        pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "embedding": pa.array(values, pa.list_(value_type))}), tmp / name)
+    return make
+
+
+def _units(n: int, dim: int = 4) -> np.ndarray:
+    x = np.random.default_rng(n).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _with(array: np.ndarray, row: int, col: int, value: float) -> np.ndarray:
+    array = array.copy()
+    array[row, col] = value
+    return array
+
+
+IMPORT = ("embeddings", "import")
+IMPORT_OPTS = ("--out", "{tmp}/out", "--model", "my-model", "--quiet")
+
+
+def store_spec(*, embedding: str = "", rows: Callable[[], list[dict]] | None = None) -> Callable[[Path, World], None]:
+    """A run spec over the world's store, used in place (``embedding: {store: ...}`` plus ``embedding`` lines), with the world's
+    pool or, given ``rows``, a pool.jsonl of them."""
+    def make(tmp: Path, world: World) -> None:
+        pool = world.pool
+        if rows is not None:
+            pool = tmp / "pool.jsonl"
+            write_jsonl(pool, rows())
+        (tmp / "spec.yaml").write_text(f"pool:\n  path: {pool}\n  id_column: uid\nembedding:\n  store: {world.emb}\n{embedding}"
+                                       "steps:\n  - {step: semdedup, n_clusters: 2, eps: 0.1}\n", encoding="utf-8")
+    return make
+
+
+def _one_id_swapped() -> list[dict]:
+    """The world's pool with row r5 gone and a row r99 the store never saw."""
+    rows = pool_rows()
+    return rows[:5] + rows[6:] + [{**rows[5], "uid": "r99"}]
+
+
 TEXT_ROWS = [{"text": "first"}, {"text": "second"}]
 CHAT = ("--messages-column", "messages")
 
@@ -650,6 +701,50 @@ CASES_INPUTS: list[Case] = [
          r"run/embeddings/part-00001\.arrow.*(corrupt|truncated)", (run_dir(copy=True, edit=truncate_shard),), out=None),
     Case("inspect-run-step-outside", "a run manifest pointing a step outside the run, with --verify", ("inspect", "{tmp}/run", "--verify"),
          r"lists step 'embed' in '\.\./elsewhere', outside the run directory", (run_dir(step_dir="../elsewhere"),), out=None),
+    # ---- thresher embeddings import: vectors made elsewhere
+    Case("import-nan", "an imported vector holding NaN", (*IMPORT, "{tmp}/v.npy", "--ids", "{tmp}/ids.npy", *IMPORT_OPTS),
+         r"The vector of id=3 \(row 3 of .*v\.npy\) holds NaN or infinity; every value must be finite",
+         (npy("v.npy", lambda: _with(_units(6), 3, 1, np.nan)), npy("ids.npy", lambda: np.arange(6)))),
+    Case("import-float16-overflow", "a float64 value beyond float16's range, stored as float16", (*IMPORT, "{tmp}/v.npy", "--ids", "{tmp}/ids.npy",
+         "--dtype", "float16", *IMPORT_OPTS), r"The vector of id=2 \(row 2 of .*v\.npy\) holds 70000, beyond float16's range \(±65504\)",
+         (npy("v.npy", lambda: _with(_units(6).astype(np.float64), 2, 0, 7e4)), npy("ids.npy", lambda: np.arange(6)))),
+    Case("import-duplicate-id", "an id given twice", (*IMPORT, "{tmp}/v.parquet", *IMPORT_OPTS),
+         r"The id 'b' appears 2 times \(row 1 of .*v\.parquet and row 3 of .*v\.parquet\): ids must be unique",
+         (vectors_parquet("v.parquet", ["a", "b", "c", "b"], _units(4)),)),
+    Case("import-ragged-vectors", "vectors of different widths in a list column", (*IMPORT, "{tmp}/v.parquet", *IMPORT_OPTS),
+         r"The vector at row 2 \(id='c', 0-based\) of .*v\.parquet has 3 values; the vectors before it have 4",
+         (vectors_parquet("v.parquet", ["a", "b", "c"], [[0.5] * 4, [0.5] * 4, [0.5] * 3]),)),
+    Case("import-dim-across-files", "two vector files of different widths", (*IMPORT, "{tmp}/a.npy", "{tmp}/b.npy", "--ids", "{tmp}/ids.txt", *IMPORT_OPTS),
+         r"The vectors of .*b\.npy have dim 5; those of .*a\.npy have dim 4: all files must have one width",
+         (npy("a.npy", lambda: _units(3)), npy("b.npy", lambda: _units(3, 5)), text("ids.txt", "a\nb\nc\nd\ne\nf\n"))),
+    Case("import-npy-without-ids", ".npy vectors without an ids file", (*IMPORT, "{tmp}/v.npy", *IMPORT_OPTS),
+         r"v\.npy holds vectors without ids; give the ids in another file", (npy("v.npy", lambda: _units(3)),)),
+    Case("import-ids-count", "one id fewer than vectors", (*IMPORT, "{tmp}/v.npy", "--ids", "{tmp}/ids.txt", *IMPORT_OPTS),
+         r"The ids files hold 2 ids \(ids\.txt: 2\) but the vector files hold 3 rows \(v\.npy: 3\)",
+         (npy("v.npy", lambda: _units(3)), text("ids.txt", "a\nb\n"))),
+    Case("import-int-vectors", "a vector column of integers", (*IMPORT, "{tmp}/v.parquet", *IMPORT_OPTS),
+         r"The vector column 'embedding' of .*v\.parquet holds list<\w+: int64> values; vectors must be lists",
+         (vectors_parquet("v.parquet", ["a", "b"], [[1, 2], [3, 4]], pa.int64()),)),
+    Case("import-empty", "a vector file with no rows", (*IMPORT, "{tmp}/v.parquet", *IMPORT_OPTS),
+         r"The vector files hold no rows \(.*v\.parquet\); there is nothing to import", (vectors_parquet("v.parquet", [], []),)),
+    Case("import-stated-normalized", "--normalized over vectors whose norm is not 1", (*IMPORT, "{tmp}/v.npy", "--ids", "{tmp}/ids.npy",
+         "--normalized", *IMPORT_OPTS), r"The vector of id=0 \(row 0 of .*v\.npy\) has L2 norm 2, not 1 .*stated to be normalised",
+         (npy("v.npy", lambda: 2 * _units(3)), npy("ids.npy", lambda: np.arange(3)))),
+    Case("import-into-users-dir", "--out a directory of the user's files, with --overwrite", (*IMPORT, "{tmp}/v.npy", "--ids", "{tmp}/ids.npy",
+         *IMPORT_OPTS, "--overwrite"), r"out is not empty and holds no thresher artefact \(it holds 'notes\.txt'\)",
+         (npy("v.npy", lambda: _units(3)), npy("ids.npy", lambda: np.arange(3)), foreign_dir), unchanged="{tmp}/out"),
+    # ---- thresher run over an existing store (embedding: {store: DIR})
+    Case("run-store-ids-differ", "a run over an existing store whose ids are not the pool's (one missing, one extra)",
+         ("run", "{tmp}/spec.yaml", "--out", "{tmp}/out", "--quiet"),
+         r"The pool's ids are not the ids of the embedding store .*emb: the pool has 24 rows, the store 24; id 'r99' is in the pool but not "
+         r"in the store \(1 such id\); id 'r5' is in the store but not in the pool \(1 such id\)",
+         (store_spec(rows=_one_id_swapped),), unchanged="{emb}"),
+    Case("run-store-with-model", "a spec naming an existing store and a model", ("run", "{tmp}/spec.yaml", "--out", "{tmp}/out", "--quiet"),
+         r"spec\.yaml:\d+: embedding: .*embedding\.store and embedding\.model were given \(a store's model, pooling and dim come from its manifest\)",
+         (store_spec(embedding="  model: default\n"),), unchanged="{emb}"),
+    Case("run-out-inside-store", "a run directory inside the existing store it reads", ("run", "{tmp}/spec.yaml", "--out", "{emb}/run", "--quiet"),
+         r"--out .*emb/run is inside the input embedding\.store .*emb; write the output to another directory", (store_spec(),),
+         out="{emb}/run", unchanged="{emb}"),
 ]
 
 CASES += CASES_BOUNDARY + CASES_INPUTS

@@ -101,6 +101,8 @@ def _commands(w: World) -> dict[str, tuple]:
         "embed": (lambda o: ["embed", "--pool", str(w.pool), "--id-column", "uid", "--model", model, "--out", o, "--local", "--quiet"],
                   True, w.pool, w.pool.parent, w.plan),
         "index": (lambda o: ["index", "--embeddings", emb, "--out", o], True, w.emb / "part-00000.arrow", w.emb, w.plan),
+        "import": (lambda o: ["embeddings", "import", str(w.preds.parent), "--vector-column", "probs", "--model", "m", "--out", o, "--quiet"],
+                   True, w.preds, w.preds.parent, w.idx),
         "rds": (lambda o: ["select", "rds", "--pool-embeddings", emb, "--targets", f"t={w.targets}", "--budget", "3", "--out", o, "--local",
                            "--quiet"], True, w.targets, w.targets.parent, w.idx),
         "smote": (lambda o: ["select", "smote", "--pool-embeddings", emb, "--labels", "label", "--out", o, "--local", "--quiet"],
@@ -120,7 +122,7 @@ def _commands(w: World) -> dict[str, tuple]:
     }
 
 
-COMMANDS = ["embed", "index", "rds", "smote", "batches", "acquire", "semdedup", "infobatch-init", "infobatch", "run", "demo", "report"]
+COMMANDS = ["embed", "import", "index", "rds", "smote", "batches", "acquire", "semdedup", "infobatch-init", "infobatch", "run", "demo", "report"]
 TARGETS = ["root", "input_file", "input_dir", "inside_input", "other_kind", "foreign", "home"]
 
 # What each refusal must say. "is a file"/"is a directory" are click's own checks of --out/--html (a file where a directory is
@@ -160,7 +162,7 @@ def test_every_writer_refuses_every_forbidden_output(world, tmp_path, monkeypatc
         "root": Path("/"),
         "input_file": input_file,
         "input_dir": input_dir,
-        "inside_input": {"index": world.emb, "rds": world.emb, "smote": world.emb, "batches": world.idx, "acquire": world.emb,
+        "inside_input": {"import": world.preds.parent, "index": world.emb, "rds": world.emb, "smote": world.emb, "batches": world.idx, "acquire": world.emb,
                          "semdedup": world.emb, "infobatch": world.state}.get(command, Path("/nonexistent")) / "out",
         "other_kind": other,
         "foreign": foreign / "notes.txt" if command == "report" else foreign,

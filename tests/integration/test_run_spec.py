@@ -126,6 +126,39 @@ def test_every_artefact_records_the_spec_and_its_lineage_back_to_the_pool(first_
     assert "steps:" in describe_artifact(root / "run")
 
 
+def test_embed_and_index_fingerprints_are_the_formulas_runs_were_cached_under(first_run, small_pool, minilm_path):
+    """Embed and index became stage kinds (issue 15): the fingerprints they give are the ones runs made before carry, so those stay cached.
+
+    The formulas are spelled out here, independently of the code that computes them.
+    """
+    from thresher.embeddings.encoders import EncoderSpec, weights_fingerprint
+    from thresher.fingerprint import fingerprint_of
+    from thresher.pipeline.steps import STEPS
+    from thresher.stores.pool import open_pool
+
+    root, _, result = first_run
+    encoder_spec = EncoderSpec(model=minilm_path, max_length=64)
+    encoder = {k: v for k, v in encoder_spec.to_dict().items() if k not in ("model_path", "device")}
+    encoder["weights"] = weights_fingerprint(encoder_spec)
+    params = {"encoder": encoder, "text": {"kind": "messages", "messages_column": "messages", "chat_format": "tulu"},
+              "dtype": "float32", "partitions": [150, 150, 100]}
+    pool = open_pool(str(small_pool), id_column="id", partition_rows=150)
+    fp_embed = fingerprint_of("embed", 1, params, [pool.fingerprint])
+    fp_index = fingerprint_of("index", 1, {"type": "flat", "metric": None, "nprobe": None, "ef_search": None, "train_size": None, "seed": 0},
+                              [fp_embed])
+    records = {r.name: r for r in result.steps}
+    assert records["embed"].fingerprint == fp_embed == read_manifest(root / "run" / "embeddings")["fingerprint"]
+    assert records["index"].fingerprint == fp_index
+    assert (records["embed"].dir, records["index"].dir, records["embed"].step, records["index"].step) == ("embeddings", "index", "embed", "index")
+    # a step's fingerprint is its kind's over the fingerprints of what it reads, in order: the step it takes rows from, then the index
+    kind = STEPS["batches"]
+    spec = load_spec(first_run[1])[0]
+    assert records["batches"].fingerprint == kind.fingerprint([records["rds"].fingerprint, fp_index], kind.params(spec.steps[2]))
+    lineage = read_manifest(root / "run" / "steps" / "03-batches")["lineage"]
+    assert lineage["inputs"] == [{"step": "rds", "dir": "steps/01-rds", "fingerprint": records["rds"].fingerprint},
+                                 {"step": "index", "dir": "index", "fingerprint": fp_index}]
+
+
 def test_event_log_has_steps_and_per_partition_progress_with_eta(first_run):
     root, _, _ = first_run
     events = read_events(root / "run" / "events.jsonl")
@@ -135,7 +168,8 @@ def test_event_log_has_steps_and_per_partition_progress_with_eta(first_run):
     assert starts == ["embed", "index", "rds", "balanced", "batches"]
     assert len([e for e in events if e["event"] == "step_end"]) == 5
     progress = [e for e in events if e["event"] == "progress" and e["step"] == "embed"]
-    assert len(progress) == 3  # one per partition of 150 rows
+    assert len(progress) >= 3  # per encoded batch (at most every 0.5 s), at least one per partition of 150 rows
+    assert all(b["rows_done"] > a["rows_done"] for a, b in zip(progress, progress[1:]))
     assert progress[-1]["rows_done"] == progress[-1]["rows_total"] == N_POOL and progress[-1]["eta_s"] == 0
     # the selection steps report their Dask tasks too: RDS+ scores every pool row, B3 ranks the rds rows
     score = [e for e in events if e["event"] == "progress" and e["step"] == "rds"]

@@ -6,12 +6,16 @@ already spreads one model over several threads, and two worker processes
 each running a 2-thread model were measured on a 2-core machine at 0.8–0.9×
 the throughput of one process, so a local cluster gets one worker process
 per 4 cores (at least one), each task running torch on its share of cores.
+
+Native thread counts follow :mod:`thresher.threads`: a local cluster never
+writes ``OMP_NUM_THREADS=1`` into the driver's environment (Dask's nanny does
+by default), and each task runs FAISS and BLAS on its worker's share of cores
+(:func:`threads_per_task`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -20,17 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from thresher.exceptions import EnvironmentProblemError, ParameterError
+from thresher.threads import available_cores  # noqa: F401 (also this module's public name)
 
 log = logging.getLogger(__name__)
 
 CORES_PER_LOCAL_WORKER = 4
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -70,11 +68,15 @@ def dask_client(
         SLURM jobs to start.
     slurm : path to a YAML file or dict, optional
         Keyword arguments of :class:`dask_jobqueue.SLURMCluster` (queue,
-        account, cores, memory, walltime, job_extra_directives, …).
+        account, cores, memory, walltime, job_extra_directives, …). The jobs
+        are kept, replaced when lost, and cancelled on exit by
+        :func:`thresher.jobs.slurm.slurm_client`.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     from thresher.config import runtime_config
+    from thresher.threads import local_cluster_options
 
     config = runtime_config()
     source = "" if scheduler else " (from THRESHER_SCHEDULER)"
@@ -85,18 +87,26 @@ def dask_client(
     if scheduler:
         client = connect_scheduler(scheduler, timeout=config.scheduler_timeout, source=source)
     elif slurm is not None:
-        cluster = make_slurm_cluster(slurm)
-        cluster.scale(jobs=workers or 1)
-        client = Client(cluster)
+        from thresher.jobs.slurm import slurm_client
+
+        with slurm_client(slurm, jobs=workers) as client:  # submits the jobs, keeps them, cancels them on exit
+            if not quiet:
+                link = client.dashboard_link
+                print(f"Dask dashboard: {link}" if link else "Dask dashboard: not available", flush=True)
+            yield client
+        return
     else:
         shape = local_shape(workers)
-        cluster = LocalCluster(
-            n_workers=shape.n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )
+        spawn_config, worker_env = local_cluster_options(shape.cores_per_worker)
+        with dask.config.set(spawn_config):  # the nannies read it when made, here: the driver's os.environ stays as it is
+            cluster = LocalCluster(
+                n_workers=shape.n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+                env=worker_env,
+            )
         client = Client(cluster)
     if not quiet:
         link = client.dashboard_link
@@ -169,18 +179,30 @@ def slurm_arguments() -> set[str]:
 
 
 def make_slurm_cluster(config: str | Path | dict[str, Any]) -> Any:
-    """Build a :class:`dask_jobqueue.SLURMCluster` from a dict or a YAML file of its keyword arguments."""
+    """Build a :class:`dask_jobqueue.SLURMCluster` from a dict or a YAML file of its keyword arguments; submits nothing.
+
+    Its dashboard takes a free port unless ``scheduler_options: {dashboard_address: ...}`` says
+    (several users' schedulers share a login node; the address is printed). Its jobs record
+    sbatch's refusals for :class:`thresher.jobs.slurm.SlurmJobKeeper`, which ``dask_client``
+    uses to submit and keep them.
+    """
     config = read_slurm_config(config)
     from dask_jobqueue import SLURMCluster
 
+    from thresher.jobs.slurm import watched_job_class
+
+    options = config.get("scheduler_options")
+    if options is None or isinstance(options, Mapping):
+        config["scheduler_options"] = {"dashboard_address": ":0", **(options or {})}
     try:
-        return SLURMCluster(**config)
+        return SLURMCluster(job_cls=watched_job_class(), **config)
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"Bad SLURM config: {' '.join(str(exc).split())}") from exc
 
 
-def cores_per_worker(client: Any) -> dict[str, int]:
-    """For each worker address, the cores its tasks may use: the host's cores shared among its workers."""
+def cores_per_worker(client: Any, *, per_task: bool = False) -> dict[str, int]:
+    """For each worker address, the cores its tasks may use: the host's cores shared among its workers
+    (``per_task``: then among the worker's task threads too)."""
     info = client.scheduler_info(n_workers=-1)["workers"]
     per_host: dict[str, list[str]] = {}
     for address, worker in info.items():
@@ -190,7 +212,14 @@ def cores_per_worker(client: Any) -> dict[str, int]:
     for addresses in per_host.values():
         for a in addresses:
             out[a] = max(1, host_cores.get(a, 1) // len(addresses))
+            if per_task:
+                out[a] = max(1, out[a] // max(1, int(info[a].get("nthreads", 1))))
     return out
+
+
+def threads_per_task(client: Any) -> dict[str, int]:
+    """For each worker address, the native threads one of its tasks may use (:mod:`thresher.threads`'s policy)."""
+    return cores_per_worker(client, per_task=True)
 
 
 def dask_map(client: Any, *, retries: int = 2, retried: TaskRetries | None = None) -> Any:

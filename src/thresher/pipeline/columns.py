@@ -33,12 +33,16 @@ def read_label_partition(pool: Any, column: str, partition: int) -> np.ndarray:
 def read_labels(store: Any, column: str, map_fn: Callable[..., Any] = map) -> np.ndarray:
     """The pool's ``column`` for every store row, in store order.
 
+    The pool's rows are the store's, position by position (a store embedded from the pool, or one
+    a run checked against it: :mod:`thresher.stores.pool_binding`), so the pool's partitions are
+    read in order; they need not line up with the store's shards (an imported store has its own).
+
     Raises
     ------
     InputDataError
         The column is missing, holds nulls or unusable types.
     ArtifactError
-        The pool's partitions no longer line up with the store's shards.
+        The pool no longer has as many rows as the store.
     """
     import functools
 
@@ -47,8 +51,7 @@ def read_labels(store: Any, column: str, map_fn: Callable[..., Any] = map) -> np
     pool = store.reopen_pool()  # refuses pool files changed since they were embedded
     if column not in pool.column_names:
         raise InputDataError(f"The pool has no label column {column!r}; it has columns {pool.column_names}.")
-    rows = [p.n_rows for p in pool.partitions]
-    if rows != [s.rows for s in store.shards]:
-        raise ArtifactError(f"The pool's partitions ({len(rows)}, {sum(rows)} rows) do not line up with the shards of {store.path}; re-run the embedding.")
+    if pool.n_rows != store.n_rows:
+        raise ArtifactError(f"The pool has {pool.n_rows} rows and the store {store.path} {store.n_rows}; re-run the embedding.")
     parts = list(map_fn(functools.partial(read_label_partition, pool, column), range(pool.n_partitions)))
     return np.concatenate(parts) if parts else np.empty(0)

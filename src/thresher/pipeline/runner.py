@@ -1,19 +1,26 @@
 """Run a pipeline spec: embed → index → steps → curated shards (+ report), cached by fingerprint.
 
-Each artefact's fingerprint derives from its inputs' fingerprints, the step's
+A run is a chain of stages, each of a kind in the stage registry
+(:mod:`thresher.pipeline.steps`): the embedding (``embed``, or ``store``: an
+existing store read in place), the ``index``, then the spec's steps. The runner
+plans, caches and runs every stage through its kind's protocol
+(:class:`thresher.pipeline.steps.StageKind`) and holds no branch on a kind.
+
+Each artefact's fingerprint derives from its inputs' fingerprints, the stage's
 name and version, and its parameters (:func:`thresher.fingerprint.fingerprint_of`),
 so the whole chain of fingerprints is known before any work starts: the
-embeddings' from the pool's content and the encoder, every later step's from
-the one before it. A step whose directory already holds an artefact of that
-fingerprint is reused; changing a late step's parameters reruns only that step
-and the ones after it, and embeddings are recomputed only when the pool or the
-encoder changes.
+embeddings' from the pool's content and the encoder (or the existing store's),
+every later stage's from the ones it reads. A stage whose directory already
+holds an artefact of that fingerprint is reused; changing a late step's
+parameters reruns only that step and the ones after it, and embeddings are
+recomputed only when the pool or the encoder changes.
 
 Run directory::
 
     <out>/manifest.json      written last: the resolved spec, every step's record, the output
+                             (and, over an existing store, its path and fingerprint)
     <out>/events.jsonl       the event log (run/step start and end, per-partition progress with ETA)
-    <out>/embeddings/        the embedding store
+    <out>/embeddings/        the embedding store (not written when the spec names an existing store)
     <out>/index/             the FAISS index (when the spec has one)
     <out>/steps/NN-<name>/   one curated artefact per step; each sees the rows the step before kept
     <out>/report.html        the HTML report (when enabled)
@@ -21,10 +28,9 @@ Run directory::
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +42,10 @@ from thresher.pipeline.spec import (
     SpecError,
     check_budget,
     load_spec,
-    source_index,
     step_name,
     upper_bound_before,
 )
-from thresher.pipeline.steps import StepInputs, step_kind
+from thresher.pipeline.steps import STAGES, StageKind, StepInputs, embedding_kind, step_kind
 
 RUN_VERSION = 1
 EVENTS_NAME = "events.jsonl"
@@ -48,23 +53,23 @@ REPORT_NAME = "report.html"
 
 
 def step_version(kind: str) -> int:
-    """The version of a step kind: its registry entry's (:mod:`thresher.pipeline.steps`), or the index's.
+    """The version of a stage kind (``embed``, ``store``, ``index`` or a step kind): its registry entry's.
 
     The stage and the runner read the same attribute, so bumping it (the output changed meaning)
-    invalidates the runner's cache of that step and of every step downstream. Two tables once
+    invalidates the runner's cache of that stage and of every stage downstream. Two tables once
     disagreed here (SMOTE was at 2 in its stage while the runner said 1 and kept serving outputs
     without synthetic ids).
     """
-    if kind == "index":
-        from thresher.stores.index import INDEX_VERSION
-
-        return INDEX_VERSION
-    return step_kind(kind).version
+    return STAGES[kind].version
 
 
 @dataclass
 class StepPlan:
-    """One step of a run as planned: where it writes, its fingerprint, whether it is cached, and what it should cost."""
+    """One stage of a run as planned: where it writes, its fingerprint, whether it is cached, and what it should cost.
+
+    ``spec`` is what the spec says of it (a step's entry, the ``index`` section, or the prepared
+    embedding source); ``kind`` its stage kind; ``upstream`` the names of the stages it reads.
+    """
 
     name: str
     step: str
@@ -75,6 +80,12 @@ class StepPlan:
     memory_per_worker: str
     spec: Any = None
     recompute: str | None = None  # why a step whose fingerprint matches is recomputed anyway (its output failed verification)
+    kind: StageKind | None = field(default=None, repr=False, compare=False)
+    upstream: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.kind.status(self.cached) if self.kind is not None else ("cached" if self.cached else "run")
 
 
 @dataclass
@@ -100,75 +111,61 @@ class RunResult:
 
 
 def plan_run(spec: PipelineSpec, out: Path) -> tuple[list[StepPlan], Any]:
-    """Fingerprints, cache state, expected sizes and memory of every step, without doing any work.
+    """Fingerprints, cache state, expected sizes and memory of every stage, without doing any work.
 
-    Reads the pool once (its content hash and row count) — the same pass the embed job makes — and
-    returns the embed stage's inputs (:class:`thresher.pipeline.embed.EmbedInputs`) with the plan.
+    Reads the pool once (its content hash and row count) — the same pass the embed job makes — and,
+    over an existing store, checks the pool's ids against the store's. Returns the plans and the
+    embedding source's config (for :class:`thresher.pipeline.steps.embed.EmbedKind`, the embed
+    stage's :class:`~thresher.pipeline.embed.EmbedInputs` and settings).
     """
-    inputs = _embed_inputs(spec)
-    n_rows = inputs.pool.n_rows
+    source_kind = embedding_kind(spec)
+    source = source_kind.prepare(spec, out)
+    pool = source.pool
+    _check_pool_columns(spec, pool.column_names)
+    n_rows = pool.n_rows
     if n_rows == 0:
         raise SpecError(f"pool {spec.pool.path}: it has no rows.")
     _check_budgets(spec, n_rows)
-    fp_embed = inputs.fingerprint()
-    plans = [StepPlan("embed", "embed", "embeddings", fp_embed, _manifest_fp(out / "embeddings") == fp_embed,
-                      f"{n_rows:,} rows × dim", _embed_memory(spec), None)]
-    fp_index = None
+    stages: list[tuple[str, StageKind, Any, str, int | None]] = [("embed", source_kind, source, source_kind.directory(source), n_rows)]
     if spec.index is not None:
-        fp_index = fingerprint_of("index", step_version("index"), spec.index.model_dump(mode="json"), [fp_embed])
-        plans.append(StepPlan("index", "index", "index", fp_index, _lineage_fp(out / "index") == fp_index,
-                              f"{n_rows:,} vectors ({spec.index.type})", "the index's size (see `thresher inspect`)", None))
-    step_fps: list[str] = []
+        stages.append(("index", STAGES["index"], spec.index, "index", n_rows))
     for i, step in enumerate(spec.steps):
-        kind = step_kind(step)
-        src = source_index(spec, i)
-        upstream = [fp_embed if src is None else step_fps[src]] + ([fp_index] if kind.uses_index(step) and fp_index else [])
-        fp = kind.fingerprint(upstream, kind.params(step))
-        step_fps.append(fp)
-        directory = f"steps/{i + 1:02d}-{step_name(step)}"
-        bound = upper_bound_before(spec, i, n_rows)
-        plans.append(StepPlan(step_name(step), step.step, directory, fp, _lineage_fp(out / directory) == fp,
-                              kind.expected_rows(step, bound), kind.memory(step, bound), step))
-    _verify_cached(plans, spec, out)
-    return plans, inputs
+        stages.append((step_name(step), step_kind(step), step, f"steps/{i + 1:02d}-{step_name(step)}", upper_bound_before(spec, i, n_rows)))
+    plans: list[StepPlan] = []
+    fingerprints: dict[str, str] = {}
+    for name, kind, config, directory, bound in stages:
+        upstream = kind.upstream(config, spec)
+        fp = kind.plan_fingerprint(config, [fingerprints[u] for u in upstream])
+        fingerprints[name] = fp
+        plans.append(StepPlan(name, kind.name, directory, fp, kind.is_cached(out / directory, fp), kind.expected_rows(config, bound),
+                              kind.memory(config, bound), config, kind=kind, upstream=upstream))
+    _verify_cached(plans, out)
+    return plans, source
 
 
-def _verify_cached(plans: list[StepPlan], spec: PipelineSpec, out: Path) -> None:
-    """Reuse a cached step only if its files are intact; recompute a damaged one and every step downstream of it.
+def _verify_cached(plans: list[StepPlan], out: Path) -> None:
+    """Reuse a cached stage only if its files are intact; recompute a damaged one and every stage downstream of it.
 
     A shard replaced by another valid shard (or truncated, or deleted) fails
     the quick check of :func:`thresher.stores.manifest.damage` (size and mtime
-    first, then the checksum). Downstream steps are recomputed too, even when
-    intact: they may have been made from the damaged rows.
+    first, then the checksum). Downstream stages are recomputed too, even when
+    intact: they may have been made from the damaged rows. A stage that cannot
+    be recomputed (an existing store) refuses instead.
     """
     from thresher.stores.manifest import damage
 
-    redone: dict[str, str] = {}  # step name → why it is recomputed
+    redone: dict[str, str] = {}  # stage name → why it is recomputed
     for plan in plans:
         if plan.cached:
             problem = damage(out / plan.dir)
             if problem is not None:
-                plan.cached, plan.recompute = False, f"cached output failed verification ({problem}); recomputing"
+                plan.cached, plan.recompute = False, plan.kind.damaged(out / plan.dir, problem)
             else:
-                upstream = next((u for u in _upstream(plan, spec) if u in redone), None)
+                upstream = next((u for u in plan.upstream if u in redone), None)
                 if upstream is not None:
                     plan.cached, plan.recompute = False, f"its input {upstream} is recomputed after failing verification; recomputing"
         if plan.recompute is not None:
             redone[plan.name] = plan.recompute
-
-
-def _upstream(plan: StepPlan, spec: PipelineSpec) -> list[str]:
-    """Names of the plans whose outputs ``plan`` reads."""
-    if plan.step == "embed":
-        return []
-    if plan.spec is None:  # the index
-        return ["embed"]
-    i = spec.steps.index(plan.spec)
-    src = source_index(spec, i)
-    names = ["embed" if src is None else step_name(spec.steps[src])]
-    if step_kind(plan.spec).uses_index(plan.spec) and spec.index is not None:
-        names.append("index")
-    return names
 
 
 def run_pipeline(
@@ -176,6 +173,7 @@ def run_pipeline(
     overrides: Sequence[str] = (),
     *,
     out: str | Path | None = None,
+    embeddings: str | Path | None = None,
     dry_run: bool = False,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -196,6 +194,9 @@ def run_pipeline(
         Applied to the spec before validation (``rds.budget=5000``).
     out : path, optional
         The run directory (default: the spec's ``out``).
+    embeddings : path, optional
+        An existing embedding store to use in place of the spec's ``embedding`` section
+        (as ``embedding: {store: DIR}``; see :mod:`thresher.pipeline.steps.store`).
     dry_run : bool
         Print the plan — which steps run, which are cached, expected sizes and
         memory per worker — and return it without doing any work.
@@ -208,13 +209,14 @@ def run_pipeline(
     -------
     RunResult, or the list of StepPlan with ``dry_run``.
     """
-    # an --out given here is relative to the working directory; the spec's own 'out' to the spec file
-    spec, resolved = load_spec(spec_path, overrides, out=str(Path(out).resolve()) if out is not None else None)
+    # --out and --embeddings given here are relative to the working directory; the spec's own paths to the spec file
+    spec, resolved = load_spec(spec_path, overrides, out=str(Path(out).resolve()) if out is not None else None,
+                               embeddings=str(Path(embeddings).resolve()) if embeddings is not None else None)
     if spec.out is None:
         raise SpecError(f"{spec_path}: no output directory: give 'out' in the spec or --out.")
     run_dir = Path(spec.out)
     _check_run_dir(run_dir, spec, spec_path)
-    plans, inputs = plan_run(spec, run_dir)
+    plans, _ = plan_run(spec, run_dir)
     if dry_run:
         echo(format_plan(plans, run_dir))
         return plans
@@ -231,10 +233,8 @@ def run_pipeline(
             local=local if local is not None else cluster.local,
             client=client, progress=progress,
         )
-    if executor.runs_here:
-        from thresher.embeddings.encoders import check_device_available
-
-        check_device_available(spec.embedding.device)  # the model runs on this machine; remote workers are checked by run_embed
+    for plan in plans:
+        plan.kind.preflight(plan.spec, executor)
     run_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(run_dir):
         (run_dir / "manifest.json").unlink(missing_ok=True)  # the run is incomplete until its manifest is rewritten
@@ -245,7 +245,7 @@ def run_pipeline(
             started = time.perf_counter()
             try:
                 with executor.started():
-                    records = _execute(spec, resolved, plans, inputs, run_dir, executor, echo)
+                    records, extra = _execute(plans, resolved, run_dir, executor, echo)
             except BaseException as exc:
                 emit("run_error", error=f"{type(exc).__name__}: {exc}")
                 raise
@@ -254,17 +254,21 @@ def run_pipeline(
             report = None
             if spec.report.html:
                 report = _write_report(run_dir, spec, records)
-            _write_run_manifest(run_dir, resolved, records, plans, report, outputs)
+            _write_run_manifest(run_dir, resolved, records, plans, report, outputs, extra)
             emit("run_end", seconds=round(time.perf_counter() - started, 3), output=str(output))
     return RunResult(run_dir, records, output, report)
 
 
 def _check_run_dir(run_dir: Path, spec: PipelineSpec, spec_path: str | Path) -> None:
-    """Refuse a run directory thresher must not write (see :mod:`thresher.stores.output_guard`), before the pool is read."""
+    """Refuse a run directory thresher must not write (see :mod:`thresher.stores.output_guard`), before the pool is read.
+
+    It may not be, contain, or lie inside anything the run reads: the spec, the pool, an existing
+    store, a step's files.
+    """
     from thresher.stores.output_guard import check_output
 
     files = {f"steps[{i}].{key}": path for i, step in enumerate(spec.steps) for key, path in step_kind(step).input_files(step).items()}
-    check_output(run_dir, "run", inputs={"spec_path": spec_path, "pool.path": spec.pool.path, **files})
+    check_output(run_dir, "run", inputs={"spec_path": spec_path, "pool.path": spec.pool.path, **embedding_kind(spec).input_files(spec), **files})
 
 
 def _mark_run_partial(run_dir: Path, plans: list[StepPlan]) -> None:
@@ -275,125 +279,76 @@ def _mark_run_partial(run_dir: Path, plans: list[StepPlan]) -> None:
     atomic_write_json(run_dir / PARTIAL_NAME, {"artifact": "run", "fingerprint": fingerprint_of("run", RUN_VERSION, {}, [p.fingerprint for p in plans])})
 
 
-def _execute(spec: PipelineSpec, resolved: dict[str, Any], plans: list[StepPlan], inputs: Any, run_dir: Path,
-             executor: Any, echo: Any) -> list[StepRecord]:
+def _execute(plans: list[StepPlan], resolved: dict[str, Any], run_dir: Path, executor: Any, echo: Any) -> tuple[list[StepRecord], dict[str, Any]]:
+    """Run (or reopen, when cached) every planned stage in order; their records, and what they add to the run manifest.
+
+    A stage reads the outputs of its ``upstream`` stages: the first is the one whose rows it takes
+    (the embedding: every pool row), the embedding store is always ``embed``'s, the index ``index``'s.
+    """
     from thresher.jobs.events import current_step, emit
     from thresher.stores.manifest import manifest_lineage
 
-    records: list[StepRecord] = []
-    kept: dict[str, np.ndarray] = {}  # step name → store positions of the pool rows it output
-    store = None
-    n_rows = inputs.pool.n_rows
+    records: dict[str, StepRecord] = {}
+    outputs: dict[str, Any] = {}
+    kept: dict[str, np.ndarray | None] = {}  # stage name → store positions of the pool rows it output (None: every row)
+    extra: dict[str, Any] = {}
+    n_rows = plans[0].spec.pool.n_rows  # the first plan is the embedding source (plan_run), its config holds the opened pool
     for plan in plans:
-        subset, source = None, None
-        if plan.spec is not None:
-            i = spec.steps.index(plan.spec)
-            src = source_index(spec, i)
-            source = records[0] if src is None else next(r for r in records if r.name == step_name(spec.steps[src]))
-            subset = None if src is None else kept[source.name]
-        elif records:
-            source = records[0]
+        kind = plan.kind
+        upstream = [records[u] for u in plan.upstream]
+        subset = kept[plan.upstream[0]] if plan.upstream else None
         lineage = {
             "run": str(run_dir), "spec": resolved, "step": plan.name, "step_kind": plan.step, "step_fingerprint": plan.fingerprint,
-            "inputs": ([{"step": source.name, "dir": source.dir, "fingerprint": source.fingerprint}] if source is not None else [])
-            + ([{"step": "index", "dir": "index", "fingerprint": next(p.fingerprint for p in plans if p.step == "index")}]
-               if plan.spec is not None and step_kind(plan.spec).uses_index(plan.spec) and spec.index is not None else []),
+            "inputs": [{"step": r.name, "dir": r.dir, "fingerprint": r.fingerprint} for r in upstream],
         }
         rows_in = n_rows if subset is None else len(subset)
+        out = run_dir / plan.dir
         started = time.perf_counter()
         with current_step(plan.name), manifest_lineage(lineage):
             if plan.recompute is not None:
-                _demote(run_dir / plan.dir)
+                _demote(out)
                 emit("step_recompute", reason=plan.recompute)
                 echo(f"[{plan.name}] {plan.recompute}")
             emit("step_start", kind=plan.step, dir=plan.dir, cached=plan.cached, fingerprint=plan.fingerprint, rows_in=rows_in)
-            echo(f"[{plan.name}] {'cached' if plan.cached else 'running'} → {run_dir / plan.dir}")
-            if plan.step == "embed":
-                store = _run_embed(spec, inputs, run_dir / plan.dir, plan, executor)
-                rows_out = store.n_rows
-                skipped = (store.manifest.get("pool") or {}).get("skipped") or []
-                if skipped:
-                    echo(f"[{plan.name}] skipped {len(skipped)} path{'s' if len(skipped) > 1 else ''} in the pool's directories: "
-                         + ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more (see its manifest.json)" if len(skipped) > 5 else ""))
-            elif plan.step == "index":
-                rows_out = _run_index(spec, store, run_dir / plan.dir, plan)
+            echo(f"[{plan.name}] {plan.status if plan.cached else 'running'} → {out}")
+            if plan.cached:
+                output = kind.open_cached(plan.spec, out)
             else:
-                curated = _run_step(spec, store, run_dir, plan, subset, executor)
-                rows_out = curated.n_rows
-                rounding = (curated.manifest.get("summary") or {}).get("budget_rounding")
-                if rounding:
-                    echo(f"[{plan.name}] {rounding}")
-                if step_kind(plan.spec).keeps_pool_rows:
-                    kept[plan.name] = _positions(store, curated)
+                replace = kind.holds_other(out, plan.fingerprint)
+                if replace:
+                    # made for other inputs: never reused, even where the stage's own fingerprint does not see the
+                    # difference (a store read beside a pool whose columns changed under the same ids)
+                    _demote(out)
+                inputs = StepInputs(store=outputs.get("embed"), out=out, run_dir=run_dir,
+                                    index=run_dir / records["index"].dir if "index" in records else None,
+                                    subset=subset, overwrite=replace)
+                output = kind.run(plan.spec, inputs, executor)
+            rows_out = kind.rows_out(output)
+            for note in kind.notes(output):
+                echo(f"[{plan.name}] {note}")
+            outputs[plan.name] = output
+            kept[plan.name] = kind.rows_kept(output, outputs["embed"])
+            extra.update(kind.run_manifest(output))
             seconds = round(time.perf_counter() - started, 3)
             emit("step_end", rows_in=rows_in, rows_out=rows_out, seconds=seconds, cached=plan.cached)
-        records.append(StepRecord(plan.name, plan.step, plan.dir, plan.fingerprint, plan.cached, rows_in, rows_out, seconds))
-    return records
+        records[plan.name] = StepRecord(plan.name, plan.step, plan.dir, plan.fingerprint, plan.cached, rows_in, rows_out, seconds)
+    return list(records.values()), extra
 
 
 def _demote(directory: Path) -> None:
-    """Make a step's finished output a partial run of the same fingerprint, so its stage recomputes it (see ``_verify_cached``)."""
+    """Make a stage's finished output a partial run of the same fingerprint, so its stage recomputes it (see ``_verify_cached``)."""
     from thresher.stores.manifest import MANIFEST_NAME, demote_to_partial
 
     if (directory / MANIFEST_NAME).is_file():
         demote_to_partial(directory)
 
 
-def _run_embed(spec: PipelineSpec, inputs: Any, out: Path, plan: StepPlan, executor: Any) -> Any:
-    from thresher.pipeline.embed import run_embed
-    from thresher.stores.embedding_store import open_embedding_store
-
-    if plan.cached:
-        return open_embedding_store(out)
-    return run_embed(inputs, out, executor=executor, resources=spec.embedding.worker_resources,
-                     overwrite=_holds_other(out, plan.fingerprint, lineage=False))
-
-
-def _run_index(spec: PipelineSpec, store: Any, out: Path, plan: StepPlan) -> int:
-    from thresher.stores.index import build_index, open_index
-
-    if plan.cached:
-        return len(open_index(out))
-    ix = spec.index
-    index = build_index(store, out, index_type=ix.type, metric=ix.metric, nprobe=ix.nprobe, ef_search=ix.ef_search,
-                        train_size=ix.train_size, seed=ix.seed, overwrite=_holds_other(out, plan.fingerprint))
-    return len(index)
-
-
-def _run_step(spec: PipelineSpec, store: Any, run_dir: Path, plan: StepPlan, subset: np.ndarray | None, executor: Any) -> Any:
-    from thresher.stores.curated import open_curated
-
-    out = run_dir / plan.dir
-    if plan.cached:
-        return open_curated(out)
-    inputs = StepInputs(store=store, out=out, run_dir=run_dir, index=run_dir / "index" if spec.index is not None else None,
-                        subset=subset, overwrite=_holds_other(out, plan.fingerprint))
-    return step_kind(plan.spec).run(plan.spec, inputs, executor)
-
-
-def _positions(store: Any, curated: Any) -> np.ndarray:
-    ids = np.concatenate([t.column("id").to_numpy(zero_copy_only=False) for t in curated.tables()]) if curated.n_rows else np.empty(0, object)
-    return np.unique(store.positions_of(ids)).astype(np.int64)
-
-
-def _embed_inputs(spec: PipelineSpec) -> Any:
-    """The embed stage's inputs from the spec (the pool opened once), and the columns later steps need checked."""
-    from thresher.pipeline.embed import prepare_embed
-
-    p, e = spec.pool, spec.embedding
-    inputs = prepare_embed(
-        p.path, text=p.text, text_column=p.text_column, messages_column=p.messages_column, chat_format=p.chat_format,
-        id_column=p.id_column, format=p.format, split=p.split, model=e.model, pooling=e.pooling, layer=e.layer,
-        normalize=e.normalize, max_length=e.max_length, batch_size=e.batch_size, device=e.device, model_dtype=e.model_dtype,
-        padding_side=e.padding_side, gguf_file=e.gguf_file, trust_remote_code=e.trust_remote_code, dtype=e.dtype,
-        partition_rows=p.partition_rows,
-    )
-    columns = inputs.pool.column_names
+def _check_pool_columns(spec: PipelineSpec, columns: list[str]) -> None:
+    """Every pool column a step reads is in the pool, checked before any work."""
     for i, step in enumerate(spec.steps):
         for column in step_kind(step).pool_columns(step):
             if column not in columns:
                 raise SpecError(f"steps[{i}] ({step_name(step)}): column {column!r} is not in the pool; it has {columns}.")
-    return inputs
 
 
 def _check_budgets(spec: PipelineSpec, n_rows: int) -> None:
@@ -401,44 +356,10 @@ def _check_budgets(spec: PipelineSpec, n_rows: int) -> None:
         check_budget(spec, i, n_rows, f"steps[{i}] ({step_name(step)}) (the pool has {n_rows:,} rows)")
 
 
-def _manifest_fp(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / "manifest.json").read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError):
-        return None
-
-
-def _lineage_fp(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / "manifest.json").read_text(encoding="utf-8")).get("lineage", {}).get("step_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _holds_other(directory: Path, fingerprint: str, *, lineage: bool = True) -> bool:
-    """True when the step's directory holds an artefact (or partial run) of an older version of this step: it is replaced."""
-    if not directory.is_dir():
-        return False
-    found = _lineage_fp(directory) if lineage else _manifest_fp(directory)
-    if (directory / "manifest.json").is_file():
-        return found != fingerprint
-    try:
-        marker = json.loads((directory / ".thresher-partial.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return any(directory.iterdir())
-    return lineage or marker.get("fingerprint") != fingerprint
-
-
-def _embed_memory(spec: PipelineSpec) -> str:
-    e = spec.embedding
-    tokens = e.batch_size * (e.max_length or 256)
-    return f"model weights + ~{tokens * 4 * 4096 / 2**20:,.0f} MiB activations (batch {e.batch_size} × {e.max_length or 256} tokens)"
-
-
 def format_plan(plans: list[StepPlan], run_dir: Path) -> str:
     """The dry-run table."""
     header = ("step", "kind", "status", "expected rows", "memory per worker", "directory")
-    rows = [(p.name, p.step, "cached" if p.cached else "run", p.expected_rows, p.memory_per_worker, str(run_dir / p.dir)) for p in plans]
+    rows = [(p.name, p.step, p.status, p.expected_rows, p.memory_per_worker, str(run_dir / p.dir)) for p in plans]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     todo = sum(not p.cached for p in plans)
@@ -457,7 +378,7 @@ def _write_report(run_dir: Path, spec: PipelineSpec, records: list[StepRecord]) 
 
 
 def _write_run_manifest(run_dir: Path, resolved: dict[str, Any], records: list[StepRecord], plans: list[StepPlan], report: Path | None,
-                        outputs: list[str]) -> None:
+                        outputs: list[str], extra: dict[str, Any]) -> None:
     from thresher.stores.manifest import write_manifest
 
     fingerprint = fingerprint_of("run", RUN_VERSION, {}, [p.fingerprint for p in plans])
@@ -468,4 +389,5 @@ def _write_run_manifest(run_dir: Path, resolved: dict[str, Any], records: list[S
         "outputs": outputs,
         "report": report.name if report is not None else None,
         "events": EVENTS_NAME,
+        **extra,
     })

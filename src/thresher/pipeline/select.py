@@ -34,6 +34,24 @@ def exact_duplicate_positions(store: Any, subset: np.ndarray | None = None) -> n
     return np.flatnonzero(~keep)
 
 
+#: RDS+'s attachment: every target example (task, its position among the task's queries, its text when it came from a file)
+TARGETS_FILE = "targets.arrow"
+
+
+def targets_table(arrays: Mapping[str, np.ndarray], texts: Mapping[str, list[str] | None]) -> Any:
+    """The target examples as a table, so a selected row's ``nearest_target`` (a position per task) can be shown as text."""
+    import pyarrow as pa
+
+    tasks, positions, values = [], [], []
+    for task, array in arrays.items():
+        n = len(np.atleast_2d(array))
+        tasks += [task] * n
+        positions += range(n)
+        task_texts = texts.get(task)
+        values += list(task_texts) if task_texts is not None and len(task_texts) == n else [None] * n
+    return pa.table({"task": pa.array(tasks, pa.string()), "position": pa.array(positions, pa.int64()), "text": pa.array(values, pa.string())})
+
+
 def select_rds(
     pool_embeddings: str | Path,
     targets: Mapping[str, Any],
@@ -94,11 +112,16 @@ def select_rds(
     Returns
     -------
     thresher.stores.CuratedShards
+        Selected rows with ``score``, ``task`` (the task that picked the row),
+        ``task_scores`` (one score per task, in target order) and
+        ``nearest_target`` (per task, the position of the target example the row
+        is closest to); the attachment ``targets.arrow`` holds every target
+        example (``task``, ``position``, ``text``) to read those positions by.
     """
     from thresher.exceptions import ParameterError
     from thresher.jobs.executor import stage_executor
     from thresher.jobs.score_job import score_store
-    from thresher.pipeline.targets import load_targets
+    from thresher.pipeline.targets import load_targets, target_texts
     from thresher.selectors._base import budget_rounding, resolve_budget
     from thresher.selectors.rds import NeedDeeperRankings, RDSPlus
     from thresher.stores.curated import write_curated
@@ -151,11 +174,13 @@ def select_rds(
         rounding = budget_rounding(budget, pool.n_rows, n_budget)
         if rounding is not None:
             summary["budget_rounding"] = rounding
+        texts = target_texts(targets, store, text=target_text, text_column=target_text_column, messages_column=target_messages_column)
         return write_curated(
             out, pool=pool_rows, positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),
             expected_ids=selection.ids, selector=selector.name, params=params, fingerprint=fingerprint, seed=selector.seed,
             inputs={"pool_embeddings": store.fingerprint, **{f"target:{t}": fp for t, fp in target_fps.items()}},
             summary=summary, overwrite=overwrite, map_fn=executor.map_fn(job), job=job,
+            attachments={TARGETS_FILE: targets_table(arrays, texts)},
         )
 
     with executor.started():
@@ -174,6 +199,9 @@ def select_batches(
     group_column: str | None = None,
     drop_last: bool = True,
     budget: int | float = 1.0,
+    partition: str = "auto",
+    part_rows: int | None = None,
+    rank_scope: str = "pool",
     seed: int = 0,
     executor: Any = None,
     overwrite: bool = False,
@@ -189,16 +217,24 @@ def select_batches(
 
     ``index`` is a thresher FAISS index over the same store (its teacher
     ranks); without one, exact search is used, which suits small pools only.
-    The neighbour search runs shard by shard on ``executor`` (default: a local
-    Dask cluster started for the call; ``scheduler, workers, slurm, client,
-    local, progress`` are its deprecated spellings); the graph, METIS and batch
-    assembly run on the driver.
+    The work runs on ``executor`` (default: a local Dask cluster started for
+    the call; ``scheduler, workers, slurm, client, local, progress`` are its
+    deprecated spellings). One level (``partition``; "auto" up to 250,000
+    rows): the neighbour search runs shard by shard on the executor, the graph,
+    METIS and batch assembly on the driver. Two levels: the driver trains the
+    coarse k-means on a sample; region assignment (per shard) and each part's
+    search, graph and METIS (``part_rows`` rows a part, default 100,000) run on
+    the executor (:mod:`thresher.jobs.b3_parts_job`); the driver assembles the batches.
+    ``rank_scope="part"`` (always two levels): each part ranks its rows among
+    its own rows, without ``index`` (see :class:`BatchMiner`).
 
     ``subset`` (store positions) restricts the stage to those rows, as if the
     store held only them: teacher ranks are counted among the subset (the
     index is searched through a FAISS ID selector), the rank window
     ``[p, p + m)`` and the budget's fraction are of the subset.
     """
+    import dataclasses
+
     from thresher.exceptions import ArtifactError, ParameterError
     from thresher.jobs.executor import stage_executor
     from thresher.selectors.batch_mining import BatchMiner
@@ -216,32 +252,54 @@ def select_batches(
     pool_rows = store.reopen_pool()  # refuses pool files changed since they were embedded, before any work or output
     subset = check_subset(subset, store.n_rows, "select_batches")
     pool = store if subset is None else StoreSubset(store, subset)
-    neighbors = None
+    index_fingerprint = None
+    if rank_scope == "part":
+        index = None  # each part ranks its own rows: the pool's index is neither read nor an input
     if index is not None:
         if not Path(index).exists():
             raise ArtifactError(f"The index {index} does not exist: build it with `thresher index --embeddings {store.path} --out {index}`.")
-        neighbors = open_index(index, store=store)
+        # checked against the store here, then let go: the tasks open it where they run (at 1M rows an IVF-Flat index is 1.5 GB)
+        index_fingerprint = open_index(index, store=store).manifest["fingerprint"]
+    from thresher.selectors.b3_partition import DEFAULT_PART_ROWS
+
     miner = BatchMiner(batch_size=batch_size, community_size=community_size, rank_window=tuple(rank_window),
-                       n_hard_negatives=n_hard_negatives, drop_last=drop_last, seed=seed)
+                       n_hard_negatives=n_hard_negatives, drop_last=drop_last, partition=partition,
+                       part_rows=DEFAULT_PART_ROWS if part_rows is None else part_rows, rank_scope=rank_scope, seed=seed)
     miner.validate_params()
+    from thresher.jobs.b3_parts_job import parts_on_cluster
     from thresher.jobs.neighbors_job import window_on_cluster
     from thresher.pipeline.columns import read_labels
+    from thresher.selectors._base import budget_rounding, resolve_budget
 
     p, stop = int(rank_window[0]), int(rank_window[1])
     if stop >= pool.n_rows:
         raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {pool.n_rows} rows; p + m must be < the pool size.")
-    with executor.started():
-        job = executor.new_job()
-        window = window_on_cluster(store, index, p, stop - p, executor=executor, subset=subset, job=job, miner=miner)
-        job = dict(job)  # read before the cluster closes
     groups = read_labels(store, group_column) if group_column else None
     if groups is not None and subset is not None:
         groups = groups[subset]
-    selection = miner.select(pool, budget=budget, neighbors=neighbors, groups=groups, window=window)
+    if miner.two_levels(pool.n_rows):
+        n_budget = resolve_budget(budget, pool.n_rows, "BatchMiner")
+        state = miner.prepare(pool, budget=n_budget, groups=groups)
+        with executor.started():
+            job = executor.new_job()
+            plan, results = parts_on_cluster(store, index, miner, state, groups=groups, executor=executor, subset=subset, job=job)
+            job = dict(job)  # read before the cluster closes
+        selection = miner.finish_parts(state, plan, results, pool, budget=n_budget)
+        del plan, results
+        rounding = budget_rounding(budget, pool.n_rows, n_budget)
+        if rounding is not None:
+            selection = dataclasses.replace(selection, summary={**selection.summary, "budget_rounding": rounding})
+    else:
+        with executor.started():
+            job = executor.new_job()
+            window = window_on_cluster(store, index, p, stop - p, executor=executor, subset=subset, job=job, miner=miner)
+            job = dict(job)  # read before the cluster closes
+        selection = miner.select(pool, budget=budget, groups=groups, window=window)
+        del window
     params = {**selection.params, "budget": budget, "group_column": group_column}
     if subset is not None:
         params["subset"] = subset_digest(subset)
-    inputs = {"pool_embeddings": store.fingerprint, **({"index": neighbors.manifest["fingerprint"]} if neighbors else {})}
+    inputs = {"pool_embeddings": store.fingerprint, **({"index": index_fingerprint} if index_fingerprint else {})}
     fingerprint = B3_STEP.fingerprint(list(inputs.values()), params)
     return write_curated(
         out, pool=pool_rows, positions=_store_positions(selection.positions, subset), columns=selection.selection_columns(),

@@ -62,7 +62,13 @@ class PoolSpec(_Strict):
 
 
 class EmbeddingSpec(_Strict):
-    """The encoder (see :class:`thresher.embeddings.EncoderSpec`) and the stored dtype."""
+    """The encoder (see :class:`thresher.embeddings.EncoderSpec`) and the stored dtype, or an existing store.
+
+    ``store: DIR`` names an embedding store made elsewhere (``thresher embed``,
+    ``thresher embeddings import``): the run reads it in place instead of
+    embedding the pool (see :mod:`thresher.pipeline.steps.store`). Its model,
+    pooling and dim come from its manifest, so no other key goes with it.
+    """
 
     model: str = "default"
     pooling: str | None = None
@@ -75,8 +81,18 @@ class EmbeddingSpec(_Strict):
     padding_side: Literal["left", "right"] | None = None
     gguf_file: str | None = None
     trust_remote_code: bool = False
+    backend: Literal["torch", "onnx-int8"] = "torch"  # onnx-int8: int8 ONNX Runtime on CPU (thresher[onnx]), quality-gated
     dtype: Literal["float32", "float16"] = "float32"
     worker_resources: dict[str, float] | None = None
+    store: str | None = None
+
+    @model_validator(mode="after")
+    def _store_alone(self) -> EmbeddingSpec:
+        others = sorted(self.model_fields_set - {"store"})
+        if self.store is not None and others:
+            raise ValueError(f"give either store or the model settings, not both: embedding.store and embedding.{others[0]} were given "
+                             "(a store's model, pooling and dim come from its manifest)")
+        return self
 
 
 class IndexSpec(_Strict):
@@ -159,8 +175,13 @@ def step_name(step: Any) -> str:
     return step.name or step.step
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = (), *, out: str | None = None) -> tuple[PipelineSpec, dict[str, Any]]:
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *, out: str | None = None,
+              embeddings: str | None = None) -> tuple[PipelineSpec, dict[str, Any]]:
     """Read, override, validate and resolve a spec file.
+
+    ``out`` replaces the spec's ``out``; ``embeddings`` (an existing store, ``thresher run --embeddings``)
+    replaces its whole ``embedding`` section with ``{store: embeddings}``. Both are taken as they are
+    (the CLI makes them absolute from the working directory).
 
     Returns the typed spec (paths resolved to absolute paths) and its plain
     dict form, the "resolved spec" stored in every artefact's manifest.
@@ -178,10 +199,25 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, out: str | Non
     lines = {**lines, **{key: f"--set {item}" for key, item in origins.items()}}  # an error in a value set by --set names the --set
     if out is not None:
         raw["out"] = out
+    if embeddings is not None:
+        raw["embedding"] = {"store": embeddings}
+        lines = {k: v for k, v in lines.items() if k[:1] != ("embedding",)} | {("embedding",): "--embeddings", ("embedding", "store"): "--embeddings"}
     spec = validate_spec(raw, where=str(path), lines=lines)
     resolved = resolve_paths(spec, base=path.parent)
     check_order(resolved, where=str(path))
-    return resolved, resolved.model_dump(mode="json")
+    return resolved, resolved_dict(resolved)
+
+
+def resolved_dict(spec: PipelineSpec) -> dict[str, Any]:
+    """The plain dict of a resolved spec, as manifests record it.
+
+    The ``embedding`` section shows what the run uses: ``{store: DIR}`` alone for an existing
+    store, the encoder settings otherwise (without a ``store: null``, as before stores could be named).
+    """
+    data = spec.model_dump(mode="json")
+    data["embedding"] = {"store": spec.embedding.store} if spec.embedding.store is not None else \
+        {k: v for k, v in data["embedding"].items() if k != "store"}
+    return data
 
 
 def validate_spec(raw: Any, *, where: str = "spec", lines: Mapping[tuple, int | str] | None = None) -> PipelineSpec:
@@ -276,6 +312,8 @@ def resolve_paths(spec: PipelineSpec, *, base: Path) -> PipelineSpec:
     resolved_pool = [resolve_path(p, base) for p in pool_paths]
     updates: dict[str, Any] = {"pool": spec.pool.model_copy(update={"path": resolved_pool if isinstance(spec.pool.path, list) else resolved_pool[0]})}
     updates["steps"] = [step_kind(step).resolve_paths(step, lambda p: resolve_path(p, base)) for step in spec.steps]
+    if spec.embedding.store is not None:
+        updates["embedding"] = spec.embedding.model_copy(update={"store": resolve_path(spec.embedding.store, base)})
     if spec.cluster.slurm:
         updates["cluster"] = spec.cluster.model_copy(update={"slurm": resolve_path(spec.cluster.slurm, base)})
     if spec.out is not None:

@@ -145,6 +145,10 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return self.n_rows
 
+    def __fspath__(self) -> str:
+        # a store is its directory: the output guard and anything else that takes a store's path take the open store too
+        return str(self.path)
+
     @property
     def n_rows(self) -> int:
         return int(self.shard_offsets[-1])
@@ -206,10 +210,11 @@ class EmbeddingStore:
 
     @cached_property
     def _id_positions(self) -> IdPositions:
-        return IdPositions(self.ids(), f"the embedding store {self.path}")
+        # built by streaming the id column shard by shard: numpy keys and positions (12 bytes a row), never a dict of all ids
+        return IdPositions.of_store(self, f"the embedding store {self.path}")
 
-    def positions_of(self, ids: Sequence[Any]) -> np.ndarray:
-        """Store positions of the given pool ids; an unknown id raises, naming it."""
+    def positions_of(self, ids: Sequence[Any] | np.ndarray | pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Store positions of the given pool ids, int64 in the order given; an unknown id raises, naming it."""
         return self._id_positions.positions_of(ids)
 
     def iter_blocks(self, block_rows: int | None = None, *, dtype: Any = np.float32) -> Iterator[EmbeddingBlock]:
@@ -278,7 +283,15 @@ class EmbeddingStore:
 
 
 def open_embedding_store(path: str | Path, *, verify: bool = False) -> EmbeddingStore:
-    """Open a finished embedding store; ``verify`` re-checks every shard's checksum first."""
+    """Open a finished embedding store; ``verify`` re-checks every shard's checksum first.
+
+    ``path`` may be an open store (e.g. one a run reads beside its pool,
+    :class:`thresher.stores.pool_binding.PoolBoundStore`): it is returned as it is.
+    """
+    if isinstance(path, EmbeddingStore):
+        if verify:
+            verify_shards(path.path, read_manifest(path.path, "embeddings"))
+        return path
     manifest = read_manifest(path, "embeddings")
     if verify:
         verify_shards(path, manifest)

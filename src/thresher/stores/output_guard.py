@@ -57,7 +57,7 @@ _TOP_LEVEL = ("/home", "/Users", "/root", "/mnt", "/media", "/opt", "/srv", "/tm
 # The files an interrupted job of each kind leaves, by thresher's own naming (no manifest lists them yet).
 _PARTIAL_FILES = {
     "embeddings": re.compile(r"part-\d{5,}\.arrow|\.part-\d{5,}\.arrow\.done\.json"),
-    "curated": re.compile(r"part-\d{5,}\.arrow|removed\.arrow"),
+    "curated": re.compile(r"part-\d{5,}\.arrow|removed\.arrow|targets\.arrow"),
     "index": re.compile(r"index\.faiss|ids\.arrow"),
     "infobatch": re.compile(r"infobatch\.json|scores\.npy|active_kept_well\.npy"),
 }
@@ -358,6 +358,8 @@ def _owned_entry(entry: Path, kind: str, listed: set[str] | None) -> tuple[list[
 
 def _owned_run_entry(entry: Path, listed: set[str] | None) -> tuple[list[Path] | None, str | None]:
     name = entry.name
+    if name == "explore.html" and entry.is_file() and _is_report(entry):  # `thresher explore RUN` writes it beside report.html
+        return [entry], None
     if listed is not None and name not in listed and name not in ("targets", "steps"):
         return None, None
     if name in _RUN_FILES and entry.is_file():

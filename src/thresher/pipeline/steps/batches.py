@@ -1,4 +1,4 @@
-"""The ``batches`` step: B3 batch mining (Wang et al. 2025), batches of whole communities of a teacher's rank-window graph.
+"""The ``batches`` step: B3 batch mining (Thirukovalluru et al. 2025), batches of whole communities of a teacher's rank-window graph.
 
 Stage: :func:`thresher.pipeline.select.select_batches`; algorithm: :mod:`thresher.selectors.batch_mining`.
 The teacher's ranks come from the run's index (or exact search with ``exact: true``, for small pools).
@@ -12,11 +12,11 @@ from pydantic import Field, model_validator
 
 from thresher.pipeline.steps._base import StepConfig, StepInputs, StepKind
 
-VERSION = 1
+VERSION = 2  # 2: above 250,000 rows, communities from METIS inside coarse regions (two levels)
 
 
 class BatchesStep(StepConfig):
-    """B3 batch mining (Wang et al. 2025): batches of whole communities of a teacher's rank-window graph."""
+    """B3 batch mining (Thirukovalluru et al. 2025): batches of whole communities of a teacher's rank-window graph."""
 
     step: Literal["batches"]
     batch_size: int = Field(default=1024, gt=0, description="Rows per batch (a multiple of community_size).")
@@ -26,6 +26,13 @@ class BatchesStep(StepConfig):
     group_column: str | None = Field(default=None, description="Pool column naming each row's source: a batch comes from one source.")
     drop_last: bool = Field(default=True, description="Drop the last, incomplete batch (--keep-last keeps it).")
     exact: bool = Field(default=False, description="Teacher ranks by exact search instead of the index (small pools).")
+    partition: Literal["auto", "one_level", "two_level"] = Field(
+        default="auto", description="METIS over the whole graph (one_level), or inside coarse k-means regions (two_level); "
+                                    "auto: one level up to 250,000 rows.")
+    part_rows: int = Field(default=100_000, gt=0, description="Two levels: rows per coarse region (the pool's rows / part_rows regions).")
+    rank_scope: Literal["pool", "part"] = Field(
+        default="pool", description="Teacher ranks among the whole pool (through the index), or among each part's rows "
+                                    "(part: two levels, no index needed, cost linear in the pool).")
     seed: int = Field(default=0, description="Seed of the community order and batch assembly.")
 
     @model_validator(mode="after")
@@ -46,14 +53,17 @@ class BatchesKind(StepKind):
     fingerprint_tag = "b3"
 
     def uses_index(self, config: BatchesStep) -> bool:
-        return not config.exact
+        return not config.exact and config.rank_scope == "pool"
 
     def pool_columns(self, config: BatchesStep) -> list[str]:
         return [config.group_column] if config.group_column else []
 
     def check(self, config: BatchesStep, *, has_index: bool) -> str | None:
-        if not has_index and not config.exact:
-            return "batch mining needs the teacher's ranks from an index; add an 'index' section (or set exact: true for a small pool)."
+        if not has_index and self.uses_index(config):
+            return ("batch mining needs the teacher's ranks from an index; add an 'index' section (or set exact: true for a small pool, "
+                    "or rank_scope: part to rank each part's rows among themselves).")
+        if config.rank_scope == "part" and config.partition == "one_level":
+            return "rank_scope part ranks rows within parts, which one_level has none of: use partition two_level or auto."
         if config.batch_size % config.community_size:
             return f"batch_size {config.batch_size} is not a multiple of community_size {config.community_size}."
         return None
@@ -70,16 +80,28 @@ class BatchesKind(StepKind):
         return f"≤ {bound // config.batch_size * config.batch_size:,} ({bound // config.batch_size:,} batches of {config.batch_size})"
 
     def memory(self, config: BatchesStep, bound: int | None) -> str:
+        from thresher.selectors.b3_partition import ONE_LEVEL_MAX_ROWS
+
         window = config.rank_window[1] - config.rank_window[0]
-        return f"driver: ~{(bound or 0) * window * 12 / 2**30:.2f} GiB (rank windows + reciprocal graph of ≤ {bound:,} rows)"
+        rows = bound or 0
+        two = config.partition == "two_level" or (config.partition == "auto" and (rows > ONE_LEVEL_MAX_ROWS or config.rank_scope == "part"))
+        if not two:
+            return f"driver: ~{rows * window * 12 / 2**30:.2f} GiB (rank windows + reciprocal graph of ≤ {rows:,} rows)"
+        # a part: its rank windows (int32) and graph (~3 x the windows), METIS's copy of the graph; the driver: a few int64 per row
+        part = min(rows, 2 * config.part_rows)
+        return (f"driver: ~{rows * 48 / 2**30:.2f} GiB (regions, communities, batch columns of ≤ {rows:,} rows); "
+                f"each worker: ~{part * window * 24 / 2**30:.2f} GiB (rank windows + graph of one region, ≤ ~{part:,} rows)"
+                + (" + the index" if config.rank_scope == "pool" else " + the region's vectors"))
 
     def run(self, config: BatchesStep, inputs: StepInputs, executor: Any) -> Any:
         from thresher.pipeline.select import select_batches
 
         return select_batches(
-            inputs.store.path, inputs.out, index=inputs.index if self.uses_index(config) else None, batch_size=config.batch_size,
+            inputs.store, inputs.out, index=inputs.index if self.uses_index(config) else None, batch_size=config.batch_size,
             community_size=config.community_size, rank_window=tuple(config.rank_window), n_hard_negatives=config.n_hard_negatives,
-            group_column=config.group_column, drop_last=config.drop_last, seed=config.seed, subset=inputs.subset,
+            group_column=config.group_column, drop_last=config.drop_last, partition=config.partition, part_rows=config.part_rows,
+            rank_scope=config.rank_scope,
+            seed=config.seed, subset=inputs.subset,
             overwrite=inputs.overwrite, executor=executor,
         )
 

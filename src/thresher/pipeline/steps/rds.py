@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from thresher.pipeline.steps._base import StepConfig, StepInputs, StepKind
 
-VERSION = 1
+VERSION = 2  # 2: nearest_target column and targets.arrow (why each row was picked)
 
 
 class RDSStep(StepConfig):
@@ -103,7 +103,7 @@ class RDSKind(StepKind):
         from thresher.pipeline.select import select_rds
 
         return select_rds(
-            inputs.store.path, split_targets(config, inputs.run_dir), inputs.out, budget=config.budget, aggregation=config.aggregation,
+            inputs.store, split_targets(config, inputs.run_dir), inputs.out, budget=config.budget, aggregation=config.aggregation,
             quotas=config.quotas, group_column=config.group_column, group_quotas=config.group_quotas, dedup=config.dedup,
             decontaminate=config.decontaminate, target_text=config.target_text, target_text_column=config.target_text_column,
             target_messages_column=config.target_messages_column, subset=inputs.subset, overwrite=inputs.overwrite, executor=executor,

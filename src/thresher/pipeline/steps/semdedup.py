@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from thresher.pipeline.steps._base import StepConfig, StepInputs, StepKind
 
-VERSION = 1
+VERSION = 2  # 2: a thread-invariant k-means (other centroids than FAISS's); mode
 
 
 class SemDedupStep(StepConfig):
@@ -24,6 +24,10 @@ class SemDedupStep(StepConfig):
     sample_size: int | None = Field(default=None, gt=0, description="Rows the k-means is fitted on (default: min(rows, 256 x n_clusters)).")
     n_iter: int = Field(default=25, gt=0, description="k-means iterations.")
     seed: int = Field(default=0, description="Seed of the k-means sample and initialisation.")
+    mode: Literal["paper", "exact"] = Field(
+        default="paper",
+        description="paper: the paper's rule, within each cluster against every earlier row; exact: a row goes when a kept row of any "
+                    "cluster is within eps, so every removed row has a kept twin and no two kept rows are within eps.")
 
     @model_validator(mode="before")
     @classmethod
@@ -49,6 +53,8 @@ class SemDedupKind(StepKind):
         params["clusters"] = params.pop("n_clusters")
         if params["n_iter"] == SemDedupStep.model_fields["n_iter"].default:
             del params["n_iter"]
+        if params["mode"] == "paper":
+            del params["mode"]  # likewise from before there were modes
         return params
 
     def check_rows(self, config: SemDedupStep, bound: int) -> str | None:
@@ -60,14 +66,19 @@ class SemDedupKind(StepKind):
         settings = runtime_config()
         # clusters are rarely more than a few times their mean size; a block is at most block_rows of one cluster
         cluster = min(bound, 4 * -(-bound // config.n_clusters)) if bound else settings.partition_rows
-        return (f"worker: ~{min(settings.block_rows, cluster) * cluster * 12 / 2**20:,.0f} MiB "
+        text = (f"worker: ~{min(settings.block_rows, cluster) * cluster * 12 / 2**20:,.0f} MiB "
                 f"(block × cluster similarities for clusters of ~{cluster:,} rows)")
+        if config.mode == "exact" and bound:
+            text += (f"; exact mode: driver and each worker +{bound * ((config.n_clusters + 7) // 8) / 2**20:,.0f} MiB of near-cluster marks, "
+                     "driver +24 B per near-duplicate pair")
+        return text
 
     def run(self, config: SemDedupStep, inputs: StepInputs, executor: Any) -> Any:
         from thresher.pipeline.dedup import select_semdedup
 
-        return select_semdedup(inputs.store.path, inputs.out, n_clusters=config.n_clusters, eps=config.eps, sample_size=config.sample_size,
-                               n_iter=config.n_iter, seed=config.seed, subset=inputs.subset, overwrite=inputs.overwrite, executor=executor)
+        return select_semdedup(inputs.store, inputs.out, n_clusters=config.n_clusters, eps=config.eps, sample_size=config.sample_size,
+                               n_iter=config.n_iter, seed=config.seed, mode=config.mode, subset=inputs.subset, overwrite=inputs.overwrite,
+                               executor=executor)
 
 
 STEP = SemDedupKind()

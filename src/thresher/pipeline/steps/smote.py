@@ -58,7 +58,7 @@ class SMOTEKind(StepKind):
     def run(self, config: SMOTEStep, inputs: StepInputs, executor: Any) -> Any:
         from thresher.pipeline.smote import select_smote
 
-        return select_smote(inputs.store.path, inputs.out, labels=config.labels, sampling_strategy=config.sampling_strategy,
+        return select_smote(inputs.store, inputs.out, labels=config.labels, sampling_strategy=config.sampling_strategy,
                             undersample_majority=config.undersample_majority, k_neighbors=config.k_neighbors, neighbors=config.neighbors,
                             seed=config.seed,
                             subset=inputs.subset, overwrite=inputs.overwrite, executor=executor)
