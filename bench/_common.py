@@ -110,11 +110,32 @@ class PeakMemory:
         self.peak = max(self.peak, self._sample())
 
 
+class VariantFailed(RuntimeError):
+    """A benchmark variant's child process failed; the message holds its command and the tail of its stderr."""
+
+
+def _tail(text: str, n_lines: int = 40) -> str:
+    lines = text.rstrip().splitlines()
+    return "\n".join(lines[-n_lines:]) if lines else "(empty)"
+
+
 def run_variant(script: Path, *args: str) -> dict:
-    """Run one measured variant in a fresh Python process (so peak memory is its own) and return its JSON line."""
-    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True, cwd=ROOT)
-    last = [line for line in out.stdout.splitlines() if line.startswith("{")][-1]
-    return json.loads(last)
+    """Run one measured variant in a fresh Python process (so peak memory is its own) and return its JSON line.
+
+    Raises :class:`VariantFailed` naming the command, its exit status and the last 40 lines of its stderr when the
+    child fails or prints no JSON line: a captured stream that is thrown away hides why a benchmark broke.
+    """
+    command = [sys.executable, str(script), *args]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    shown = " ".join(command)
+    if out.returncode != 0:
+        raise VariantFailed(f"Benchmark variant failed with exit status {out.returncode}: {shown}\n"
+                            f"--- last lines of its stderr ---\n{_tail(out.stderr)}")
+    json_lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if not json_lines:
+        raise VariantFailed(f"Benchmark variant printed no JSON line: {shown}\n--- last lines of its stdout ---\n{_tail(out.stdout)}\n"
+                            f"--- last lines of its stderr ---\n{_tail(out.stderr)}")
+    return json.loads(json_lines[-1])
 
 
 def update_benchmarks_md(section: str, body: str) -> None:

@@ -9,19 +9,20 @@ included), sampled every 50 ms.
 - ``one level``: the rank windows of every row (searched through the index in
   this process), the reciprocal graph, one METIS call with N / 32 parts, batches
   (``BatchMiner(partition="one_level")``): the whole graph in one process.
-- ``two levels``: a seeded k-means on a sample makes ceil(N / part_rows)
-  regions; each region is a task (rank windows of its rows searched in the
-  whole pool, the graph inside the region, METIS), run one after another in
-  this process (``Executor.in_process``), then batches (``BatchMiner(partition="two_level")``
+- ``two levels``: ceil(N / part_rows) regions, each a union of the index's
+  IVF lists (grouped by a weighted k-means over the list centroids); each
+  region is a task (rank windows of its rows searched in the whole pool, the
+  graph inside the region, METIS), run one after another in this process
+  (``Executor.in_process``), then batches (``BatchMiner(partition="two_level")``
   through :func:`thresher.jobs.b3_parts_job.parts_on_cluster`).
 - ``two levels, Dask``: the same on the default local Dask cluster (what
   ``thresher run`` uses), whole process tree measured.
 - ``part ranks`` (``rank_scope="part"``): two levels whose teacher ranks each
   row among its part's rows only (an IVF-Flat search trained on the part), so
-  the pool's index is not used at all.
-- ``two levels, IVF regions`` (``--ivf-regions``): regions made of the
-  index's IVF lists (a k-means over the list centroids weighted by list size;
-  a row's region is its list's), the alternative to a k-means over rows.
+  the pool's index is not used at all (regions of a k-means's lists).
+- ``--compare-regions``: two levels, pool ranks, with the regions made of the
+  lists of a k-means on a sample (what an index without IVF lists gets), and
+  of a spherical k-means over rows (the first design).
 
 Quality, computed apart from the selector from the saved communities: mean
 cosine between members of a community, and the share of community pairs that
@@ -172,9 +173,10 @@ def variant_two(store_path: str, index_path: str, out: str, part_rows: int, wher
     return _result(sel, seconds, mem.peak, {"parts_seconds": parts_seconds, "workers": workers, "cpu_seconds": cpu}, out)
 
 
-def variant_two_ivf(store_path: str, index_path: str, out: str, part_rows: int) -> dict:
-    """Two levels whose regions are unions of the index's IVF lists: a k-means over the list centroids, weighted by list size."""
-    from thresher.search import GroupedIVFSearch
+def variant_two_regions(store_path: str, index_path: str, out: str, part_rows: int, regions: str) -> dict:
+    """Two levels, pool ranks, in this process, with the regions made one given way (to compare them on one index):
+    ``lists`` (the default with an IVF index: unions of its IVF lists), ``kmeans`` (unions of a k-means's lists, the
+    default without IVF lists) or ``rows`` (a spherical k-means over rows, the first design)."""
     from thresher.selectors import b3_partition
     from thresher.selectors.batch_mining import BatchMiner
     from thresher.stores import open_embedding_store, open_index
@@ -184,18 +186,16 @@ def variant_two_ivf(store_path: str, index_path: str, out: str, part_rows: int) 
         t0 = time.perf_counter()
         store = open_embedding_store(store_path)
         index = open_index(index_path, store=store)
-        lists = GroupedIVFSearch.from_index(index)
-        sizes = np.array([len(p) for p in lists.list_positions])
-        n_regions = b3_partition.n_coarse_parts(store.n_rows, part_rows)
-        weighted = np.repeat(np.arange(len(sizes)), sizes)  # a list centroid counts once per row of its list
-        sample = weighted[b3_partition.coarse_sample(len(weighted), n_regions, 0)]
-        list_region = b3_partition.assign_coarse(lists.centroids, b3_partition.coarse_centroids(lists.centroids[sample], n_regions, 0))
-        region = np.empty(store.n_rows, np.int32)
-        for lst, positions in enumerate(lists.list_positions):
-            region[positions] = list_region[lst]
-        del lists
         miner = BatchMiner(batch_size=BATCH, community_size=COMMUNITY, rank_window=WINDOW, partition="two_level", part_rows=part_rows)
         state = miner.prepare(store, budget=store.n_rows)
+        if regions == "lists":
+            region = miner.index_regions(index, store.n_rows)
+        elif regions == "kmeans":
+            region = miner.assign_regions(miner.region_model(store), store.iter_blocks(65_536))
+        else:
+            n_regions = miner.n_regions(store.n_rows)
+            centroids = b3_partition.coarse_centroids(store.take(b3_partition.coarse_sample(store.n_rows, n_regions, 0)), n_regions, 0)
+            region = np.concatenate([b3_partition.assign_coarse(b.vectors, centroids) for b in store.iter_blocks(65_536)])
         plan = miner.plan_parts(region)
         results = [miner.mine_part(state, part, members, store, neighbors=index) for part, members in enumerate(plan.members)]
         sel = miner.finish_parts(state, plan, results, store, budget=store.n_rows)
@@ -223,7 +223,8 @@ def variant_quality(store_path: str, window_path: str, *communities_paths: str) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 300_000])
-    parser.add_argument("--variant", choices=["index", "window", "one", "two", "two_ivf", "quality"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=["index", "window", "one", "two", "regions", "quality"], help=argparse.SUPPRESS)
+    parser.add_argument("--regions", choices=["lists", "kmeans", "rows"], default="lists", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     parser.add_argument("--out", nargs="*", help=argparse.SUPPRESS)
@@ -236,7 +237,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, help="IVF lists probed per query (default: the index's own, nlist / 32, at least 16); "
                         "other indexes ignore it.")
     parser.add_argument("--part-rows", type=int, default=100_000, help="Two levels: rows per coarse region.")
-    parser.add_argument("--ivf-regions", action="store_true", help="Also run two levels with regions made of IVF lists (IVF indexes only).")
+    parser.add_argument("--compare-regions", action="store_true",
+                        help="With an IVF index, also run two levels (pool ranks, here) with regions of a k-means's lists and of a k-means over rows.")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.variant == "index":
@@ -251,8 +253,8 @@ def main() -> None:
     if args.variant == "two":
         print(json.dumps(variant_two(args.store, args.index, args.out[0], args.part_rows, args.where, args.rank_scope)))
         return
-    if args.variant == "two_ivf":
-        print(json.dumps(variant_two_ivf(args.store, args.index, args.out[0], args.part_rows)))
+    if args.variant == "regions":
+        print(json.dumps(variant_two_regions(args.store, args.index, args.out[0], args.part_rows, args.regions)))
         return
     if args.variant == "quality":
         print(json.dumps(variant_quality(args.store, *args.out)))
@@ -263,18 +265,20 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     lines = [
         f"Command: `python bench/bench_b3.py --rows {' '.join(map(str, args.rows))} --index-type {' '.join(args.index_type)}"
-        f"{'' if args.nprobe is None else f' --nprobe {args.nprobe}'} --part-rows {args.part_rows}{' --ivf-regions' if args.ivf_regions else ''}`"
+        f"{'' if args.nprobe is None else f' --nprobe {args.nprobe}'} --part-rows {args.part_rows}{' --compare-regions' if args.compare_regions else ''}`"
         f" ({machine_line()}).",
         "",
         f"Generated pool of N × {DIM} unit vectors around 2,000 centres; batch {BATCH}, community {COMMUNITY}, rank window "
         f"{WINDOW[0]}:{WINDOW[1]}. **one level**: every row's rank window (N queries × {WINDOW[1] + 1} neighbours through the index, "
-        "in this process), the reciprocal graph, one METIS call with N / 32 parts, batches. **two levels**: a seeded k-means on a "
-        f"sample makes ceil(N / {args.part_rows:,}) regions; each region is a task (its rows' rank windows searched in the whole pool, "
+        "in this process), the reciprocal graph, one METIS call with N / 32 parts, batches. **two levels**: "
+        f"ceil(N / {args.part_rows:,}) regions; each region is a task (its rows' rank windows searched in the whole pool, "
         "the graph inside the region, METIS with n_region / 32 parts), then batches; run in this process (*here*) or on the default "
         "local Dask cluster (*Dask*, workers in brackets). *Pool ranks*: the teacher ranks among the whole pool through the index "
         "(window entries that leave the region are dropped); *part ranks* (`rank_scope=\"part\"`): among the region's rows only "
-        "(an IVF-Flat search trained on the region, lists of ~512 rows, 4 probed; no index used). *IVF regions*: regions made of the index's IVF lists (a k-means over the list "
-        "centroids weighted by list size) instead of a k-means over rows. Peak: anonymous resident memory of the process and its "
+        "(an IVF-Flat search trained on the region, lists of ~512 rows, 4 probed; no index used; regions of a k-means's lists). Regions: "
+        "unions of the index's IVF lists (grouped by a k-means over the list centroids weighted by their rows); *regions of k-means lists*: "
+        "of the lists of a k-means on a sample instead (an index without IVF lists); *k-means over rows*: each row to the nearest of "
+        "N / part_rows k-means centroids (the first design). Peak: anonymous resident memory of the process and its "
         "children (Dask workers). Quality, computed apart from the selector over the output communities: mean in-community cosine, and "
         "the share of community pairs that are edges of the full reciprocal window graph; *edges lost*: reciprocal edges METIS did not "
         "see (they cross regions), of the full graph's. Random: mean in-batch cosine of random batches of the same rows.",
@@ -299,9 +303,12 @@ def main() -> None:
                 extra, stem = RUNS[run]
                 runs[RUN_NAMES[run]] = run_variant(SCRIPT, "--variant", "two", *common, "--out", str(tmp / f"{stem}.npy"), *part, *extra)
                 files[RUN_NAMES[run]] = stem
-            if args.ivf_regions and "IVF" in ix["factory"]:
-                runs["two levels, IVF regions, pool ranks, here"] = run_variant(SCRIPT, "--variant", "two_ivf", *common, "--out", str(tmp / "two_ivf.npy"), *part)
-                files["two levels, IVF regions, pool ranks, here"] = "two_ivf"
+            if args.compare_regions and "IVF" in ix["factory"]:
+                for regions, name in (("kmeans", "k-means lists"), ("rows", "k-means over rows")):
+                    label = f"two levels, pool ranks, regions of {name}, here"
+                    runs[label] = run_variant(SCRIPT, "--variant", "regions", *common, "--out", str(tmp / f"regions_{regions}.npy"), *part,
+                                              "--regions", regions)
+                    files[label] = f"regions_{regions}"
             quality = run_variant(SCRIPT, "--variant", "quality", "--store", str(store), "--out", str(tmp / "window.npy"),
                                   *[str(tmp / f"{f}.npy") for f in files.values()])
         search = ", ".join(f"{k} {v}" for k, v in ix["search_params"].items())

@@ -139,6 +139,8 @@ def test_two_levels_give_the_same_batches_on_one_or_two_workers_and_in_process(t
     assert here.to_table().equals(two.to_table()) and here.to_table().equals(one.to_table())
     s = here.manifest["summary"]
     assert s["partition"] == "two_level" and s["n_regions"] == 5 and s["n_parts"] == 10  # (source, region) pairs
+    # pool ranks: regions are unions of the IVF index's lists; part ranks read no index: lists of a k-means
+    assert s["regions_from"] == ("index IVF lists" if rank_scope == "pool" else "k-means lists")
     assert here.manifest["params"]["partition"] == "two_level" and here.manifest["params"]["part_rows"] == 700
     # part ranks read no index: it is not an input of the output
     assert ("index" in here.manifest["inputs"]) == (rank_scope == "pool")

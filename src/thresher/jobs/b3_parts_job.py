@@ -1,8 +1,10 @@
 """B3 in two levels on Dask: coarse regions assigned shard by shard, then one task per part (teacher windows, graph, METIS).
 
-The driver reads only the coarse k-means sample; the rest runs as tasks on
-the executor (:meth:`thresher.jobs.executor.Executor.map`): every store shard
-assigns its rows to a region (an int32 a row comes back), then each part
+Everything heavy runs as tasks on the executor (:meth:`thresher.jobs.executor.Executor.map`):
+the regions come from the index's IVF lists (one task opens the index; an
+int32 a row comes back) or, for an index without lists, from a k-means whose
+sample the driver reads and whose lists every store shard assigns its rows
+to; then each part
 (a source group's rows of one region) is one task that opens the store and
 the index where it runs, searches its rows' rank windows against the whole
 pool, keeps the window entries inside the part, and runs METIS there. Rank
@@ -38,18 +40,28 @@ def _open(store_path: str, index_path: str | None, subset: np.ndarray | None, bl
     return store, StoreSubset(store, subset), SubsetNeighbors(store, subset, neighbors, block_rows=block_rows or 8192)
 
 
-def _shard_regions(store_path: str, shard: int, block_rows: int, *, miner: Any, centroids: np.ndarray,
+def _index_regions(store_path: str, index_path: str, *, miner: Any, subset: np.ndarray | None = None) -> np.ndarray | None:
+    """Each pool row's region from the index's IVF lists (None when the index has none), the index opened here."""
+    from thresher.stores.embedding_store import open_embedding_store
+    from thresher.stores.index import open_index
+
+    store = open_embedding_store(store_path)
+    index = open_index(index_path, store=store)
+    return miner.index_regions(index, store.n_rows if subset is None else len(subset), subset)
+
+
+def _shard_regions(store_path: str, shard: int, block_rows: int, *, miner: Any, model: Any,
                    subset: np.ndarray | None = None) -> np.ndarray:
     """The region of each row of one shard (its subset rows when given), in row order."""
     from thresher.stores.embedding_store import open_embedding_store
 
     store = open_embedding_store(store_path)
     if subset is None:
-        return miner.assign_regions(centroids, store.iter_shard_blocks(shard, block_rows))
+        return miner.assign_regions(model, store.iter_shard_blocks(shard, block_rows))
     from thresher.stores.subset import iter_subset_shard_blocks, shard_range
 
     lo, hi = shard_range(subset, store, shard)
-    return miner.assign_regions(centroids, iter_subset_shard_blocks(store, subset[lo:hi], lo, shard, block_rows))
+    return miner.assign_regions(model, iter_subset_shard_blocks(store, subset[lo:hi], lo, shard, block_rows))
 
 
 def _part(store_path: str, index_path: str | None, part: int, members: np.ndarray, block_rows: int | None, *, miner: Any, state: Any,
@@ -70,12 +82,32 @@ def parts_on_cluster(store: Any, index_path: str | Path | None, miner: Any, stat
     Pass both returns to ``miner.finish_parts``.
     """
     from thresher.jobs.executor import Executor
-    from thresher.stores.subset import StoreSubset, shard_range
+    from thresher.stores.subset import StoreSubset
 
     executor = executor if executor is not None else Executor.in_process(progress=False)
     pool = store if subset is None else StoreSubset(store, subset)
-    centroids = miner.coarse_centroids(pool)
+    index = None if index_path is None or miner.rank_scope == "part" else str(index_path)  # part ranks read no index
+    region, regions_from = None, "index IVF lists"
+    if index is not None:
+        # one task: the index is opened where it runs, never on the driver
+        region = executor.map(_index_regions, [(str(store.path), index)], shared={"miner": miner, "subset": subset}, job=job)[0]
+    if region is None:
+        region, regions_from = _kmeans_regions(store, pool, miner, executor=executor, subset=subset, job=job), "k-means lists"
+    plan = miner.plan_parts(region, groups, regions_from=regions_from)
+    del region
+    # the largest parts first, so the last task to finish is a small one
+    order = sorted(range(plan.n_parts), key=lambda i: (-len(plan.members[i]), i))
+    results = executor.map(_part, [(str(store.path), index, i, plan.members[i], block_rows) for i in order],
+                           shared={"miner": miner, "state": state, "subset": subset},
+                           rows=[len(plan.members[i]) for i in order], description="teacher ranks", job=job)
+    return plan, results
 
+
+def _kmeans_regions(store: Any, pool: Any, miner: Any, *, executor: Any, subset: np.ndarray | None, job: Any) -> np.ndarray:
+    """Regions of a k-means's fine lists: the model from a sample on the driver, rows assigned shard by shard on the executor."""
+    from thresher.stores.subset import shard_range
+
+    model = miner.region_model(pool)
     shards = list(range(store.n_shards))
     if subset is not None:
         shards = [i for i in shards if shard_range(subset, store, i)[1] > shard_range(subset, store, i)[0]]
@@ -85,14 +117,6 @@ def parts_on_cluster(store: Any, index_path: str | Path | None, miner: Any, stat
         return int(hi - lo)
 
     regions = executor.map(_shard_regions, [(str(store.path), i, 65_536) for i in shards],
-                           shared={"miner": miner, "centroids": centroids, "subset": subset},
+                           shared={"miner": miner, "model": model, "subset": subset},
                            rows=[rows_in(i) for i in shards], description="coarse regions", job=job)
-    plan = miner.plan_parts(np.concatenate(regions), groups)
-    del regions
-    index = None if index_path is None else str(index_path)
-    # the largest parts first, so the last task to finish is a small one
-    order = sorted(range(plan.n_parts), key=lambda i: (-len(plan.members[i]), i))
-    results = executor.map(_part, [(str(store.path), index, i, plan.members[i], block_rows) for i in order],
-                           shared={"miner": miner, "state": state, "subset": subset},
-                           rows=[len(plan.members[i]) for i in order], description="teacher ranks", job=job)
-    return plan, results
+    return np.concatenate(regions)

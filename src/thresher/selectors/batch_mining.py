@@ -259,7 +259,8 @@ class BatchMiner(BlockwiseSelector):
         lost, no process holds the whole graph. ``"auto"``: one level up to
         ``ONE_LEVEL_MAX_ROWS`` (250,000) rows, two above.
     part_rows : int, default 100,000
-        Two levels: the coarse k-means makes ``ceil(n_rows / part_rows)`` regions.
+        Two levels: ``ceil(n_rows / part_rows)`` regions, unions of the index's
+        IVF lists (or of a k-means's lists when the index has none).
     rank_scope : {"pool", "part"}, default "pool"
         ``"pool"``: the teacher ranks every row among the whole pool (through
         ``neighbors``, the pool's index, or exact search), as the paper does.
@@ -284,8 +285,9 @@ class BatchMiner(BlockwiseSelector):
     block's rows (``neighbors=``: the index opened where it runs); ``merge``
     stitches adjacent row ranges; ``finish`` builds the graph and the batches.
 
-    Two levels: ``prepare``; :meth:`coarse_centroids` (driver, a sample);
-    :meth:`assign_regions` over blocks (any worker); :meth:`plan_parts` (driver);
+    Two levels: ``prepare``; :meth:`index_regions` (where the index is open) or
+    :meth:`region_model` (driver, a sample) then :meth:`assign_regions` over
+    blocks (any worker); :meth:`plan_parts` (driver);
     :meth:`mine_part` per part (any worker: teacher windows, graph, METIS);
     :meth:`finish_parts` (driver: leftovers, batches).
     """
@@ -395,9 +397,12 @@ class BatchMiner(BlockwiseSelector):
                                      "with rank_scope='part' each part ranks its own rows.")
             if window is not None and np.shape(window) != (pool.n_rows, state.m):
                 raise InputDataError(f"'window' must have shape (n_rows, m) = ({pool.n_rows}, {state.m}); got {np.shape(window)}.")
-            centroids = self.coarse_centroids(pool)
-            region = np.concatenate([self.assign_regions(centroids, [block]) for block in pool.iter_blocks(65_536)])
-            plan = self.plan_parts(region, groups)
+            region = self.index_regions(neighbors, pool.n_rows) if self.rank_scope == "pool" else None
+            regions_from = "index IVF lists"
+            if region is None:
+                model, regions_from = self.region_model(pool), "k-means lists"
+                region = np.concatenate([self.assign_regions(model, [block]) for block in pool.iter_blocks(65_536)])
+            plan = self.plan_parts(region, groups, regions_from=regions_from)
             results = [self.mine_part(state, part, members, pool, neighbors=neighbors, window=None if window is None else np.asarray(window)[members])
                        for part, members in enumerate(plan.members)]
             return self.finish_parts(state, plan, results, pool, budget=budget, rng=rng)
@@ -449,21 +454,49 @@ class BatchMiner(BlockwiseSelector):
 
     # -- two levels: coarse regions, then METIS inside each part (module b3_partition) -----------------------
 
-    def coarse_centroids(self, pool: PoolLike) -> np.ndarray:
-        """The coarse regions' unit centroids: spherical k-means on a seeded sample of ``pool`` (the driver reads the sample only)."""
-        n_regions = b3_partition.n_coarse_parts(pool.n_rows, self.part_rows)
-        sample = b3_partition.coarse_sample(pool.n_rows, n_regions, self._seed())
-        return b3_partition.coarse_centroids(pool.take(sample), n_regions, self._seed())
+    def n_regions(self, n_rows: int) -> int:
+        """Coarse regions of a pool of ``n_rows`` rows: ``ceil(n_rows / part_rows)``."""
+        return b3_partition.n_coarse_parts(n_rows, self.part_rows)
 
-    def assign_regions(self, centroids: np.ndarray, blocks: Iterable[Any]) -> np.ndarray:
-        """Region of each row of ``blocks`` (in block order): its nearest centroid."""
-        parts = [b3_partition.assign_coarse(block.vectors, centroids) for block in blocks]
+    def index_regions(self, neighbors: Any, n_rows: int, positions: np.ndarray | None = None) -> np.ndarray | None:
+        """Each pool row's region from the IVF lists of ``neighbors`` (an index over the pool's store), or None when it has none.
+
+        ``positions``: the pool is these store positions (a subset); lists are
+        weighted by their pool rows. Returns the region per pool row (int32).
+        """
+        lists = b3_partition.ivf_lists(neighbors)
+        if lists is None:
+            return None
+        centroids, members = lists
+        list_of = np.empty(int(neighbors.faiss_index.ntotal), dtype=np.int64)
+        for lst, rows in enumerate(members):
+            list_of[rows] = lst
+        if positions is not None:
+            list_of = list_of[positions]
+        if len(list_of) != n_rows:
+            return None
+        region_of = b3_partition.regions_of_lists(centroids, np.bincount(list_of, minlength=len(centroids)), self.n_regions(n_rows), self._seed())
+        return region_of[list_of].astype(np.int32)
+
+    def region_model(self, pool: PoolLike) -> b3_partition.Regions:
+        """Regions without IVF lists (driver, reads a seeded sample of ``pool`` only): a FAISS k-means makes fine lists,
+        grouped into regions (:class:`~thresher.selectors.b3_partition.Regions`)."""
+        n_regions = self.n_regions(pool.n_rows)
+        n_lists = min(b3_partition.MAX_FINE_LISTS, max(b3_partition.MIN_FINE_LISTS, b3_partition.FINE_LISTS_PER_REGION * n_regions))
+        sample = b3_partition.coarse_sample(pool.n_rows, max(n_regions, n_lists // 8), self._seed())
+        centroids, sizes = b3_partition.fine_lists(pool.take(sample), n_lists, self._seed())
+        return b3_partition.Regions(centroids, b3_partition.regions_of_lists(centroids, sizes, n_regions, self._seed()))
+
+    def assign_regions(self, model: b3_partition.Regions, blocks: Iterable[Any]) -> np.ndarray:
+        """Region of each row of ``blocks`` (in block order): the region of its nearest fine list."""
+        parts = [model.assign(block.vectors) for block in blocks]
         return np.concatenate(parts) if parts else np.empty(0, np.int32)
 
-    def plan_parts(self, region: np.ndarray, groups: Sequence[Any] | np.ndarray | None = None) -> PartPlan:
+    def plan_parts(self, region: np.ndarray, groups: Sequence[Any] | np.ndarray | None = None, *,
+                   regions_from: str = "k-means lists") -> PartPlan:
         """The parts: non-empty (source group, region) pairs, from each row's region (and group)."""
         n_regions = int(region.max()) + 1 if len(region) else 1
-        return b3_partition.plan_parts(region, None if groups is None else group_codes(groups, len(region)), n_regions)
+        return b3_partition.plan_parts(region, None if groups is None else group_codes(groups, len(region)), n_regions, regions_from)
 
     def mine_part(self, state: TeacherWindows, part: int, members: np.ndarray, pool: PoolLike, neighbors: Any = None,
                   window: np.ndarray | None = None, block_rows: int | None = None) -> PartCommunities:
@@ -519,6 +552,7 @@ class BatchMiner(BlockwiseSelector):
             "partition": "two_level",
             "n_parts": plan.n_parts,
             "n_regions": plan.n_regions,
+            "regions_from": plan.regions_from,
             "largest_part_rows": max(len(m) for m in plan.members),
             "n_edges": sum(r.n_edges for r in results),
             "n_isolated_rows": sum(r.n_isolated_rows for r in results),

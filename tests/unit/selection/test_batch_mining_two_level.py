@@ -91,7 +91,7 @@ def test_a_part_sees_exactly_the_full_graph_inside_it(pool):
     x, window = pool
     miner = BatchMiner(batch_size=K, community_size=K, rank_window=WINDOW, partition="two_level", part_rows=4000, n_hard_negatives=3)
     state = miner.prepare(ArrayPool(x), budget=len(x))
-    plan = miner.plan_parts(miner.assign_regions(miner.coarse_centroids(ArrayPool(x)), ArrayPool(x).iter_blocks(5000)))
+    plan = miner.plan_parts(miner.assign_regions(miner.region_model(ArrayPool(x)), ArrayPool(x).iter_blocks(5000)))
     full = reciprocal_graph(window)
     assert sorted(np.concatenate(plan.members).tolist()) == list(range(len(x)))
     inside = 0
@@ -231,3 +231,30 @@ def test_the_step_needs_an_index_only_for_pool_ranks():
     assert "use partition two_level or auto" in kind.check(kind.Config(step="batches", rank_scope="part", partition="one_level"), has_index=True)
     assert "each worker" in kind.memory(part_ranks, 1000) and "each worker" in kind.memory(pool_ranks, 10**6)
     assert "each worker" not in kind.memory(pool_ranks, 1000)  # small pools: one level, on the driver
+
+
+def test_regions_are_unions_of_the_index_ivf_lists(tmp_path):
+    """With an IVF index, a region is a union of whole IVF lists (no list is cut), grouped into ceil(n / part_rows) regions."""
+    from thresher.stores import build_index, finalize_embedding_store, open_embedding_store, write_embedding_shard
+
+    x = topics(4000, 16, 30, seed=8, noise=0.5)
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    shards = [write_embedding_shard(store_dir, i, np.arange(lo, lo + 2000), x[lo : lo + 2000]) for i, lo in enumerate((0, 2000))]
+    finalize_embedding_store(store_dir, shards=shards, fingerprint="r", dim=16, dtype="float32", encoder={"normalize": True}, pool={})
+    store = open_embedding_store(store_dir)
+    index = build_index(store, tmp_path / "index", index_type="IVF40,Flat", recall_sample=0)
+    miner = BatchMiner(batch_size=32, community_size=16, rank_window=(3, 19), partition="two_level", part_rows=1000)
+    region = miner.index_regions(index, store.n_rows)
+    _, lists = b3_partition.ivf_lists(index)
+    assert sorted(np.concatenate(lists).tolist()) == list(range(4000))
+    assert all(len(np.unique(region[rows])) == 1 for rows in lists if len(rows))
+    assert len(np.unique(region)) == 4 and np.bincount(region).max() < 2500
+    # a subset: regions of its rows only, lists weighted by the subset's rows
+    subset = np.arange(0, 4000, 3)
+    sub = miner.index_regions(index, len(subset), subset)
+    assert len(sub) == len(subset) and len(np.unique(sub)) == 2
+    assert miner.index_regions(None, 4000) is None and miner.index_regions(index, 3999) is None  # no lists, or not this pool's index
+    sel = miner.select(store, budget=1.0, neighbors=index)
+    assert sel.summary["regions_from"] == "index IVF lists" and sel.summary["window_entries_leaving_parts"] < 0.2
+    assert miner.select(store, budget=1.0).summary["regions_from"] == "k-means lists"  # exact search: no lists

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from thresher.pipeline.steps._base import StepConfig, StepInputs, StepKind
 
-VERSION = 2  # 2: above 250,000 rows, communities from METIS inside coarse regions (two levels)
+VERSION = 3  # 2: above 250,000 rows, communities from METIS inside coarse regions (two levels); 3: regions of IVF lists
 
 
 class BatchesStep(StepConfig):
