@@ -31,9 +31,9 @@ TEXT = "{instruction}\n\n{response}"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _dask(*args: str, log: Path) -> subprocess.Popen:
+def _dask(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=out, stderr=subprocess.STDOUT, env=ENV)
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=out, stderr=subprocess.STDOUT, env={**ENV, **(env or {})})
 
 
 def _wait_for(condition, what: str, timeout: float = 120.0) -> None:
@@ -204,3 +204,102 @@ def test_documented_gpu_slurm_config_builds_a_cluster_whose_job_script_asks_for_
     assert "distributed.cli.dask_worker" in worker_command
     assert "--resources GPU=1" in worker_command and f"--nthreads {documented['cores']}" in worker_command
     assert f"--memory-limit {format_bytes(memory).replace(' ', '')}" in worker_command
+
+
+def test_a_worker_over_its_memory_limit_stops_the_step_that_caused_it_with_the_figure(tmp_path, reference, minilm_path):
+    """A worker that outgrows its memory limit (its nanny kills it) ends `thresher run` with exit 1 and one line naming the
+    step, the limit and what to change: no hang, no traceback, no manifest."""
+    import yaml
+    from dask.utils import format_bytes, parse_bytes
+
+    pool, _ = reference
+    scheduler_file = tmp_path / "scheduler.json"
+    # the scheduler gives up on a task after one worker death (Dask's default of 3 deaths only makes the test slower)
+    processes = [_dask("scheduler", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file), log=tmp_path / "scheduler.log",
+                       env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"})]
+    try:
+        _wait_for(lambda: scheduler_file.is_file() and scheduler_file.stat().st_size > 0, "the scheduler file")
+        address = json.loads(scheduler_file.read_text())["address"]
+        # loading torch and the model takes a worker well past 300 MB
+        processes.append(_dask("worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--no-dashboard",
+                               "--memory-limit", "300MB", log=tmp_path / "worker.log"))
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=120)
+        spec = {"name": "memory", "pool": {"path": str(pool), "id_column": "uid", "text": TEXT, "partition_rows": 30},
+                "embedding": {"model": minilm_path, "max_length": 64}, "index": {"type": "flat"},
+                "steps": [{"step": "rds", "budget": 10, "targets": "bundled:demo_targets.jsonl", "target_task_column": "task"}],
+                "report": {"html": False}}
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+        out = tmp_path / "run"
+        done = subprocess.run([sys.executable, "-m", "thresher", "run", str(tmp_path / "spec.yaml"), "--out", str(out), "--scheduler", address,
+                               "--quiet"], capture_output=True, text=True, env=ENV, timeout=300)
+        assert done.returncode == 1, done.stdout + done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in done.stderr
+        assert line.startswith("error: step 'embed': the worker running its task") and "died 1 time" in line, line
+        assert f"each worker may hold {format_bytes(parse_bytes('300MB'))}" in line and "--memory-limit" in line, line
+        assert "exceeded 95% memory budget" in (tmp_path / "worker.log").read_text()  # it was its memory, as the line says
+        assert not (out / "manifest.json").exists() and not (out / "embeddings" / "manifest.json").exists()
+    finally:
+        _stop(processes[::-1])
+
+
+
+def _clustered_pool(tmp: Path, n: int, dim: int = 24) -> tuple[Path, Path, Path]:
+    """A pool (uid, text, source, label: one class rare) with an imported store of topic-clustered vectors holding near-duplicates,
+    and a target store of rows near two topics."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((12, dim))
+    topic = rng.integers(0, 12, n)
+    x = centres[topic] + 0.6 * rng.standard_normal((n, dim))
+    x[1::9] = x[0::9][: len(x[1::9])] + 0.02 * rng.standard_normal((len(x[1::9]), dim))  # near-duplicates
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.where(rng.random(n) < 0.1, "rare", np.where(rng.random(n) < 0.5, "a", "b"))
+    pool = tmp / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"uid": f"r{i}", "text": f"row {i}", "source": f"s{i % 4}", "label": str(labels[i])}) + "\n"
+                            for i in range(n)))
+    np.save(tmp / "vectors.npy", x.astype(np.float32))
+    (tmp / "ids.txt").write_text("".join(f"r{i}\n" for i in range(n)))
+    thresher.import_embeddings(tmp / "vectors.npy", tmp / "store", ids=tmp / "ids.txt", model="generated")
+    t = centres[[2, 7]].repeat(5, axis=0) + 0.3 * rng.standard_normal((10, dim))
+    np.save(tmp / "targets.npy", (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32))
+    (tmp / "target-ids.txt").write_text("".join(f"t{i}\n" for i in range(10)))
+    thresher.import_embeddings(tmp / "targets.npy", tmp / "targets", ids=tmp / "target-ids.txt", model="generated")
+    return pool, tmp / "store", tmp / "targets"
+
+
+def test_a_whole_spec_on_the_existing_cluster_selects_what_the_in_process_run_selects(external_cluster, tmp_path):
+    """Every step of one spec (SemDeDup, RDS+ with a source cap, SMOTE, B3 in two levels) run on the `dask scheduler` +
+    2 `dask worker` processes writes the same rows, in the same order, with the same columns as `--local`."""
+    import pyarrow as pa
+    import yaml
+
+    from thresher.stores.manifest import read_manifest
+
+    pool, store, targets = _clustered_pool(tmp_path, 1200)
+    spec = {"name": "same", "pool": {"path": str(pool), "id_column": "uid", "text_column": "text", "partition_rows": 300},
+            "embedding": {"store": str(store)}, "index": {"type": "IVF8,Flat"},
+            "steps": [{"step": "semdedup", "name": "dedup", "n_clusters": 6, "eps": 0.05},
+                      {"step": "rds", "budget": 400, "targets": {"near": str(targets)}, "group_column": "source", "group_quotas": {"s0": 40}},
+                      {"step": "smote", "name": "balanced", "input": "rds", "labels": "label", "k_neighbors": 3},
+                      {"step": "batches", "name": "b3", "input": "dedup", "batch_size": 64, "community_size": 8, "rank_window": [2, 12],
+                       "partition": "two_level", "part_rows": 300}],
+            "report": {"html": False}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    runs = {}
+    for where, args in (("local", ("--local",)), ("cluster", ("--scheduler", external_cluster["address"]))):
+        _thresher("run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / where), *args, "--quiet")
+        runs[where] = read_manifest(tmp_path / where, "run")
+    assert [s["fingerprint"] for s in runs["local"]["steps"]] == [s["fingerprint"] for s in runs["cluster"]["steps"]]
+    steps = {s["name"]: s for s in runs["cluster"]["steps"]}
+    assert {"dedup", "rds", "balanced", "b3"} <= set(steps)
+    for step in runs["local"]["steps"]:
+        if step["name"] not in {"dedup", "rds", "balanced", "b3"}:
+            continue
+        a, b = (thresher.open_curated(tmp_path / where / step["dir"]).to_table() for where in ("local", "cluster"))
+        assert a.num_rows > 0 and a.schema == b.schema, step["step"]
+        assert a.equals(b), f"step {step['step']}: the cluster's rows differ from the in-process run's"
+    removed = [pa.ipc.open_stream(tmp_path / where / steps["dedup"]["dir"] / "removed.arrow").read_all() for where in ("local", "cluster")]
+    assert removed[0].num_rows > 0 and removed[0].equals(removed[1])  # the injected near-duplicates, found alike
+    summary = read_manifest(tmp_path / "cluster" / steps["b3"]["dir"])["summary"]
+    assert summary["partition"] == "two_level" and summary["n_parts"] > 1

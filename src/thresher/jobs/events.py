@@ -79,6 +79,11 @@ def current_step(name: str | None) -> Iterator[None]:
         _step.reset(token)
 
 
+def running_step() -> str | None:
+    """The step whose block (:func:`current_step`) is running, or None outside a run."""
+    return _step.get()
+
+
 def emit(event: str, **fields: Any) -> None:
     """Emit into the current event log, if any."""
     log = _current.get()

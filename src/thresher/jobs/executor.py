@@ -38,6 +38,7 @@ import numpy as np
 from thresher.exceptions import ParameterError
 from thresher.jobs.cluster import TaskRetries, dask_client, threads_per_task
 from thresher.jobs.progress import RowProgress, report_futures
+from thresher.jobs.worker_loss import is_killed_worker, memory_limits, worker_lost_error
 from thresher.threads import run_with_threads
 
 #: The stage keywords an executor replaces (deprecated on stage functions).
@@ -174,7 +175,7 @@ class Executor:
                     progress.advance(size)
             return out
         futures = self._submit(fn, items, shared, retries=retries, resources=resources, keys=keys, job=job)
-        return self._collect(futures, sizes, progress)
+        return self._collect(futures, sizes, progress, task=description or _name(fn))
 
     def map_reduce(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]], merge: Callable[[Any, Any], Any], *,
                    shared: Mapping[str, Any] | None = None, rows: Sequence[int] | None = None, description: str | None = None,
@@ -202,7 +203,7 @@ class Executor:
             if len(futures) % 2:
                 paired.append(futures[-1])
             futures = paired
-        return futures[0].result()
+        return self._collect(futures, [0], None, task=description or _name(fn))[0]
 
     def map_fn(self, job: TaskRetries | None = None) -> Callable[[Callable[[Any], Any], Any], Any]:
         """A ``map``-like function (``map_fn(fn, items)``) for stores that parallelise per-partition work without knowing Dask."""
@@ -233,11 +234,12 @@ class Executor:
         """Arrays travel as data the task fetches, not inside the task graph."""
         return tuple(self.dask.scatter(a, hash=False) if _array_bytes(a) > 1 << 16 else a for a in item)
 
-    def _collect(self, futures: list[Any], sizes: list[int], progress: RowProgress | None) -> list[Any]:
+    def _collect(self, futures: list[Any], sizes: list[int], progress: RowProgress | None, *, task: str) -> list[Any]:
         from distributed import as_completed
 
         position = {future: i for i, future in enumerate(futures)}
         out: list[Any] = [None] * len(futures)
+        limits = memory_limits(self.dask)  # now: a worker killed later may not be back when the error is written
         try:
             for future in as_completed(list(futures)):
                 i = position.pop(future)
@@ -245,10 +247,18 @@ class Executor:
                 future.release()  # released once read, so a worker lost later does not run this task again
                 if progress is not None:
                     progress.advance(sizes[i])
-        except BaseException:
+        except BaseException as exc:
             self.dask.cancel(list(position))
+            if is_killed_worker(exc):
+                from thresher.jobs.events import running_step
+
+                raise worker_lost_error(exc, limits, step=running_step(), task=task) from exc
             raise
         return out
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", "task").lstrip("_")
 
 
 def _is_scalar(value: Any) -> bool:
