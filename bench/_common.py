@@ -54,7 +54,7 @@ def mixed_texts(n: int) -> list[str]:
     return texts
 
 
-def _anon_rss(pid: int) -> int | None:
+def anon_rss(pid: int) -> int | None:
     """Anonymous resident memory of a process (heap, arrays), excluding file-backed pages such as memory-mapped shards,
     which the kernel can drop and re-read at will."""
     try:
@@ -88,7 +88,7 @@ class PeakMemory:
         total = 0
         for p in [self._proc, *self._proc.children(recursive=True)]:
             try:
-                anon = _anon_rss(p.pid)
+                anon = anon_rss(p.pid)
                 total += anon if anon is not None else p.memory_info().rss
             except psutil.Error:
                 pass

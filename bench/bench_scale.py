@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine_line, update_benchmarks_md  # noqa: E402
+from _common import ROOT, anon_rss, machine_line, update_benchmarks_md  # noqa: E402
 
 DIM = 384
 CHUNK = 50_000
@@ -181,7 +181,7 @@ class TreeSampler:
             try:
                 info = p.memory_info()
                 rss += info.rss
-                anon += _anon(p.pid) or info.rss
+                anon += anon_rss(p.pid) or info.rss
             except psutil.Error:
                 pass
         return time.time(), rss, anon
@@ -221,15 +221,6 @@ def peak_of(samples: list[tuple[float, int, int]], start: float = float("-inf"),
     inside = [(r, a) for t, r, a in samples if start <= t <= end]
     return (max(r for r, _ in inside), max(a for _, a in inside)) if inside else (0, 0)
 
-
-def _anon(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
     return None
 
 

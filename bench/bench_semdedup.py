@@ -25,8 +25,10 @@ its children, sampled every 50 ms; SemHash: its own ru_maxrss):
 ``--threads-check`` measures instead whether the answer changes with the
 thread count (1, 2, 4 OpenMP and BLAS threads): SemDeDup's k-means centroids
 and FAISS's own ``Kmeans`` on the same 100k rows (1,000 clusters, 25
-iterations), and the index build and search of ``Flat``, ``IVF256,Flat`` and
-``HNSW32`` (the ``auto`` choices) on 50k rows; it records the figures in
+iterations), the index build and search of ``Flat``, ``IVF256,Flat`` and
+``HNSW32`` (the ``auto`` choices) on 50k rows, and every other k-means thresher
+trains (the index's IVF lists, FAISS-trained against thresher-trained; SMOTE's
+grouped IVF lists; B3's fine lists and part lists); it records the figures in
 BENCHMARKS.md too.
 
     python bench/bench_semdedup.py --rows 8000 200000 --semhash-python /tmp/semhash-venv/bin/python
@@ -216,8 +218,44 @@ def variant_threads(store: str) -> dict:
                 index.add(x[:50_000])
                 _, labels = index.search(queries, 10)
                 found[factory] = hashlib.sha256(labels.tobytes()).hexdigest()[:16]
+            found.update(trainers(x))
             out[str(threads)] = found
     return out
+
+
+def trainers(x: np.ndarray) -> dict:
+    """Every k-means thresher trains besides SemDeDup's (issue 19), and FAISS's own IVF training for comparison: a digest
+    of what each gives (centroids, lists or the index file) and its seconds."""
+    import faiss
+
+    from thresher.search import GroupedIVFSearch
+    from thresher.search.kmeans import train_index
+    from thresher.selectors.b3_partition import balanced_ivf, fine_lists
+
+    def digest(*parts) -> str:
+        return hashlib.sha256(b"".join(np.ascontiguousarray(p).tobytes() for p in parts)).hexdigest()[:16]
+
+    def ivf_file(train) -> str:
+        index = faiss.index_factory(x.shape[1], "IVF256,Flat", faiss.METRIC_INNER_PRODUCT)
+        train(index)
+        index.add(x[:50_000])
+        return digest(faiss.serialize_index(index))
+
+    unit = np.ascontiguousarray(x[:50_000] / np.linalg.norm(x[:50_000], axis=1, keepdims=True), dtype=np.float32)
+    jobs = {
+        "IVF256,Flat file, FAISS-trained lists": lambda: ivf_file(lambda index: index.train(x[:50_000])),
+        "IVF256,Flat file, thresher lists (index build)": lambda: ivf_file(lambda index: train_index(index, x[:50_000], 1)),
+        "grouped IVF lists (SMOTE class, 256 lists)": lambda: (lambda g: digest(g.centroids, *g.list_positions))(
+            GroupedIVFSearch.train(x[:50_000], 256, 1, n_train=12_800, assign_block_rows=65_536)),
+        "B3 fine lists (256 lists)": lambda: digest(*fine_lists(x[:20_000], 256, 1)),
+        "B3 part IVF lists (balanced)": lambda: (lambda g: digest(g.centroids, *g.list_positions))(balanced_ivf(unit, 512, 1)),
+    }
+    found = {}
+    for name, job in jobs.items():
+        t0 = time.perf_counter()
+        found[name] = job()
+        found[name + "_s"] = round(time.perf_counter() - t0, 1)
+    return found
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
@@ -245,13 +283,13 @@ def run_measured(cmd: list[str]) -> tuple[str, int]:
     process's peak over the exec)."""
     import psutil
 
-    from _common import _anon_rss
+    from _common import anon_rss
 
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         peak = 0
         while proc.poll() is None:
             try:
-                peak = max(peak, sum(_anon_rss(p.pid) or 0 for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]))
+                peak = max(peak, sum(anon_rss(p.pid) or 0 for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]))
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -296,7 +334,8 @@ def run(args: argparse.Namespace) -> None:
             secs = " / ".join(str(r[k + "_s"]) for r in result.values()) if k + "_s" in result["1"] else ""
             rows.append(f"| {k} | {'yes' if same else '**no**'} | {secs} |")
         body = "\n".join([f"Command: `python bench/bench_semdedup.py --threads-check --rows {max(stores)}` ({machine_line()}).", "",
-                          f"Vectors: the {max(stores):,}-row set below (first 100k rows for the k-means, 50k for the indexes; 2,000 queries, k = 10).",
+                          f"Vectors: the {max(stores):,}-row set below (first 100k rows for the k-means, 50k for the indexes; 2,000 queries, k = 10; "
+                          "the IVF, grouped-IVF and B3 part lists on 50k rows, B3 fine lists on 20k).",
                           "", *rows, "", load_note(load_start)])
         print(body)
         if not args.no_write:

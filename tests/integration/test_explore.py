@@ -64,7 +64,22 @@ def run(tmp_path_factory, minilm_path, dask_client):
     (root / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     result = run_pipeline(root / "spec.yaml", out=root / "run", client=dask_client, progress=False, echo=lambda *_: None)
     steps = {s.name: result.path / s.dir for s in result.steps}
-    return {"dir": result.path, "root": root, "steps": steps, "pool": pool}
+    # the pages the run wrote (report.explore is on by default), kept before the tests below write them again
+    pages = {name: (result.path / name).read_text(encoding="utf-8") for name in ("report.html", "explore.html")}
+    return {"dir": result.path, "root": root, "steps": steps, "pool": pool, "pages": pages}
+
+
+def _payload(html: str) -> dict:
+    start = html.index('<script type="application/json" id="thresher-data">') + len('<script type="application/json" id="thresher-data">')
+    return json.loads(html[start : html.index("</script>", start)])
+
+
+def _explore_link(report_html: str) -> str | None:
+    """The href of the report's link to the explore page, or None."""
+    import re
+
+    found = re.search(r'<a id="explore-link" href="([^"]*)">', report_html)
+    return found.group(1) if found else None
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +90,7 @@ def page(run):
     path = run["dir"] / "explore.html"
     assert f"explore page written to {path}" in out.output
     html = path.read_text(encoding="utf-8")
-    start = html.index('<script type="application/json" id="thresher-data">') + len('<script type="application/json" id="thresher-data">')
-    payload = json.loads(html[start : html.index("</script>", start)])
-    return path, html, payload
+    return path, html, _payload(html)
 
 
 def test_rds_stores_each_rows_nearest_target_example(run, minilm_path):
@@ -173,6 +186,75 @@ def test_report_links_to_the_explore_page_beside_it(run, page):
     assert '<a id="explore-link" href="explore.html">' in text
     other = write_report(run["steps"]["rds"], run["root"] / "alone.html")
     assert 'id="explore-link"' not in other.read_text(encoding="utf-8")
+
+
+def test_a_run_writes_the_explore_page_beside_its_report_and_links_it(run):
+    """report.explore defaults to true: the run's report links explore.html, which is the explore page of this run."""
+    assert _explore_link(run["pages"]["report.html"]) == "explore.html"
+    explore_html = run["pages"]["explore.html"]
+    assert '<meta name="thresher-page" content="explore">' in explore_html
+    payload = _payload(explore_html)
+    final = open_curated(run["steps"]["batches"])
+    assert payload["path"] == str(run["dir"]) and payload["counts"]["n_pool"] == open_embedding_store(run["dir"] / "embeddings").n_rows
+    assert payload["counts"]["n_final"] == final.n_rows and [s["name"] for s in payload["steps"]] == ["dedup", "rds", "balanced", "batches"]
+    # its rows carry the outcomes the run's artefacts give (the same page `thresher explore` makes, checked in detail below)
+    kept = set(final.to_table().column("id").to_pylist())
+    outcomes = payload["dictionaries"]["outcome"]
+    assert {rid for rid, code in zip(payload["rows"]["id"], payload["rows"]["outcome"]) if outcomes[code].startswith("selected for")} == kept
+    events = [json.loads(line) for line in (run["dir"] / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    report_events = [e for e in events if e["event"] == "report"]
+    assert report_events[-1]["explore"] == str(run["dir"] / "explore.html")
+
+
+def test_report_explore_flag_writes_the_page_beside_the_report_and_links_it(run, tmp_path):
+    from thresher.exceptions import ParameterError
+    from thresher.report import write_report
+
+    def report(*args: str) -> Path:
+        out = CliRunner().invoke(main, ["report", *args, "--map-rows", "50"], catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        return Path(out.output.split("report written to ", 1)[1].strip())
+
+    # --explore: explore.html beside the report wherever it goes, linked relative to it
+    page = report(str(run["dir"]), "--html", str(tmp_path / "a" / "report.html"), "--explore")
+    href = _explore_link(page.read_text(encoding="utf-8"))
+    assert href == "explore.html" and (page.parent / href).is_file()
+    linked = _payload((page.parent / href).read_text(encoding="utf-8"))
+    assert linked["path"] == str(run["dir"]) and linked["counts"]["n_final"] == open_curated(run["steps"]["batches"]).n_rows
+    # --no-explore: no page, no link
+    page = report(str(run["dir"]), "--html", str(tmp_path / "b" / "report.html"), "--no-explore")
+    assert not (tmp_path / "b" / "explore.html").exists() and _explore_link(page.read_text(encoding="utf-8")) is None
+    # neither: a run directory follows its spec's report.explore (true by default)
+    page = report(str(run["dir"]), "--html", str(tmp_path / "c" / "report.html"))
+    assert _explore_link(page.read_text(encoding="utf-8")) == "explore.html" and (tmp_path / "c" / "explore.html").is_file()
+    # curated shards made by the run: off by default, --explore gives the page of the run up to that step
+    page = report(str(run["steps"]["rds"]), "--html", str(tmp_path / "d" / "report.html"))
+    assert not (tmp_path / "d" / "explore.html").exists()
+    page = report(str(run["steps"]["rds"]), "--html", str(tmp_path / "d" / "report.html"), "--explore")
+    assert [s["name"] for s in _payload((tmp_path / "d" / "explore.html").read_text(encoding="utf-8"))["steps"]] == ["dedup", "rds"]
+    assert _explore_link(page.read_text(encoding="utf-8")) == "explore.html"
+    with pytest.raises(ParameterError, match="'explore' parameter of write_report"):
+        write_report(run["dir"], tmp_path / "e.html", explore="yes")
+
+
+def test_a_run_whose_spec_turns_explore_off_gets_no_page_and_a_bad_value_is_named(run, tmp_path):
+    """A copy of the run whose manifest's spec says report.explore: false (or a value that is not a bool)."""
+    from thresher.exceptions import ParameterError
+    from thresher.report import write_report
+
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("explore.html", "report.html"))
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    for value, expected in ((False, None), ("yes", ParameterError)):
+        manifest["spec"]["report"]["explore"] = value
+        (copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        if expected is None:
+            html = write_report(copy, map_rows=50).read_text(encoding="utf-8")
+            assert not (copy / "explore.html").exists() and _explore_link(html) is None
+            assert "--explore</code> writes it beside this report" in html
+        else:
+            with pytest.raises(expected, match=r"report\.explore in the spec of .* must be true or false; got 'yes'"):
+                write_report(copy, map_rows=50)
 
 
 def test_explore_refuses_a_file_it_did_not_write_and_a_bad_parameter(run, tmp_path):
@@ -321,3 +403,46 @@ def test_the_page_works_in_headless_chromium(run, page, tmp_path):
             shutil.copy(shot, keep / "explore.png")
     finally:
         driver.quit()
+
+
+def test_the_reports_link_opens_the_explore_page_from_disk_in_chromium(run, tmp_path):
+    """file:// all the way: the report written with --explore, its link clicked, the explore page drawn (its ready marker set)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = CliRunner().invoke(main, ["report", str(run["dir"]), "--html", str(tmp_path / "pages" / "report.html"), "--explore",
+                                    "--map-rows", "50"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    driver = _driver(tmp_path)
+    try:
+        driver.get((tmp_path / "pages" / "report.html").as_uri())
+        link = driver.find_element(By.ID, "explore-link")
+        assert link.is_displayed() and link.text == "Explore this selection"
+        link.click()
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready-ms"))
+        assert driver.current_url == (tmp_path / "pages" / "explore.html").as_uri()
+        assert driver.execute_script("return window.thresherExplore.data.path") == str(run["dir"])
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#rows tbody tr")) == 25  # the table's first page is drawn
+    finally:
+        driver.quit()
+
+
+def test_an_explore_page_written_into_an_artefact_is_cleared_with_it_and_a_foreign_one_is_not(run, tmp_path):
+    """`thresher report CURATED --explore` writes explore.html into the artefact: --overwrite may remove it, never a user's file of that name."""
+    from thresher.exceptions import ArtifactError
+    from thresher.stores.output_guard import clear_output
+
+    copy = tmp_path / "rds"
+    shutil.copytree(run["steps"]["rds"], copy)
+    out = CliRunner().invoke(main, ["report", str(copy), "--explore", "--map-rows", "50"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert (copy / "explore.html").is_file() and _explore_link((copy / "report.html").read_text(encoding="utf-8")) == "explore.html"
+    clear_output(copy, "curated")
+    assert not (copy / "explore.html").exists() and not (copy / "report.html").exists()
+
+    shutil.rmtree(copy)
+    shutil.copytree(run["steps"]["rds"], copy)
+    (copy / "explore.html").write_text("<html>my own notes</html>", encoding="utf-8")
+    with pytest.raises(ArtifactError, match="explore.html"):
+        clear_output(copy, "curated")
+    assert (copy / "explore.html").read_text(encoding="utf-8") == "<html>my own notes</html>"

@@ -12,9 +12,9 @@ from pathlib import Path
 from thresher.stores import open_curated, open_embedding_store
 
 
-def embed_command(pool: Path, out: Path) -> list[str]:
+def embed_command(pool: Path, out: Path, partition_rows: int = 20) -> list[str]:
     return [sys.executable, "-m", "thresher", "embed", "--pool", str(pool), "--out", str(out), "--text", "{instruction}\\n\\n{response}",
-            "--id-column", "uid", "--partition-rows", "20", "--workers", "1", "--quiet"]
+            "--id-column", "uid", "--partition-rows", str(partition_rows), "--workers", "1", "--quiet"]
 
 
 def _content(shards: list[dict]) -> list[dict]:
@@ -23,11 +23,11 @@ def _content(shards: list[dict]) -> list[dict]:
 
 
 def test_killed_job_resumes_to_identical_store(tmp_path, make_text_pool):
-    pool = make_text_pool(tmp_path / "pool.jsonl", 200)
+    pool = make_text_pool(tmp_path / "pool.jsonl", 100)  # 10 partitions: nine still to embed when the first is done
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    subprocess.run(embed_command(pool, reference), check=True, capture_output=True, timeout=300)
+    subprocess.run(embed_command(pool, reference, 10), check=True, capture_output=True, timeout=300)
 
-    proc = subprocess.Popen(embed_command(pool, resumed), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(embed_command(pool, resumed, 10), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     # wait for a partition's completion marker (written right after its shard), then kill
     while not list(resumed.glob(".part-*.done.json")) and time.monotonic() < deadline and proc.poll() is None:
@@ -37,7 +37,7 @@ def test_killed_job_resumes_to_identical_store(tmp_path, make_text_pool):
     assert list(resumed.glob("part-*.arrow")), "the job never wrote a shard before being killed"
     assert not (resumed / "manifest.json").exists(), "the job finished before it could be killed; enlarge the pool"
 
-    subprocess.run(embed_command(pool, resumed), check=True, capture_output=True, timeout=300)
+    subprocess.run(embed_command(pool, resumed, 10), check=True, capture_output=True, timeout=300)
     a, b = open_embedding_store(reference, verify=True), open_embedding_store(resumed, verify=True)
     assert b.manifest["n_resumed_partitions"] >= 1
     assert _content(a.manifest["shards"]) == _content(b.manifest["shards"])  # same names, rows and checksums

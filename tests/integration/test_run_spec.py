@@ -144,7 +144,8 @@ def test_embed_and_index_fingerprints_are_the_formulas_runs_were_cached_under(fi
               "dtype": "float32", "partitions": [150, 150, 100]}
     pool = open_pool(str(small_pool), id_column="id", partition_rows=150)
     fp_embed = fingerprint_of("embed", 1, params, [pool.fingerprint])
-    fp_index = fingerprint_of("index", 1, {"type": "flat", "metric": None, "nprobe": None, "ef_search": None, "train_size": None, "seed": 0},
+    # index version 2 (issue 19): IVF lists trained by thresher's thread-invariant k-means, so every index is rebuilt once
+    fp_index = fingerprint_of("index", 2, {"type": "flat", "metric": None, "nprobe": None, "ef_search": None, "train_size": None, "seed": 0},
                               [fp_embed])
     records = {r.name: r for r in result.steps}
     assert records["embed"].fingerprint == fp_embed == read_manifest(root / "run" / "embeddings")["fingerprint"]
@@ -203,7 +204,7 @@ def test_bumping_a_stage_version_invalidates_that_step_and_everything_downstream
     from thresher.pipeline.steps import STEPS
 
     root, spec, _ = first_run
-    assert step_version("smote") == STEPS["smote"].version == smote_stage.SMOTE_STAGE_VERSION == 2
+    assert step_version("smote") == STEPS["smote"].version == smote_stage.SMOTE_STAGE_VERSION == 3
     overrides = ["batches.seed=7"]  # what the run directory holds after the test above
     plans = run_pipeline(spec, overrides, out=root / "run", dry_run=True, echo=lambda *_: None)
     assert [(p.name, p.cached) for p in plans] == [("embed", True), ("index", True), ("rds", True), ("balanced", True), ("batches", True)]

@@ -21,17 +21,7 @@ EXPLORE_NAME = "explore.html"
 __all__ = ["EXPLORE_NAME", "explore", "gather_explore", "render_page", "safe_json", "write_page"]
 
 
-def explore(
-    path: str | Path,
-    out: str | Path | None = None,
-    *,
-    map_rows: int = 20_000,
-    table_rows: int = 5_000,
-    text_chars: int = 500,
-    map_text_chars: int = 200,
-    method: str = "auto",
-    seed: int = 0,
-) -> Path:
+def explore(path: str | Path, out: str | Path | None = None, **options: Any) -> Path:
     """Write the explore page of the run (or a run's curated output, or an embedding store) at ``path``.
 
     Parameters
@@ -42,9 +32,11 @@ def explore(
     out : path, optional
         The page's file. Default for a run directory: ``<run>/explore.html``,
         beside ``report.html`` (whose page then links to it); required otherwise.
-    map_rows, table_rows, text_chars, map_text_chars, method, seed
-        See :func:`thresher.explore.gather.gather_explore`: they bound what the
-        page embeds (so its size), and choose the map's projection.
+    **options
+        Go to :func:`thresher.explore.gather.gather_explore`: ``map_rows``,
+        ``table_rows``, ``text_chars``, ``map_text_chars`` bound what the page
+        embeds (so its size), ``method`` chooses the map's projection, ``seed``
+        seeds the samples, ``records`` stands for a run manifest not written yet.
 
     Returns
     -------
@@ -56,14 +48,12 @@ def explore(
     from thresher.stores.output_guard import check_output
 
     if out is None:
-        if read_manifest(path)["artifact"] != "run":
+        if options.get("records") is None and read_manifest(path)["artifact"] != "run":
             raise ParameterError(f"explore needs an output file for {path} (--out explore.html): only a run directory has a default page.")
         out = Path(path) / EXPLORE_NAME
     # a new file or a page thresher wrote; never a directory, an input or a file of an artefact
     check_output(out, "report", inputs={"path": path}, name="out")
-    payload = gather_explore(path, map_rows=map_rows, table_rows=table_rows, text_chars=text_chars, map_text_chars=map_text_chars,
-                             method=method, seed=seed)
-    return write_page(out, payload)
+    return write_page(out, gather_explore(path, **options))
 
 
 class _CallableModule(type(sys)):

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thresher.exceptions import ArtifactError, ParameterError
+from thresher.report.reading import check_int, clip, pool_rows_at, rows_at, sample_positions
 from thresher.rng import as_generator
 from thresher.stores.arrow_io import read_stream_shard
 from thresher.stores.manifest import read_manifest
@@ -46,17 +47,6 @@ _SKIP_FACTS = {"rank", "embedding"}
 MAX_CATEGORIES = 50
 MEMBERS_SHOWN = 8  # other members of a B3 community listed for a row
 TARGETS_FILE = "targets.arrow"
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ParameterError(f"The {name!r} parameter of explore must be an int >= {low}; got {value!r}.")
-
-
-def _clip(text: str | None, limit: int) -> str:
-    if text is None:
-        return ""
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _round(value: Any, digits: int = 4) -> Any:
@@ -80,10 +70,10 @@ def _key(value: Any) -> str:
 class _Run:
     """The artefacts a page is made from: the embedding store, the selection steps in order, the final output."""
 
-    def __init__(self, path: Path):
-        from thresher.report.gather import ReportData, _pool_and_text, _read_run
+    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None):
+        from thresher.report.gather import ReportData, pool_and_text, read_run, run_manifest
 
-        manifest = read_manifest(path)
+        manifest = run_manifest(path, records)
         kind = manifest["artifact"]
         final_dir = None
         if kind == "curated":
@@ -95,7 +85,7 @@ class _Run:
         self.path = path
         self.data = ReportData(title=f"thresher explore: {Path(path).resolve().name}", path=path, kind=kind)
         if kind == "run":
-            self.store, self.final = _read_run(path, manifest, self.data)
+            self.store, self.final = read_run(path, manifest, self.data)
             if final_dir is not None:
                 from thresher.stores.curated import open_curated
 
@@ -116,7 +106,7 @@ class _Run:
                                 "or an embedding store.")
         if self.store is None:
             raise ArtifactError(f"The run at {path} has no embedding store to map.")
-        self.pool, self.builder = _pool_and_text(self.store, self.data)
+        self.pool, self.builder = pool_and_text(self.store, self.data)
         self.steps = [s for s in self.data.steps if s.curated is not None]
         self.chain = _chain(self.steps, self.final)
 
@@ -151,6 +141,7 @@ def gather_explore(
     map_text_chars: int = 200,
     method: str = "auto",
     seed: int = 0,
+    records: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The explore page's data for the run (or curated output of a run, or embedding store) at ``path``.
 
@@ -167,6 +158,9 @@ def gather_explore(
         The 2-D projection (see :func:`thresher.explore.projection.fit_projection`).
     seed : int
         Seeds every sample and the projection.
+    records : list of dict, optional
+        The run's steps as the run manifest will list them, for a run whose
+        manifest is not written yet (``thresher run`` writes its pages first).
 
     Returns
     -------
@@ -177,10 +171,10 @@ def gather_explore(
 
     for name, value, low in (("map_rows", map_rows, 2), ("table_rows", table_rows, 0), ("text_chars", text_chars, 1),
                              ("map_text_chars", map_text_chars, 1), ("seed", seed, 0)):
-        _check_int(name, value, low)
+        check_int("explore", name, value, low)
     if method not in METHODS:
         raise ParameterError(f"The 'method' parameter of explore must be one of {list(METHODS)}; got {method!r}.")
-    run = _Run(Path(path))
+    run = _Run(Path(path), records)
     store, final = run.store, run.final
     rng = as_generator(seed, "explore")
 
@@ -251,37 +245,22 @@ class _Records:
         return len(self.by_key)
 
 
-def _synthetic_flags(table: pa.Table) -> np.ndarray:
-    if "synthetic" not in table.column_names:
-        return np.zeros(table.num_rows, dtype=bool)
-    return table.column("synthetic").combine_chunks().fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
-
-
 def _sample_rows(curated: Any, k: int, rng: np.random.Generator, *, synthetic: bool,
                  columns: tuple[str, ...] = ()) -> tuple[int, list[dict[str, Any]]]:
     """A seeded sample of at most ``k`` of the pool rows (or of the synthetic rows) of a curated output, in rank order.
 
-    Two streaming passes over the shards (flags, then the sampled rows). Returns
-    (how many such rows the output has, the sampled rows: id, rank, and the
-    embedding of a synthetic row).
+    Returns (how many such rows the output has, the sampled rows: id, rank,
+    the embedding of a synthetic row, and the values of ``columns``).
     """
-    flags = [_synthetic_flags(read_stream_shard(f)) for f in curated.files]  # memory-mapped: one column is read
-    candidates = np.flatnonzero(np.concatenate(flags) == synthetic) if flags else np.empty(0, np.int64)
-    picks = np.sort(rng.choice(candidates, size=min(k, len(candidates)), replace=False)) if len(candidates) else candidates
+    n, picks = sample_positions(curated, k, rng, rows="synthetic" if synthetic else "pool")
+    names = ("id", "rank", *(("embedding",) if synthetic else ()), *columns)
     out: list[dict[str, Any]] = []
-    base = 0
-    for f, shard in zip(curated.files, curated.shards):
-        mine = picks[(picks >= base) & (picks < base + shard.rows)] - base
-        base += shard.rows
-        if not len(mine):
-            continue
-        table = read_stream_shard(f)
-        names = [c for c in ("id", "rank", "embedding", *columns) if c in table.column_names and (c != "embedding" or synthetic)]
-        for row in table.select(list(dict.fromkeys(names))).take(pa.array(mine)).to_pylist():
+    for table in rows_at(curated, picks, names):
+        for row in table.to_pylist():
             vector = row.get("embedding")
             out.append({"id": row["id"], "rank": row.get("rank"), "embedding": None if vector is None else np.asarray(vector, dtype=np.float64),
                         "values": {c: None if row.get(c) is None else str(row[c]) for c in columns if c in row}})
-    return int(len(candidates)), out
+    return n, out
 
 
 def _step_kind(step: Any) -> str:
@@ -401,12 +380,12 @@ def _community_members(info: dict[str, Any], records: _Records) -> None:
 
 def _category_columns(run: _Run) -> list[str]:
     """Pool columns to colour and filter by: named like source/label/task/category/class, holding strings, ints or bools."""
-    from thresher.report.gather import COMPOSITION_NAME, _is_category_type
+    from thresher.report.gather import COMPOSITION_NAME, is_category_type
 
     pool = run.pool
     if pool is None:
         return []
-    names = [n for n in pool.column_names if n != "id" and COMPOSITION_NAME.search(n) and _is_category_type(pool.schema.field(n).type)]
+    names = [n for n in pool.column_names if n != "id" and COMPOSITION_NAME.search(n) and is_category_type(pool.schema.field(n).type)]
     for step in run.steps:  # SMOTE's label column, whatever its name
         label = (step.curated.manifest.get("params") or {}).get("labels")
         if isinstance(label, str) and label in pool.column_names and label not in names:
@@ -428,17 +407,13 @@ def _fill_pool_rows(run: _Run, records: _Records, refs: dict[str, dict[str, Any]
     located = [r for r in rows if r["position"] is not None]
     if pool is None or not located:
         return
-    needed = list(dict.fromkeys((builder.required_columns if builder is not None else []) + columns))
-    positions = np.array([r["position"] for r in located], dtype=np.int64)
-    shard_of = np.searchsorted(store.shard_offsets, positions, side="right") - 1
-    for i in np.unique(shard_of):
-        sel = np.flatnonzero(shard_of == i)
-        table = pool.read_partition(int(i), columns=needed).take(pa.array(positions[sel] - store.shard_offsets[i]))
+    needed = (builder.required_columns if builder is not None else []) + columns
+    for sel, table in pool_rows_at(store, pool, [r["position"] for r in located], needed):
         texts = builder.build(table) if builder is not None else [""] * table.num_rows
         values = {c: table.column(c).to_pylist() for c in columns}
         for j, row_index in enumerate(sel):
             r = located[row_index]
-            r["text"] = _clip(texts[j], r.get("limit", text_chars))
+            r["text"] = clip(texts[j], r.get("limit", text_chars))
             if "categories" in r:
                 r["categories"] = {c: (None if values[c][j] is None else str(values[c][j])) for c in columns}
 
@@ -488,7 +463,7 @@ def _target_texts(run: _Run, records: _Records, text_chars: int) -> dict[str, di
         table = read_stream_shard(file)
         for row in table.to_pylist():
             if row.get("text") is not None:
-                out.setdefault(str(row["task"]), {})[str(row["position"])] = _clip(row["text"], text_chars)
+                out.setdefault(str(row["task"]), {})[str(row["position"])] = clip(row["text"], text_chars)
     return out
 
 

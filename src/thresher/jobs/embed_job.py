@@ -264,7 +264,9 @@ def run_embed_job(
     out = Path(out)
     fingerprint = embed_fingerprint(pool, text, spec, dtype)
     if prepare_output_dir(out, "embeddings", fingerprint, overwrite=overwrite) == "complete":
-        return open_embedding_store(out)
+        store = open_embedding_store(out)
+        check_recorded_quality(store, gate=quality_gate)
+        return store
 
     records: dict[int, dict[str, Any]] = {}
     for i, part in enumerate(pool.partitions):
@@ -366,6 +368,28 @@ def calibrate_quality(pool: Any, text: Any, spec: Any, *, gate: str = "refuse", 
     figures = quality_figures(reference, candidate)
     warning = check_quality(figures, gate=gate, backend=spec.runtime)
     return {**figures, "gate": gate, "passed": warning is None}
+
+
+def check_recorded_quality(store: Any, *, gate: str) -> None:
+    """Apply ``gate`` to the quality figures a finished store recorded, when the store is reused rather than embedded again.
+
+    The gate is not part of a store's fingerprint: it changes no vector (a gate that passes writes what
+    ``"warn"`` writes; one that refuses writes nothing). So a store written under ``"warn"`` after failing
+    the gate is the very store a later ``"refuse"`` run finds; its recorded figures are checked again, so a
+    refusing run never goes on with vectors that failed the gate, and a warning run warns again.
+    Stores without figures (the float32 engine) pass.
+    """
+    from thresher.embeddings.onnx_backend import check_quality
+
+    encoder = store.manifest.get("encoder") or {}
+    quality = encoder.get("quality")
+    if not quality:
+        return
+    try:
+        check_quality(quality, gate=gate, backend=encoder.get("runtime", "onnx-int8"))
+    except ParameterError as exc:
+        raise ParameterError(f"{exc} (The finished store {store.path} recorded these figures when it was written under "
+                             f"quality_gate {quality.get('gate')!r}; it is not reused under 'refuse'.)") from None
 
 
 def _check_unique_ids(out: Path, shards: list[ShardInfo], pool: Any) -> None:

@@ -123,7 +123,11 @@ def embed(
 class EmbedInputs:
     """What an embedding store is made from: the opened pool, how rows become text, the encoder, the stored dtype.
 
-    ``quality_gate`` says what a failed int8 quality check does; it is not part of the store's identity.
+    ``quality_gate`` says what a failed int8 quality check does. It is not part of the store's identity
+    (:meth:`fingerprint`): it changes no vector, since a gate that passes writes what ``"warn"`` writes
+    and one that refuses writes nothing, so switching it recomputes neither the store nor the steps
+    after it. A reused store's recorded figures are checked against it again
+    (:func:`thresher.jobs.embed_job.check_recorded_quality`).
     """
 
     pool: Any

@@ -372,8 +372,8 @@ def _write_report(run_dir: Path, spec: PipelineSpec, records: list[StepRecord]) 
     from thresher.report import write_report
 
     path = run_dir / REPORT_NAME
-    write_report(run_dir, path, columns=spec.report.columns, records=[asdict(r) for r in records])
-    emit("report", path=str(path))
+    write_report(run_dir, path, columns=spec.report.columns, records=[asdict(r) for r in records], explore=spec.report.explore)
+    emit("report", path=str(path), explore=str(run_dir / "explore.html") if spec.report.explore else None)
     return path
 
 

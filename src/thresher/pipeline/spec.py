@@ -82,6 +82,8 @@ class EmbeddingSpec(_Strict):
     gguf_file: str | None = None
     trust_remote_code: bool = False
     backend: Literal["torch", "onnx-int8"] = "torch"  # onnx-int8: int8 ONNX Runtime on CPU (thresher[onnx]), quality-gated
+    # what onnx-int8 does when its vectors fail the gate against float32: not in the store's fingerprint (see thresher.pipeline.embed)
+    quality_gate: Literal["refuse", "warn"] = "refuse"
     dtype: Literal["float32", "float16"] = "float32"
     worker_resources: dict[str, float] | None = None
     store: str | None = None
@@ -135,10 +137,31 @@ class ClusterSpec(_Strict):
 
 
 class ReportSpec(_Strict):
-    """The HTML report written after the run."""
+    """The pages written after the run: the static report and, linked from it, the interactive explore page.
+
+    ``explore`` (default true) writes ``explore.html`` beside ``report.html``
+    (:func:`thresher.explore.explore`) and links it from the report. It is on
+    by default because a user reading the report expects to open the rows it
+    summarises, and its cost is mostly fixed: one projection of a sample of at
+    most 20,000 rows (PCA; UMAP when the ``explore`` extra is installed, slower,
+    and compiled by numba on first use); only a few streaming passes over the
+    steps' id and fact columns grow with the run (``bench/bench_explore.py``). ``explore: false`` skips it; ``explore: true`` with
+    ``html: false`` is refused (the page is the report's companion; use
+    ``thresher explore RUN`` for it alone).
+    """
 
     html: bool = True
     columns: list[str] | None = None
+    explore: bool = True
+
+    @field_validator("explore")
+    @classmethod
+    def _with_the_report(cls, explore: bool, info: Any) -> bool:
+        # runs only when the key is given (defaults are not validated), so html: false alone stays valid
+        if explore and info.data.get("html") is False:
+            raise ValueError("explore: true needs html: true (the explore page is written beside report.html and linked from it); "
+                             "set explore: false, or run `thresher explore RUN` for the page alone")
+        return explore
 
 
 _Step = StepConfig  # every step's base: thresher.pipeline.steps

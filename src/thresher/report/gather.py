@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from thresher.exceptions import ArtifactError, ParameterError, ThresherError
+from thresher.report.reading import check_int, clip, pool_rows_at, rows_at, sample_positions
 from thresher.rng import as_generator
 from thresher.stores.arrow_io import read_stream_shard
 from thresher.stores.ids import find_positions as positions_of_ids  # a few ids' positions, streamed
@@ -169,21 +170,17 @@ def gather_report(
         written yet; ``path`` is then its run directory.
     """
     for name, value, low in (("map_rows", map_rows, 2), ("n_duplicates", n_duplicates, 0), ("n_sample_rows", n_sample_rows, 0), ("bins", bins, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ParameterError(f"The {name!r} parameter of the report must be an int >= {low}; got {value!r}.")
+        check_int("the report", name, value, low)
     if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) and c for c in columns)):
         raise ParameterError(f"The 'columns' parameter of the report must be a list of column names; got {columns!r}.")
     path = Path(path)
-    if records is not None:  # the runner reports before it writes the run manifest (which comes last)
-        manifest = {"artifact": "run", "steps": list(records), "output": records[-1]["dir"] if records else None}
-    else:
-        manifest = read_manifest(path)
+    manifest = run_manifest(path, records)
     kind = manifest["artifact"]
     data = ReportData(title=f"thresher report: {path.resolve().name}", path=path, kind=kind)
     store = None
     final = None
     if kind == "run":
-        store, final = _read_run(path, manifest, data)
+        store, final = read_run(path, manifest, data)
         spec_columns = ((manifest.get("spec") or {}).get("report") or {}).get("columns")
         if columns is None and spec_columns is not None:
             if isinstance(spec_columns, str) or not isinstance(spec_columns, list):
@@ -210,7 +207,7 @@ def gather_report(
     if final is not None:
         data.n_final = final.n_rows
 
-    pool, builder = _pool_and_text(store, data)
+    pool, builder = pool_and_text(store, data)
     if pool is None and store is None and final is not None:
         pool = _reopen_described(final.manifest.get("pool"), str(final.path), data)
     selection_steps = [s for s in data.steps if s.curated is not None]
@@ -228,7 +225,17 @@ def gather_report(
 # -- the artefacts -------------------------------------------------------------------------------
 
 
-def _read_run(path: Path, manifest: dict[str, Any], data: ReportData) -> tuple[Any, Any]:
+def run_manifest(path: Path, records: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The manifest of the artefact at ``path``; with ``records``, the run manifest a run that is still writing will have.
+
+    The runner writes its pages before the run manifest (which comes last), so it passes its steps' records.
+    """
+    if records is not None:
+        return {"artifact": "run", "steps": list(records), "output": records[-1]["dir"] if records else None}
+    return read_manifest(path)
+
+
+def read_run(path: Path, manifest: dict[str, Any], data: ReportData) -> tuple[Any, Any]:
     """Steps of a run manifest, each with its artefact; returns (embedding store or None, final curated shards or None)."""
     from thresher.stores.curated import CuratedShards
     from thresher.stores.embedding_store import EmbeddingStore
@@ -273,7 +280,7 @@ def _removed_file(directory: Path) -> Path | None:
     return removed if removed.is_file() else None
 
 
-def _pool_and_text(store: Any, data: ReportData) -> tuple[Any, Any]:
+def pool_and_text(store: Any, data: ReportData) -> tuple[Any, Any]:
     """The pool behind the store and the store's text builder; (None, None) with a note when unavailable."""
     if store is None:
         return None, None
@@ -381,7 +388,7 @@ def _histograms(steps: list[StepInfo], bins: int) -> list[Histogram]:
 # -- composition ---------------------------------------------------------------------------------
 
 
-def _is_category_type(kind: pa.DataType) -> bool:
+def is_category_type(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)
@@ -432,7 +439,7 @@ def _compositions(pool: Any, steps: list[StepInfo], columns: Sequence[str] | Non
         wanted, limit = list(dict.fromkeys(columns)), MAX_NAMED_DISTINCT
     else:
         types = {**pool_types, **{n: t for n, t in step_types.items() if n not in pool_types}}
-        wanted = [n for n, t in types.items() if n != "id" and COMPOSITION_NAME.search(n) and _is_category_type(t)]
+        wanted = [n for n, t in types.items() if n != "id" and COMPOSITION_NAME.search(n) and is_category_type(t)]
         limit = MAX_DISTINCT
     if not wanted:
         data.notes.setdefault("composition", "no column named like source/label/task/category/class holds categories; name some with report.columns.")
@@ -473,37 +480,20 @@ def _compositions(pool: Any, steps: list[StepInfo], columns: Sequence[str] | Non
 # -- the 2-D map ---------------------------------------------------------------------------------
 
 
-def _pool_row_ids(table: pa.Table) -> pa.Array:
-    """Ids of a curated shard's pool rows: not null, and not SMOTE's synthetic rows."""
-    import pyarrow.compute as pc
-
-    ids = table.column("id").combine_chunks()
-    keep = pc.is_valid(ids)
-    if "synthetic" in table.column_names:
-        keep = pc.and_(keep, pc.invert(pc.fill_null(table.column("synthetic").combine_chunks(), False)))
-    return ids.filter(keep)
-
-
 def _sample_curated_ids(curated: Any, k: int, rng: np.random.Generator) -> tuple[list[Any], int]:
     """A uniform sample of at most ``k`` ids of the curated pool rows, and how many pool rows there are."""
-    per_shard = [len(_pool_row_ids(read_stream_shard(f))) for f in curated.files]
-    n = int(sum(per_shard))
-    picks = np.sort(rng.choice(n, size=min(k, n), replace=False)) if n else np.empty(0, np.int64)
-    ids: list[Any] = []
-    base = 0
-    for f, count in zip(curated.files, per_shard):
-        mine = picks[(picks >= base) & (picks < base + count)] - base
-        if len(mine):
-            ids += _pool_row_ids(read_stream_shard(f)).take(pa.array(mine)).to_pylist()
-        base += count
+    n, picks = sample_positions(curated, k, rng, rows="pool")
+    ids = [i for table in rows_at(curated, picks, ["id"]) for i in table.column("id").to_pylist()]
     return ids, n
 
 
 def pca_2d(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first two principal axes of ``vectors`` (n, dim): (mean, components (2, dim), explained-variance ratios (2,)).
 
-    Exact SVD of the centred sample when it is small in either direction (no
-    scikit-learn import for a 5k x 384 matrix); above ``EXACT_PCA_LIMIT`` in both, a seeded
+    Exact when the sample is small in either direction (no scikit-learn import
+    for a 20k x 384 matrix): for a tall sample, the eigenvectors of the dim x dim
+    scatter matrix in float64 (one matrix product, 10x cheaper than an SVD of
+    the n rows); otherwise an SVD. Above ``EXACT_PCA_LIMIT`` in both, a seeded
     randomised SVD (Halko et al. 2011: range finder with power iterations),
     which costs n x dim x 12 per pass instead of a full decomposition. Each
     axis's sign is fixed so its largest-magnitude loading is positive, making
@@ -511,7 +501,11 @@ def pca_2d(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, 
     """
     mean = vectors.mean(axis=0)
     centred = vectors - mean
-    if min(centred.shape) <= EXACT_PCA_LIMIT:
+    if centred.shape[1] <= EXACT_PCA_LIMIT and centred.shape[0] > centred.shape[1]:
+        tall = centred.astype(np.float64, copy=False)
+        values, axes = np.linalg.eigh(tall.T @ tall)  # ascending
+        s, vt = np.sqrt(np.clip(values[::-1], 0.0, None)), axes[:, ::-1].T
+    elif min(centred.shape) <= EXACT_PCA_LIMIT:
         _, s, vt = np.linalg.svd(centred, full_matrices=False)
     else:
         basis = centred @ as_generator(seed, "report").standard_normal((centred.shape[1], 12))
@@ -547,21 +541,12 @@ def _projection(store: Any, final: Any, map_rows: int, seed: int) -> Projection 
 # -- rows and texts ------------------------------------------------------------------------------
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + "…"
-
-
 def texts_at(store: Any, pool: Any, builder: Any, positions: Sequence[int]) -> list[str]:
     """The embedded texts of a few store positions, rebuilt from their pool partitions (store shard i = pool partition i)."""
-    positions = np.asarray(positions, dtype=np.int64)
     out = [""] * len(positions)
-    shard_of = np.searchsorted(store.shard_offsets, positions, side="right") - 1
-    for i in np.unique(shard_of):
-        sel = np.flatnonzero(shard_of == i)
-        table = pool.read_partition(int(i), columns=builder.required_columns)
-        rows = table.take(pa.array(positions[sel] - store.shard_offsets[i]))
+    for sel, rows in pool_rows_at(store, pool, positions, builder.required_columns):
         for j, text in zip(sel, builder.build(rows)):
-            out[j] = _clip(text)
+            out[j] = clip(text, TEXT_CHARS)
     return out
 
 
@@ -602,7 +587,7 @@ def _cell(value: Any) -> Any:
         text = repr(value)
         return text if len(text) <= 80 else text[:80] + "…"
     if isinstance(value, str):
-        return _clip(value)
+        return clip(value, TEXT_CHARS)
     return value
 
 
@@ -614,16 +599,9 @@ def _sample(final: Any, builder: Any, k: int, seed: int, data: ReportData) -> No
     data.n_sample_from = final.n_rows
     if final.n_rows == 0 or k == 0:
         return
-    rng = as_generator(seed, "report")
-    picks = np.sort(rng.choice(final.n_rows, size=min(k, final.n_rows), replace=False))
+    _, picks = sample_positions(final, k, as_generator(seed, "report"))
     selection = set(final.manifest.get("selection_columns", []))
-    base = 0
-    for f, shard in zip(final.files, final.shards):
-        mine = picks[(picks >= base) & (picks < base + shard.rows)] - base
-        base += shard.rows
-        if not len(mine):
-            continue
-        table = read_stream_shard(f).take(pa.array(mine))
+    for table in rows_at(final, picks):
         if not data.sample_columns:
             used = set(builder.required_columns) if builder is not None else set()
             keep = [c for c in table.column_names if c not in used and not pa.types.is_nested(table.schema.field(c).type)]
@@ -647,7 +625,7 @@ def _row_texts(builder: Any, table: pa.Table) -> list[str]:
     for j in range(table.num_rows):
         row = table.slice(j, 1)
         try:
-            out.append(_clip(builder.build(row)[0]))
+            out.append(clip(builder.build(row)[0], TEXT_CHARS))
         except ThresherError:
             out.append("(no text: a synthetic row)")
     return out

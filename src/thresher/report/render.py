@@ -12,6 +12,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
+from thresher.exceptions import ParameterError
 from thresher.report import plots
 from thresher.report.gather import ReportData
 from thresher.stores.atomic import atomic_write_bytes
@@ -44,7 +45,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 {% if data.n_final is not none %}Rows in the final output: <b id="n-final">{{ data.n_final }}</b>.{% endif %}
 </p>
 {% if explore %}<p><a id="explore-link" href="{{ explore }}">Explore this selection</a>: an interactive map of the pool, each row's record (why it was kept or dropped) and a searchable table, in one page.</p>
-{% elif data.kind == "run" %}<p class="note">An interactive page of this selection: <code>thresher explore {{ data.path }}</code> writes it beside this report, which links to it once made again.</p>{% endif %}
+{% elif data.kind == "run" %}<p class="note">An interactive page of this selection: <code>thresher report {{ data.path }} --explore</code> writes it beside this report and links it (a run writes it unless its spec sets <code>report.explore: false</code>).</p>{% endif %}
 
 <section id="steps">
 <h2>Steps</h2>
@@ -152,28 +153,59 @@ def render_html(data: ReportData, *, explore: str | None = None) -> str:
     return env.from_string(_TEMPLATE).render(data=data, figures=figures, made=made, explore=explore)
 
 
-def write_report(path: str | Path, html_path: str | Path | None = None, **options: Any) -> Path:
+def write_report(path: str | Path, html_path: str | Path | None = None, *, explore: bool | None = None, **options: Any) -> Path:
     """Gather the artefact at ``path``, render the page and write it atomically to ``html_path``.
 
     ``html_path`` defaults to ``<path>/report.html``; ``options`` go to
-    :func:`thresher.report.gather.gather_report` (``columns``, ``map_rows``, ``seed``, …).
-    Returns the page's path.
+    :func:`thresher.report.gather.gather_report` (``columns``, ``map_rows``, ``seed``, ``records``, …).
+
+    ``explore``: also write the interactive page (:func:`thresher.explore.explore`)
+    as ``explore.html`` beside the report, first, and link it from the report
+    (a relative link, so both open from disk). Default (None): what the run
+    spec's ``report.explore`` says for a run directory (true unless set
+    false), no page for any other artefact. Without a new page the report
+    still links an explore page thresher wrote beside it earlier.
+    Returns the report's path.
     """
     from thresher.report.gather import gather_report
     from thresher.stores.output_guard import check_output
 
+    if explore is not None and not isinstance(explore, bool):
+        raise ParameterError(f"The 'explore' parameter of write_report must be True, False or None; got {explore!r}.")
     out = Path(html_path) if html_path is not None else Path(path) / "report.html"
     # a new file or a page thresher wrote; never a directory, an input or a file of an artefact
     check_output(out, "report", inputs={"path": path}, name="html_path")
+    if explore is None:
+        explore = options.get("records") is None and _spec_wants_explore(Path(path))
+    if explore:
+        from thresher.explore import EXPLORE_NAME
+        from thresher.explore import explore as write_explore
+
+        write_explore(path, out.parent / EXPLORE_NAME, seed=options.get("seed", 0), records=options.get("records"))
     data = gather_report(path, **options)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, render_html(data, explore=_explore_beside(out)).encode("utf-8"))
     return out
 
 
+def _spec_wants_explore(path: Path) -> bool:
+    """A run directory's ``report.explore`` (true when its spec does not say); false for any other artefact."""
+    from thresher.stores.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    if manifest["artifact"] != "run":
+        return False
+    wanted = ((manifest.get("spec") or {}).get("report") or {}).get("explore", True)
+    if not isinstance(wanted, bool):
+        raise ParameterError(f"report.explore in the spec of {path} must be true or false; got {wanted!r}.")
+    return wanted
+
+
 def _explore_beside(page: Path) -> str | None:
     """``explore.html`` when an explore page thresher wrote sits beside the report (``thresher explore RUN`` puts it there)."""
-    candidate = page.parent / "explore.html"
+    from thresher.explore import EXPLORE_NAME
+
+    candidate = page.parent / EXPLORE_NAME
     try:
         with candidate.open("r", encoding="utf-8") as f:
             head = f.read(4096)

@@ -12,7 +12,8 @@ them as ``IndexIVFFlat.search`` (up to the order of ties), many times faster.
 
 :meth:`GroupedIVFSearch.from_index` searches a built FAISS IVF-Flat index (its
 own centroids, lists and codes, not copied); :meth:`GroupedIVFSearch.train`
-trains the coarse quantiser by k-means on a seeded sample of the rows searched.
+trains the coarse quantiser by k-means on a seeded sample of the rows searched
+(thread-invariant, :mod:`thresher.search.kmeans`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from thresher.search.checks import Metric
 
 #: Queries whose probes are chosen at once when the index comes from FAISS (one (block x nlist) product).
 PROBE_BLOCK_ROWS = 8192
+#: Memory of a search's candidate lists (queries x nprobe x k, a float32 key and an int64 position each); larger searches are chunked.
+CANDIDATE_BYTES = 512 << 20
 
 
 class GroupedIVFSearch:
@@ -102,24 +105,25 @@ class GroupedIVFSearch:
         """An L2 IVF-Flat search over ``vectors`` (n, dim) float32, its quantiser trained here.
 
         The centroids are 10 k-means iterations on ``n_train`` rows drawn with
-        ``seed``; each row joins the list of its nearest centroid (chosen
-        ``assign_block_rows`` rows at a time), as ``IndexIVFFlat.add`` does.
+        ``seed`` (:func:`thresher.search.kmeans.train_centroids`, L2); each row
+        joins the list of its nearest centroid (chosen ``assign_block_rows``
+        rows at a time), as ``IndexIVFFlat.add`` does, near-ties decided in
+        float64: the lists are the same whatever the thread count (issue 19).
         Searches choose their probes all at once; ``nprobe`` starts at 1.
         """
-        import faiss
+        from thresher.search.kmeans import nearest_centroids, train_centroids
 
-        n, dim = vectors.shape
+        n = len(vectors)
         sample = np.sort(as_generator(seed, "GroupedIVFSearch").choice(n, size=n_train, replace=False))
-        kmeans = faiss.Kmeans(dim, nlist, niter=10, seed=seed % (1 << 31), max_points_per_centroid=n_train)
-        kmeans.train(vectors[sample])
-        search = cls(kmeans.centroids, [], [], metric="l2", nprobe=1, probe_block_rows=None)
-        lists = np.concatenate([search.probes(vectors[lo : lo + assign_block_rows], 1).ravel() for lo in range(0, n, assign_block_rows)])
+        centroids = train_centroids(vectors[sample], nlist, metric="l2", seed=seed, max_points_per_centroid=None)
+        lists = np.concatenate([nearest_centroids(vectors[lo : lo + assign_block_rows], centroids, metric="l2")
+                                for lo in range(0, n, assign_block_rows)]) if n else np.empty(0, np.int64)
         members = np.argsort(lists, kind="stable")
         bounds = np.searchsorted(lists[members], np.arange(nlist + 1))
         positions = [members[bounds[i] : bounds[i + 1]] for i in range(nlist)]
         ordered = vectors[members]
         chunks = [ordered[bounds[i] : bounds[i + 1]] if bounds[i + 1] > bounds[i] else None for i in range(nlist)]
-        return cls(search.centroids, positions, chunks, metric="l2", nprobe=1, probe_block_rows=None)
+        return cls(centroids, positions, chunks, metric="l2", nprobe=1, probe_block_rows=None)
 
     # -- searching ---------------------------------------------------------------------------------
 
@@ -143,8 +147,17 @@ class GroupedIVFSearch:
         return np.argmin(keys, axis=1)[:, None] if nprobe == 1 else np.argpartition(keys, nprobe - 1, axis=1)[:, :nprobe]
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Positions of the ``k`` nearest rows of each query, best first (-1 where fewer were found)."""
+        """Positions of the ``k`` nearest rows of each query, best first (-1 where fewer were found).
+
+        Queries are searched in chunks whose candidate lists (queries x nprobe x k) fit :data:`CANDIDATE_BYTES`.
+        """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        chunk = max(1, CANDIDATE_BYTES // (min(self.nprobe, self.nlist) * k * 12))
+        if len(queries) > chunk:
+            return np.concatenate([self._search(queries[lo : lo + chunk], k) for lo in range(0, len(queries), chunk)])
+        return self._search(queries, k)
+
+    def _search(self, queries: np.ndarray, k: int) -> np.ndarray:
         nq, nprobe = len(queries), min(self.nprobe, self.nlist)
         block = self.probe_block_rows or max(1, nq)
         probes = np.concatenate([np.ascontiguousarray(self.probes(queries[lo : lo + block], nprobe)) for lo in range(0, nq, block)]).ravel() \

@@ -10,8 +10,9 @@ regions first loses only the edges between regions:
 
 1. **Coarse parts.** ``ceil(N / part_rows)`` regions, each a union of fine
    lists: the IVF lists of the pool's index when it has them (free: every row
-   already belongs to one), else lists of a seeded FAISS k-means on a sample
-   (each row joins its nearest list centroid). The list centroids, weighted by
+   already belongs to one), else lists of a seeded k-means on a sample
+   (thread-invariant, :mod:`thresher.search.kmeans`; each row joins its
+   nearest list centroid). The list centroids, weighted by
    their rows, are grouped into regions by a spherical k-means (seeded, numpy,
    float64). A region made directly of a k-means over rows cuts clusters
    apart: at 1M generated rows (2,000 clusters) 37% of window entries left
@@ -142,7 +143,7 @@ class Regions:
     Attributes
     ----------
     centroids : ndarray of shape (n_lists, dim), float32
-        The fine lists' centroids (FAISS k-means, L2).
+        The fine lists' centroids (L2 k-means, :func:`fine_lists`).
     region_of : ndarray of int64, shape (n_lists,)
     """
 
@@ -155,14 +156,13 @@ class Regions:
 
 
 def fine_lists(sample: np.ndarray, n_lists: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centroids of a FAISS k-means (seeded, 10 iterations) with ``n_lists`` lists over ``sample``, and the sample rows each list got."""
-    import faiss
+    """Centroids of an L2 k-means (seeded, 10 iterations, thread-invariant: :func:`thresher.search.kmeans.train_centroids`)
+    with ``n_lists`` lists over ``sample``, and the sample rows each list got."""
+    from thresher.search.kmeans import train_centroids
 
     x = np.ascontiguousarray(sample, dtype=np.float32)
     n_lists = min(n_lists, len(x))
-    kmeans = faiss.Kmeans(x.shape[1], n_lists, niter=10, seed=derive_seed(seed, "b3-fine-lists") % (1 << 31), max_points_per_centroid=len(x))
-    kmeans.train(x)
-    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    centroids = train_centroids(x, n_lists, metric="l2", seed=derive_seed(seed, "b3-fine-lists"), max_points_per_centroid=None)
     return centroids, np.bincount(_nearest(x, centroids), minlength=n_lists)
 
 
@@ -313,7 +313,7 @@ def part_rank_windows(vectors: np.ndarray, p: int, m: int, seed: int) -> np.ndar
     needed, and the cost is linear in the pool (each part's rows against each
     part's rows). A part of at most :data:`PART_EXACT_ROWS` rows is searched
     exactly; a larger one with a :class:`~thresher.search.GroupedIVFSearch`
-    trained on it (FAISS k-means, seeded; lists of ~:data:`PART_LIST_ROWS`
+    trained on it (thread-invariant k-means, seeded; lists of ~:data:`PART_LIST_ROWS`
     rows, :data:`PART_NPROBE` probed), searched list by list.
     """
     from thresher.search import drop_self, exact_search
@@ -340,31 +340,28 @@ def part_rank_windows(vectors: np.ndarray, p: int, m: int, seed: int) -> np.ndar
 def balanced_ivf(x: np.ndarray, list_rows: int, seed: int) -> Any:
     """An IVF-Flat search over ``x`` (n, dim) float32 unit rows with lists of about ``list_rows`` rows.
 
-    FAISS k-means (seeded, on a sample of 64 rows per list) makes ``n / list_rows``
+    A k-means (seeded, thread-invariant, on a sample of 64 rows per list) makes ``n / list_rows``
     lists; then every list over twice ``list_rows`` is split by a k-means of its
     own rows. Without the split, rows whose natural cluster got no centroid pile
     into one list (at 1M generated rows, a 100k part's largest list held 16
     clusters, 8,000 rows), and the search's cost grows with the square of a list's size.
     """
-    import faiss
-
     from thresher.search import GroupedIVFSearch
+    from thresher.search.kmeans import train_centroids
 
-    n, dim = x.shape
+    n = len(x)
     nlist = max(1, n // list_rows)
     sample = np.sort(as_generator(derive_seed(seed, "b3-ivf-sample")).choice(n, size=min(n, 64 * nlist), replace=False))
-    kmeans = faiss.Kmeans(dim, nlist, niter=10, seed=derive_seed(seed, "b3-ivf") % (1 << 31), max_points_per_centroid=len(sample))
-    kmeans.train(x[sample])
-    centroids = [kmeans.centroids]
-    labels = _nearest(x, kmeans.centroids)
+    first = train_centroids(x[sample], nlist, metric="l2", seed=derive_seed(seed, "b3-ivf"), max_points_per_centroid=None)
+    centroids = [first]
+    labels = _nearest(x, first)
     sizes = np.bincount(labels, minlength=nlist)
     for lst in np.flatnonzero(sizes > 2 * list_rows):
         rows = x[labels == lst]
-        split = faiss.Kmeans(dim, math.ceil(len(rows) / list_rows), niter=10, seed=derive_seed(seed, "b3-ivf-split", int(lst)) % (1 << 31),
-                             max_points_per_centroid=len(rows))
-        split.train(rows)
-        centroids[0][lst] = split.centroids[0]
-        centroids.append(split.centroids[1:])
+        split = train_centroids(rows, math.ceil(len(rows) / list_rows), metric="l2", seed=derive_seed(seed, "b3-ivf-split", int(lst)),
+                                max_points_per_centroid=None)
+        centroids[0][lst] = split[0]
+        centroids.append(split[1:])
     centroids = np.ascontiguousarray(np.concatenate(centroids), dtype=np.float32)
     labels = _nearest(x, centroids)
     members = np.argsort(labels, kind="stable")
@@ -377,7 +374,9 @@ def balanced_ivf(x: np.ndarray, list_rows: int, seed: int) -> Any:
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, block_rows: int = 65_536) -> np.ndarray:
-    """Each row's nearest centroid by squared L2 distance (as ``IndexIVFFlat.add`` assigns rows), computed in blocks."""
-    norms = np.einsum("ij,ij->i", centroids, centroids)
-    return np.concatenate([np.argmin(norms[None, :] - 2 * (x[lo : lo + block_rows] @ centroids.T), axis=1)
+    """Each row's nearest centroid by squared L2 distance (as ``IndexIVFFlat.add`` assigns rows), computed in blocks;
+    near-ties decided in float64 (:func:`thresher.search.kmeans.nearest_centroids`), so the same in any process."""
+    from thresher.search.kmeans import nearest_centroids
+
+    return np.concatenate([nearest_centroids(x[lo : lo + block_rows], centroids, metric="l2")
                            for lo in range(0, len(x), block_rows)]) if len(x) else np.empty(0, np.int64)

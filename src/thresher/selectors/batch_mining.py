@@ -479,7 +479,7 @@ class BatchMiner(BlockwiseSelector):
         return region_of[list_of].astype(np.int32)
 
     def region_model(self, pool: PoolLike) -> b3_partition.Regions:
-        """Regions without IVF lists (driver, reads a seeded sample of ``pool`` only): a FAISS k-means makes fine lists,
+        """Regions without IVF lists (driver, reads a seeded sample of ``pool`` only): a thread-invariant k-means makes fine lists,
         grouped into regions (:class:`~thresher.selectors.b3_partition.Regions`)."""
         n_regions = self.n_regions(pool.n_rows)
         n_lists = min(b3_partition.MAX_FINE_LISTS, max(b3_partition.MIN_FINE_LISTS, b3_partition.FINE_LISTS_PER_REGION * n_regions))

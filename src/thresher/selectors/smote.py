@@ -254,11 +254,13 @@ def _index_searcher(vectors: np.ndarray, factory: str, seed: int) -> Searcher:
     n, dim = vectors.shape
     index = faiss.IndexFlatL2(dim) if factory == "Flat" else faiss.index_factory(dim, factory, faiss.METRIC_L2)
     if not index.is_trained:
+        from thresher.search.kmeans import train_index
+
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = seed % (1 << 31)  # FAISS takes a 32-bit int; derived seeds are 64-bit
         n_train = min(n, max(MIN_TRAIN_ROWS, TRAIN_PER_LIST * ivf.nlist))
         sample = np.sort(as_generator(seed, _OWNER).choice(n, size=n_train, replace=False))
-        index.train(vectors[sample])
+        train_index(index, vectors[sample], seed, what="the class's training sample", positions=sample)  # lists: thread-invariant k-means
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", min(ivf.nlist, max(MIN_NPROBE, ivf.nlist // NPROBE_FRACTION)))
     index.add(vectors)
     if "HNSW" in factory:

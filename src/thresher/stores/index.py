@@ -19,6 +19,10 @@ that choice from the row count, the width and a memory budget.
 
 Building never loads the whole store: the coarse quantiser (and PQ codebooks)
 train on a seeded sample of rows, then vectors are added block by block. The
+quantiser's lists come from thresher's k-means, the same bits for any thread
+count (:func:`thresher.search.kmeans.train_index`; FAISS's own gave other lists
+with 2 threads than with 1 or 4, issue 19); FAISS trains the rest (PQ and SQ
+codebooks, OPQ and PCA transforms). The
 recall stored in the manifest is measured against
 :func:`thresher.search.exact_search`, a streamed, blocked brute force that
 merges per-block top-k lists (the oracle of the tests, as in
@@ -49,7 +53,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from thresher.exceptions import ArtifactError, DimensionMismatchError, parameter_error
+from thresher.exceptions import ArtifactError, DimensionMismatchError, ParameterError, parameter_error
 from thresher.fingerprint import fingerprint_of, hash_file
 from thresher.rng import as_generator
 from thresher.search.checks import Metric as IndexMetric
@@ -68,7 +72,7 @@ from thresher.stores.manifest import artifact_file, check_artifact_files, prepar
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.arrow"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: IVF lists from a thread-invariant k-means (other centroids than FAISS's own)
 
 #: Up to this many rows (and when the raw vectors fit the budget) the automatic choice is exact ``Flat``
 #: search: 1,000 queries against 100k rows of 384 dims is ~40 GFLOP, seconds on a CPU, and exact.
@@ -749,14 +753,17 @@ def _is_flat(faiss: Any, index: Any) -> bool:
 
 
 def _train(faiss: Any, index: Any, store: EmbeddingStore, positions: np.ndarray, seed: int) -> None:
+    """Train on the store's rows at ``positions``; IVF lists by the thread-invariant k-means (:func:`thresher.search.kmeans.train_index`)."""
+    from thresher.search.kmeans import train_index
+
     ivf = _ivf(faiss, index)
     if ivf is not None:
-        ivf.cp.seed = seed
+        ivf.cp.seed = seed % (1 << 31)  # what FAISS still trains itself (a non-flat quantiser) takes a 32-bit seed
     _skip_polysemous_training(faiss, index)
     sample = store.take(positions, dtype=np.float32)
     try:
-        index.train(sample)
-    except RuntimeError as exc:
+        train_index(index, sample, seed, what=f"the training sample of the embedding store {store.path}", positions=positions)
+    except (RuntimeError, ParameterError) as exc:  # FAISS's own check, or the k-means's: fewer rows than lists
         raise parameter_error(_OWNER, "train_size", f"enough rows to train the index ({_first_line(exc)})", len(positions)) from None
 
 

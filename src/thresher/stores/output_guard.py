@@ -347,7 +347,8 @@ def _owned_entry(entry: Path, kind: str, listed: set[str] | None) -> tuple[list[
     name = entry.name
     if kind == "run":
         return _owned_run_entry(entry, listed)
-    if name == "report.html" and entry.is_file() and _is_report(entry):  # `thresher report` writes it into the artefact by default
+    # `thresher report` writes its page into the artefact by default, and with --explore the explore page beside it
+    if name in ("report.html", "explore.html") and entry.is_file() and _is_report(entry):
         return [entry], None
     if kind == "curated" and name == _STAGING and entry.is_dir():
         return _owned_plain_dir(entry, _STAGING_FILE)

@@ -18,12 +18,13 @@ def planted(n: int, dim: int, seed: int) -> np.ndarray:
     return rng.standard_normal((n, 2)) * [9.0, 5.0] @ axes + 0.3 * rng.standard_normal((n, dim)) + 2.0
 
 
-@pytest.mark.parametrize("limit", [1024, 30])  # exact SVD; randomised (both sides above the limit)
-def test_pca_axes_equal_scikit_learns(limit, monkeypatch):
+# exact: the scatter matrix of a tall sample, the SVD of a wide one; randomised (both sides above the limit)
+@pytest.mark.parametrize(("limit", "n"), [(1024, 300), (1024, 30), (30, 300)])
+def test_pca_axes_equal_scikit_learns(limit, n, monkeypatch):
     from sklearn.decomposition import PCA
 
     monkeypatch.setattr(gather, "EXACT_PCA_LIMIT", limit)
-    x = planted(300, 40, seed=limit)
+    x = planted(n, 40, seed=limit)
     mean, components, ratio = pca_2d(x, seed=1)
     reference = PCA(n_components=2, svd_solver="full").fit(x)
     signs = np.sign((components * reference.components_).sum(axis=1))

@@ -196,3 +196,21 @@ def test_recall_counts_a_found_row_tied_with_the_kth_exact_neighbour():
     assert sample.recall(np.array([[0, 2]])) == 0.0
     # without the scores, only the exact list's own rows count
     assert recall_excluding_self(np.array([[0, 3]]), sample.exact_positions, np.array([0]), 1) == 0.0
+
+
+
+def test_grouped_ivf_search_in_chunks_bounded_by_candidate_memory_finds_the_same_rows():
+    """A search whose candidate lists (queries x nprobe x k) exceed CANDIDATE_BYTES runs in chunks, with the same result."""
+    from thresher.search import grouped_ivf
+
+    x = clustered(3000, 16, 25, seed=4)
+    grouped = GroupedIVFSearch.train(x, 32, seed=3, n_train=2000, assign_block_rows=1000)
+    grouped.nprobe = 6
+    whole = grouped.search(x[::7], 20)
+    old = grouped_ivf.CANDIDATE_BYTES
+    grouped_ivf.CANDIDATE_BYTES = 6 * 20 * 12 * 9  # nine queries a chunk
+    try:
+        chunked = grouped.search(x[::7], 20)
+    finally:
+        grouped_ivf.CANDIDATE_BYTES = old
+    np.testing.assert_array_equal(chunked, whole)

@@ -110,3 +110,25 @@ def test_bad_input_is_refused():
         anchoral_subpool(X, LABELLED, LABELS, neighbors=object(), **SMALL)
     with pytest.raises(InputDataError, match="every pool row is labelled"):
         anchoral_subpool(X[:3], [0, 1, 2], [0, 1, 1], **SMALL)
+
+
+def test_anchors_and_subpool_ignore_the_thread_count(at_thread_counts):
+    """Issue 19: the anchors (scikit-learn's k-means++ seeding, float64) and the sub-pool are the same for 1, 2 and 4
+    threads, on rows made of near-copies (500 points x 4 copies, noise 1e-3), where float32 near-ties abound."""
+    from thresher.selectors._base import ArrayPool
+    from thresher.selectors.anchoral import choose_anchors
+
+    rng = np.random.default_rng(0)
+    x = np.repeat(rng.standard_normal((500, 32)), 4, axis=0) + 1e-3 * rng.standard_normal((2000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    y = rng.integers(0, 2, len(x))
+    labelled = np.sort(rng.choice(len(x), 800, replace=False))
+
+    def run():
+        anchors, classes = choose_anchors(ArrayPool(x), labelled, y[labelled], [0, 1], 50, np.random.default_rng(7))
+        sub = anchoral_subpool(x, labelled, y[labelled], n_anchors=50, n_neighbors=15, subpool_size=200, seed=7)
+        return anchors.tolist(), classes.tolist(), sub.positions.tolist(), sub.anchors.tolist()
+
+    runs = at_thread_counts(run)
+    assert len(runs[0][0]) == 100
+    assert all(r == runs[0] for r in runs[1:])

@@ -258,3 +258,34 @@ def test_regions_are_unions_of_the_index_ivf_lists(tmp_path):
     sel = miner.select(store, budget=1.0, neighbors=index)
     assert sel.summary["regions_from"] == "index IVF lists" and sel.summary["window_entries_leaving_parts"] < 0.2
     assert miner.select(store, budget=1.0).summary["regions_from"] == "k-means lists"  # exact search: no lists
+
+
+def test_fine_lists_regions_and_part_lists_ignore_the_thread_count(at_thread_counts):
+    """Issue 19: B3's k-means lists (fine lists, regions, a part's IVF lists) are the same bits for 1, 2 and 4 threads."""
+    import faiss
+
+    from thresher.rng import derive_seed
+
+    # 500 points x 10 copies with noise 1e-3: assignments near ties, where FAISS's k-means differs with the thread count
+    rng = np.random.default_rng(0)
+    x = (np.repeat(rng.standard_normal((500, 64)).astype(np.float32), 10, axis=0) + 1e-3 * rng.standard_normal((5000, 64))).astype(np.float32)
+
+    def faiss_fine_lists():  # what fine_lists ran before
+        kmeans = faiss.Kmeans(64, 64, niter=10, seed=derive_seed(1, "b3-fine-lists") % (1 << 31), max_points_per_centroid=len(x))
+        kmeans.train(x)
+        return kmeans.centroids.copy()
+
+    runs = at_thread_counts(faiss_fine_lists)
+    assert not all(np.array_equal(runs[0], r) for r in runs[1:])
+
+    unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    def build():
+        centroids, sizes = b3_partition.fine_lists(x, 64, seed=1)
+        regions = b3_partition.Regions(centroids, b3_partition.regions_of_lists(centroids, sizes, 4, seed=1))
+        part = b3_partition.balanced_ivf(unit, 100, seed=1)
+        return (centroids.tobytes(), sizes.tolist(), regions.assign(x).tolist(), part.centroids.tobytes(),
+                [p.tolist() for p in part.list_positions])
+
+    runs = at_thread_counts(build)
+    assert all(r == runs[0] for r in runs[1:])

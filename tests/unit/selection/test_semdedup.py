@@ -234,7 +234,7 @@ def test_kmeans_refills_an_empty_cluster(monkeypatch):
     x = np.repeat(np.eye(3, dtype=np.float32) + np.float32(0.1), 30, axis=0)
     emptied = []
     split = kmeans._split_empty
-    monkeypatch.setattr(kmeans, "_split_empty", lambda sums, counts, rng: (emptied.append(int((counts == 0).sum())), split(sums, counts, rng)))
+    monkeypatch.setattr(kmeans, "_split_empty", lambda sums, counts, rng, **kw: (emptied.append(int((counts == 0).sum())), split(sums, counts, rng, **kw)))
     c = kmeans.spherical_kmeans(Rows.of(x), 4, 5, seed=1)
     assert sum(emptied) >= 1
     assert np.isfinite(c).all() and len({tuple(r) for r in c.tolist()}) == 4

@@ -4,7 +4,9 @@ Stage: :func:`thresher.pipeline.embed.run_embed`; job: :mod:`thresher.jobs.embed
 Its fingerprint is the store's own (:func:`thresher.jobs.embed_job.embed_fingerprint`:
 the pool's content, how rows become text, the encoder and its weights, the dtype
 and the partitioning), recorded in the store's manifest, so a finished store is
-recognised by its manifest and an interrupted one resumes.
+recognised by its manifest and an interrupted one resumes. ``quality_gate`` is
+not in it (it changes no vector); a cached store's recorded quality figures
+are checked against the spec's gate when it is reused.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class EmbedKind(SourceKind):
             p.path, text=p.text, text_column=p.text_column, messages_column=p.messages_column, chat_format=p.chat_format,
             id_column=p.id_column, format=p.format, split=p.split, model=e.model, pooling=e.pooling, layer=e.layer,
             normalize=e.normalize, max_length=e.max_length, batch_size=e.batch_size, device=e.device, model_dtype=e.model_dtype,
-            padding_side=e.padding_side, gguf_file=e.gguf_file, trust_remote_code=e.trust_remote_code, backend=e.backend, dtype=e.dtype,
-            partition_rows=p.partition_rows,
+            padding_side=e.padding_side, gguf_file=e.gguf_file, trust_remote_code=e.trust_remote_code, backend=e.backend,
+            quality_gate=e.quality_gate, dtype=e.dtype, partition_rows=p.partition_rows,
         )
         return EmbedSource(inputs, e)
 
@@ -72,9 +74,12 @@ class EmbedKind(SourceKind):
             check_device_available(config.settings.device)  # the model runs on this machine; remote workers are checked by run_embed
 
     def open_cached(self, config: Any, directory: Path) -> Any:
+        from thresher.jobs.embed_job import check_recorded_quality
         from thresher.stores.embedding_store import open_embedding_store
 
-        return open_embedding_store(directory)
+        store = open_embedding_store(directory)
+        check_recorded_quality(store, gate=config.inputs.quality_gate)  # the gate is not in the fingerprint; see there
+        return store
 
     def run(self, config: EmbedSource, inputs: StepInputs, executor: Any) -> Any:
         from thresher.pipeline.embed import run_embed

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from thresher.pipeline.steps._base import StepConfig, StepInputs, StepKind
 
-VERSION = 2  # 2: synthetic rows have ids
+VERSION = 3  # 2: synthetic rows have ids; 3: a large class's IVF lists from a thread-invariant k-means
 
 
 class SMOTEStep(StepConfig):
