@@ -681,7 +681,8 @@ def main() -> None:
 def write_report(results: list[dict]) -> None:
     """bench/scale.json, the plot and the BENCHMARKS.md section, from the results of every size."""
     for r in results:
-        r["estimates"] = dry_run_estimates(r["dry_run"], [s["name"] for s in r["steps"]])
+        if "dry_run" in r:  # the printed line of a size carries its estimates only
+            r["estimates"] = dry_run_estimates(r["dry_run"], [s["name"] for s in r["steps"]])
         for s in r["steps"]:
             if s["kind"] == "store":
                 s["bytes_written"] = None  # read in place: the import's row holds what was written
