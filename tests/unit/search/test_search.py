@@ -135,6 +135,12 @@ def test_grouped_ivf_search_marks_missing_neighbours_and_knows_which_indexes_it_
 
     assert GroupedIVFSearch.applies(Wrapped(), 400) and not GroupedIVFSearch.applies(Wrapped(), 401)
     assert GroupedIVFSearch.of(np.zeros(3), 3) is None
+    from thresher.search.grouped_ivf import MAX_NPROBE
+
+    index.nprobe = MAX_NPROBE
+    assert GroupedIVFSearch.applies(Wrapped(), 400)
+    index.nprobe = MAX_NPROBE + 1  # deeper searches are left to FAISS (faster there)
+    assert not GroupedIVFSearch.applies(Wrapped(), 400) and GroupedIVFSearch.of(Wrapped(), 400) is None
 
 
 # -- dropping rows from neighbour lists --------------------------------------------------------------
