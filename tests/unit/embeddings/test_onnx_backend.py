@@ -16,6 +16,7 @@ from thresher.embeddings.onnx_backend import (
     check_quality,
     export_fingerprint,
     export_record,
+    float_matmul_nodes,
     quality_figures,
 )
 from thresher.exceptions import ParameterError
@@ -87,6 +88,49 @@ def test_bad_runtime_settings_are_refused_naming_the_parameter(kwargs, name):
         EncoderSpec(**{"runtime": "onnx-int8", **kwargs})
 
 
+def test_only_weight_matmuls_are_quantised_and_the_first_layers_ffn_outputs_stay_float(int8, minilm_path):
+    """MiniLM-L6: 6 layers x 6 weight MatMuls (query, key, value, attention output, FFN in, FFN out); the FFN output
+    projections of layers 0-2 stay float32, the embedding tables are not quantised."""
+    import onnx
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(minilm_path)
+    graph = onnx.load(str(int8.model_path)).graph
+    initializers = {init.name: init for init in graph.initializer}
+    float_weight_matmuls = sorted(n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers)
+    kept = (config.num_hidden_layers + 1) // 2
+    assert float_weight_matmuls == [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in range(kept)]
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 6 * config.num_hidden_layers - kept
+    consumers = {i: n.op_type for n in graph.node for i in n.input}
+    int8_weights = [name for name, init in initializers.items() if init.data_type == onnx.TensorProto.INT8]
+    assert int8_weights and {consumers[name] for name in int8_weights} == {"MatMulInteger"}
+    word_embeddings = next(n for n in graph.node if n.name.endswith("word_embeddings/Gather"))
+    assert initializers[word_embeddings.input[0]].data_type == onnx.TensorProto.FLOAT
+
+
+def test_float_matmul_nodes_picks_the_down_projections_of_the_first_half_of_the_layers(tmp_path):
+    """A toy graph of 3 layers, each up (4 -> 8) then down (8 -> 4), plus an activation x activation MatMul."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, inits, x = [], [], "x"
+    for layer in range(3):
+        for part, shape in (("up", (4, 8)), ("down", (8, 4))):
+            inits.append(helper.make_tensor(f"w{layer}{part}", TensorProto.FLOAT, shape, np.ones(shape).ravel().tolist()))
+            nodes.append(helper.make_node("MatMul", [x, f"w{layer}{part}"], [f"h{layer}{part}"], name=f"l{layer}_{part}"))
+            x = f"h{layer}{part}"
+    nodes.append(helper.make_node("MatMul", [x, x], ["y"], name="scores"))  # no constant weight: never picked
+    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "toy.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert float_matmul_nodes(path, "ffn_output_first_half") == ["l0_down", "l1_down"]
+    assert float_matmul_nodes(path, "ffn_output_all") == ["l0_down", "l1_down", "l2_down"]
+    assert float_matmul_nodes(path, "none") == []
+    with pytest.raises(ParameterError, match="'float_matmuls' export setting"):
+        float_matmul_nodes(path, "last")
+
+
 def test_vectors_equal_a_direct_onnx_runtime_run_with_numpy_mean_pooling(int8, minilm_path, mixed_texts):
     """One text at a time (dynamic int8 quantises activations per batch): the engine's tokenising,
     truncation and pooling around the session must reproduce a plain tokenizer + session + numpy pipeline."""
@@ -111,7 +155,8 @@ def test_int8_vectors_are_close_to_sentence_transformers_float32(int8, minilm_pa
     expected = SentenceTransformer(minilm_path, device="cpu").encode(mixed_texts, normalize_embeddings=True)
     got = int8.encode(mixed_texts).vectors
     cosine = (got * expected).sum(1)
-    assert np.median(cosine) >= 0.98 and cosine.min() >= 0.9  # close, yet not float32 (that is why the gate exists)
+    # measured here: median 0.9974, min 0.9902 with EXPORT_SETTINGS; every MatMul and Gather in int8 gave 0.9951 and 0.9833
+    assert np.median(cosine) >= 0.996 and cosine.min() >= 0.985
     assert cosine.min() < 0.9999
     described = int8.describe()
     assert described["runtime"] == "onnx-int8" and described["dtype"] == "int8" and described["onnx"]["fingerprint"]
