@@ -1,7 +1,8 @@
-"""Progress reporting for jobs: a tqdm bar in rows with rows/s, fed as tasks finish.
+"""Progress reporting for jobs: a tqdm bar in rows with rows/s, fed as tasks finish (and, for embedding, as each batch is encoded).
 
-Each advance (one finished partition) is also emitted to the current event
-log (:mod:`thresher.jobs.events`) with the rows done, the rate and an ETA.
+Each advance (a finished task, or an encoded batch of the embed step) is also
+emitted to the current event log (:mod:`thresher.jobs.events`) with the rows
+done, the rate and an ETA.
 """
 
 from __future__ import annotations
