@@ -619,6 +619,17 @@ def _onednn_linear_works() -> bool:
 # -- loading -------------------------------------------------------------------------------------
 
 
+def loading_backend(spec: EncoderSpec, folder: Path, gguf_file: str | None) -> str:
+    """Which library loads the model: ``spec.backend``, or for ``"auto"`` sentence-transformers when the folder is
+    one of its models (``modules.json``) and transformers otherwise; a GGUF file cannot go to sentence-transformers."""
+    backend = spec.backend
+    if backend == "auto":
+        backend = "sentence-transformers" if gguf_file is None and (folder / "modules.json").is_file() else "transformers"
+    if backend == "sentence-transformers" and gguf_file is not None:
+        raise ParameterError(f"The sentence-transformers backend cannot load GGUF file {gguf_file!r}; use backend='transformers'.")
+    return backend
+
+
 def load_encoder(spec: EncoderSpec) -> Encoder:
     """Load the model and tokenizer of ``spec`` (offline) and return a ready :class:`Encoder`.
 
@@ -637,12 +648,8 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
     folder, gguf_file = _resolve_model(spec)
     device = _resolve_device(spec)
     dtype = _resolve_dtype(spec, device)
-    backend = spec.backend
-    if backend == "auto":
-        backend = "sentence-transformers" if gguf_file is None and (folder / "modules.json").is_file() else "transformers"
+    backend = loading_backend(spec, folder, gguf_file)
     if backend == "sentence-transformers":
-        if gguf_file is not None:
-            raise ParameterError(f"The sentence-transformers backend cannot load GGUF file {gguf_file!r}; use backend='transformers'.")
         st_model = _load_sentence_transformer(spec, folder, device, dtype)
         if spec.pooling is None and spec.layer == -1:
             return SentenceTransformerEncoder(spec, st_model, device=device, dtype=dtype)

@@ -73,12 +73,8 @@ def load_onnx_int8_encoder(spec: Any) -> OnnxInt8Encoder:
     require_onnxruntime()
     folder, gguf_file = enc._resolve_model(spec)
     cpu = torch.device("cpu")
-    backend = spec.backend
-    if backend == "auto":
-        backend = "sentence-transformers" if gguf_file is None and (folder / "modules.json").is_file() else "transformers"
+    backend = enc.loading_backend(spec, folder, gguf_file)
     if backend == "sentence-transformers":
-        if gguf_file is not None:
-            raise ParameterError(f"The sentence-transformers backend cannot load GGUF file {gguf_file!r}; use backend='transformers'.")
         st_model = enc._load_sentence_transformer(spec, folder, cpu, torch.float32)
         tokenizer, model = enc._st_tokenizer(st_model, spec), enc._st_auto_model(st_model)
         max_length = spec.max_length or st_model.max_seq_length

@@ -351,7 +351,23 @@ def test_a_failure_after_some_shards_leaves_none_behind(tmp_path, source):
     bad[-1, 0] = np.nan
     out = tmp_path / "existing"
     out.mkdir()  # an empty directory the user made: kept, and left empty
+    source_file = write_parquet(tmp_path / "v.parquet", ids, bad)
+    (tmp_path / "notes.txt").write_text("the user's")
+    before = _digest_except(tmp_path, out)
     with pytest.raises(InputDataError, match="holds NaN"):
-        import_embeddings(write_parquet(tmp_path / "v.parquet", ids, bad), out, model="m", shard_rows=20, batch_rows=20)
+        import_embeddings(source_file, out, model="m", shard_rows=20, batch_rows=20)
     assert [p.name for p in out.iterdir() if p.name.startswith("part-") or p.name.startswith(".tmp-")] == []
     assert not (out / "manifest.json").exists()
+    assert _digest_except(tmp_path, out) == before  # the input and everything beside the output, byte for byte
+
+
+def _digest_except(root, skip) -> str:
+    """A hash of every path and file content under ``root``, ``skip`` (a directory) left out."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if skip not in p.parents and p != skip):
+        h.update(str(path).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
