@@ -384,20 +384,31 @@ def run(args: argparse.Namespace) -> None:
                                  f"{jaccard(removed, oracle_removed):.4f} | {pairs:,} | {orphans:,} |")
                 if args.placements:
                     for mode in args.placement_modes:
-                        runs = {where: run_variant(SCRIPT, "--variant", "cli", "--store", str(store), "--mode", mode, "--n-clusters", str(k),
-                                                   "--eps", str(eps), "--out", str(work / f"{tag}-cli-{mode}-{i}"), "--where", where)
-                                for i, where in enumerate(("local", "dask", address))}
+                        # interleaved repeats (local, dask, external, local, ...): the machine's noise falls on every placement alike
+                        runs: dict[str, list[dict]] = {"local": [], "dask": [], address: []}
+                        for r in range(args.placement_repeats):
+                            for i, where in enumerate(("local", "dask", address)):
+                                runs[where].append(run_variant(SCRIPT, "--variant", "cli", "--store", str(store), "--mode", mode, "--n-clusters",
+                                                               str(k), "--eps", str(eps), "--out", str(work / f"{tag}-cli-{mode}-{i}"), "--where", where))
                         api = np.load(work / f"{tag}-{mode}.removed.npy")
                         from thresher.pipeline.dedup import read_removed
 
                         cli_ids = read_removed(work / f"{tag}-cli-{mode}-0").column("id").to_pylist()
                         same_as_api = cli_ids == [f"r{p}" for p in api.tolist()]
-                        identical = len({r["removed_sha256"] for r in runs.values()}) == 1
-                        loc, dask, ext = runs["local"], runs["dask"], runs[address]
-                        lines.append(f"\n`thresher select semdedup --mode {mode}` (CLI, whole process tree): `--local` {loc['seconds']:.1f} s "
-                                     f"({loc['peak_bytes'] / 2**30:.2f} GiB), default local Dask cluster {dask['seconds']:.1f} s "
-                                     f"({dask['peak_bytes'] / 2**30:.2f} GiB) = **{dask['seconds'] / loc['seconds']:.2f}x** `--local`, external "
-                                     f"scheduler + 1 worker x 2 threads {ext['seconds']:.1f} s. removed.arrow byte-identical across the three: "
+                        identical = len({r["removed_sha256"] for rs in runs.values() for r in rs}) == 1
+
+                        def median(where: str, key: str) -> float:
+                            return float(np.median([r[key] for r in runs[where]]))
+
+                        def each(where: str) -> str:
+                            return ", ".join(f"{r['seconds']:.1f}" for r in runs[where])
+
+                        loc, dask, ext = median("local", "seconds"), median("dask", "seconds"), median(address, "seconds")
+                        lines.append(f"\n`thresher select semdedup --mode {mode}` (CLI, whole process tree, median of {args.placement_repeats} "
+                                     f"interleaved runs): `--local` {loc:.1f} s ({each('local')}; {median('local', 'peak_bytes') / 2**30:.2f} GiB), "
+                                     f"default local Dask cluster {dask:.1f} s ({each('dask')}; {median('dask', 'peak_bytes') / 2**30:.2f} GiB) = "
+                                     f"**{dask / loc:.2f}x** `--local`, external scheduler + 1 worker x 2 threads {ext:.1f} s ({each(address)}) = "
+                                     f"{ext / loc:.2f}x. removed.arrow byte-identical across all {3 * args.placement_repeats} runs: "
                                      f"**{identical}**; same rows as the API: **{same_as_api}**.")
                         print(mode, runs, identical, same_as_api, flush=True)
     finally:
@@ -406,7 +417,7 @@ def run(args: argparse.Namespace) -> None:
             p.wait(timeout=30)
     body = "\n".join([
         f"Command: `python bench/bench_semdedup.py --rows {' '.join(map(str, args.rows))} --eps {' '.join(map(str, args.eps))}"
-        f" --placement-modes {' '.join(args.placement_modes)}"
+        f" --placement-modes {' '.join(args.placement_modes)} --placement-repeats {args.placement_repeats}"
         f"{' --semhash-python /tmp/semhash-venv/bin/python' if args.semhash_python else ''}` ({machine_line()}).",
         "",
         "Vectors: the bundled demo pool embedded with all-MiniLM-L6-v2 (first 8,000 rows); 200k = those 8,000 x 25 noisy copies "
@@ -433,6 +444,7 @@ def main() -> None:
     parser.add_argument("--semhash-exact-max", type=int, default=10_000, help="Largest size SemHash's exact mode runs at.")
     parser.add_argument("--no-placements", dest="placements", action="store_false", help="Skip the CLI runs (--local, Dask, external scheduler).")
     parser.add_argument("--placement-modes", nargs="+", default=["paper", "exact"], choices=["paper", "exact"])
+    parser.add_argument("--placement-repeats", type=int, default=3, help="Interleaved runs of each placement (the median is reported).")
     parser.add_argument("--threads-check", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--variant", choices=["api", "oracle", "cli", "threads"], help=argparse.SUPPRESS)

@@ -50,6 +50,12 @@ from typing import Any
 #: The environment variables OpenMP, OpenBLAS and MKL read when they are loaded.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+#: glibc malloc settings Dask's nanny writes for its workers (``MALLOC_TRIM_THRESHOLD_=65536``). Setting any of
+#: them turns off glibc's dynamic mmap threshold, so every temporary array over 128 KiB is mapped and unmapped
+#: again: SemDeDup's per-cluster work took 9.8 s on a local cluster's worker against 5.4 s without it (200k rows,
+#: 1,000 clusters, measured issue 19). Workers of a cluster thresher starts run with glibc's defaults.
+ALLOCATOR_VARIABLES = ("MALLOC_TRIM_THRESHOLD_",)
+
 #: (threads, modules loaded) of the last :func:`set_native_threads` in this process: unchanged, nothing to redo.
 _APPLIED: tuple[int, int] | None = None
 
@@ -122,8 +128,9 @@ def local_cluster_options(cores_per_worker: int) -> tuple[dict[str, Any], dict[s
 
     The thread variables leave ``distributed.nanny.pre-spawn-environ`` (which the nanny writes into the
     driver's ``os.environ``) and go to the worker's own environment, set with the worker's share of cores.
+    The allocator variables (:data:`ALLOCATOR_VARIABLES`) leave it too and are not set at all.
     """
-    config = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in THREAD_VARIABLES}
+    config = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in (*THREAD_VARIABLES, *ALLOCATOR_VARIABLES)}
     return config, {name: str(max(1, int(cores_per_worker))) for name in THREAD_VARIABLES}
 
 
@@ -150,5 +157,5 @@ def run_with_threads(fn: Callable[..., Any], *args: Any, _thresher_threads: Mapp
     return fn(*args, **kwargs)
 
 
-__all__ = ["THREAD_VARIABLES", "available_cores", "local_cluster_options", "native_threads", "one_blas_thread", "run_with_threads", "set_native_threads",
+__all__ = ["ALLOCATOR_VARIABLES", "THREAD_VARIABLES", "available_cores", "local_cluster_options", "native_threads", "one_blas_thread", "run_with_threads", "set_native_threads",
            "worker_threads"]

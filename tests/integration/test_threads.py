@@ -24,13 +24,14 @@ SCRIPT = textwrap.dedent("""
 
     def report():
         from distributed import get_worker
-        return get_worker().address, native_threads()
+        return get_worker().address, native_threads(), os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
     if __name__ == "__main__":
         before = os.environ.get("OMP_NUM_THREADS")
         with Executor(workers=int(sys.argv[1]), progress=False) as executor:
             import faiss  # first loaded now, with the cluster running
-            driver = {"env": os.environ.get("OMP_NUM_THREADS"), "env_before": before, "faiss": faiss.omp_get_max_threads()}
+            driver = {"env": os.environ.get("OMP_NUM_THREADS"), "env_before": before, "faiss": faiss.omp_get_max_threads(),
+                      "malloc": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
             tasks = executor.map(report, [()] * 4)
             share = threads_per_task(executor.dask)
         print(json.dumps({"driver": driver, "tasks": tasks, "share": share}))
@@ -57,9 +58,35 @@ def test_driver_keeps_its_threads_and_tasks_use_their_workers_share(tmp_path):
     assert driver["faiss"] == fresh_faiss_threads(env) == available_cores()  # as in a process that never started a cluster
     # one worker on this host: its task runs FAISS and every BLAS / OpenMP pool on all the host's cores (the nanny's default is 1)
     cores = available_cores()
-    for address, threads in result["tasks"]:
+    for address, threads, malloc in result["tasks"]:
         assert result["share"][address] == cores
         assert threads["faiss"] == cores and set(threads.values()) == {cores}, threads
+        # glibc's own allocator settings: Dask's MALLOC_TRIM_THRESHOLD_ made every temporary array over 128 KiB an mmap
+        assert malloc is None
+    assert driver["malloc"] is None
+
+
+def test_the_allocator_setting_is_what_makes_large_temporaries_slow(tmp_path):
+    """Why the workers run without MALLOC_TRIM_THRESHOLD_: with it set, glibc maps and unmaps every large
+    temporary, so each one page-faults afresh (counted by the kernel, not timed)."""
+    code = textwrap.dedent("""
+        import resource, numpy as np
+        x = np.ones((256, 384), dtype=np.float32)  # 384 KiB temporaries, over the 128 KiB default mmap threshold
+        for _ in range(50):
+            (x * 2.0).sum()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(400):
+            (x * 2.0).sum()
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    faults = {}
+    for setting in (None, "65536"):
+        run_env = env if setting is None else {**env, "MALLOC_TRIM_THRESHOLD_": setting}
+        faults[setting] = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env, timeout=120,
+                                             check=True).stdout)
+    assert faults["65536"] > 400 * 50  # each temporary's ~96 pages faulted in again
+    assert faults[None] < 400  # glibc's dynamic threshold keeps them in the heap after the first
 
 
 def test_two_workers_share_the_cores_and_a_users_setting_is_kept(tmp_path):
@@ -68,4 +95,4 @@ def test_two_workers_share_the_cores_and_a_users_setting_is_kept(tmp_path):
     assert result["driver"]["env"] == "1" and result["driver"]["faiss"] == 1
     share = max(1, available_cores() // 2)
     assert set(result["share"].values()) == {share}
-    assert {threads["faiss"] for _, threads in result["tasks"]} == {share}
+    assert {threads["faiss"] for _, threads, _ in result["tasks"]} == {share}

@@ -59,11 +59,12 @@ def _cluster_task(store_path: str, groups: list[tuple[int, np.ndarray, np.ndarra
     from thresher.stores.embedding_store import open_embedding_store
 
     store = open_embedding_store(store_path)
+    with store.reader() as store_take:  # one read per cluster: the shards stay mapped for the task
 
-    def take(p: np.ndarray) -> np.ndarray:
-        return store.take(p if rows is None else rows[p])
+        def take(p: np.ndarray) -> np.ndarray:
+            return store_take(p if rows is None else rows[p])
 
-    return selector.cluster_task(groups, take, context)
+        return selector.cluster_task(groups, take, context)
 
 
 def _id_array(ids: np.ndarray, id_type: pa.DataType) -> pa.Array:

@@ -15,7 +15,8 @@ a store far larger than memory is never loaded whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -262,7 +263,30 @@ class EmbeddingStore:
         return table.column(name).to_numpy()
 
     def take(self, positions: Sequence[int] | np.ndarray, *, dtype: Any = np.float32) -> np.ndarray:
-        """Vectors at the given store positions, in the given order."""
+        """Vectors at the given store positions, in the given order (each call maps the shards it reads; see :meth:`reader`)."""
+        return self._take(positions, self.shard_embeddings, dtype=dtype)
+
+    @contextmanager
+    def reader(self) -> Iterator[Callable[..., np.ndarray]]:
+        """A ``take`` that maps each shard once and keeps it mapped until the block ends: for many small reads.
+
+        SemDeDup's 1,000 per-cluster reads of a 200k-row store took 5.2 s through :meth:`take`,
+        most of it mapping and unmapping the shards, and 0.6 s through a reader (measured, issue 19).
+        The mapped pages count in the process's RSS while the block lasts, hence a block, not a cache.
+        """
+        views: dict[int, np.ndarray] = {}
+
+        def view(i: int) -> np.ndarray:
+            if i not in views:
+                views[i] = self.shard_embeddings(i)
+            return views[i]
+
+        try:
+            yield lambda positions, *, dtype=np.float32: self._take(positions, view, dtype=dtype)
+        finally:
+            views.clear()
+
+    def _take(self, positions: Sequence[int] | np.ndarray, shard_vectors: Callable[[int], np.ndarray], *, dtype: Any) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size and (positions.min() < 0 or positions.max() >= self.n_rows):
             raise ParameterError(f"positions must lie in [0, {self.n_rows}); got values from {positions.min()} to {positions.max()}.")
@@ -270,7 +294,7 @@ class EmbeddingStore:
         shard_of = np.searchsorted(self.shard_offsets, positions, side="right") - 1
         for i in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == i)
-            out[sel] = self.shard_embeddings(int(i))[positions[sel] - self.shard_offsets[i]]
+            out[sel] = shard_vectors(int(i))[positions[sel] - self.shard_offsets[i]]
         self._check_finite(out, positions)
         return out
 

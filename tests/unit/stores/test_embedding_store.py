@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from thresher.exceptions import ArtifactError, IncompleteArtifactError, InputDataError
+from thresher.exceptions import ArtifactError, IncompleteArtifactError, InputDataError, ParameterError
 from thresher.stores import finalize_embedding_store, open_embedding_store, write_embedding_shard
 
 
@@ -34,6 +34,26 @@ def test_round_trip_in_order_across_shards(tmp_path, data):
     assert store.ids().tolist() == ids
     np.testing.assert_array_equal(store.take([102, 0, 50]), vectors[[102, 0, 50]])
     assert store.positions_of(["row-7", "row-99"]).tolist() == [7, 99]
+
+
+def test_reader_takes_what_take_takes_and_maps_each_shard_once(tmp_path, data, monkeypatch):
+    vectors, ids = data
+    store = make_store(tmp_path, vectors, ids, shard_rows=25)
+    mapped = []
+    original = store.shard_embeddings
+    monkeypatch.setattr(store, "shard_embeddings", lambda i: mapped.append(i) or original(i))
+    rng = np.random.default_rng(1)
+    with store.reader() as take:
+        for _ in range(20):
+            positions = rng.choice(103, size=17, replace=False)
+            np.testing.assert_array_equal(take(positions), vectors[positions])
+            np.testing.assert_array_equal(take(positions, dtype=np.float64), vectors[positions].astype(np.float64))
+        with pytest.raises(ParameterError, match=r"\[0, 103\)"):
+            take([5, 103])
+    assert sorted(mapped) == [0, 1, 2, 3, 4]  # once each, not once per call
+    with store.reader() as take:
+        take([3])
+    assert sorted(mapped) == [0, 0, 1, 2, 3, 4]  # a new block maps afresh: nothing outlives it
 
 
 def test_blocks_cover_store_once_whatever_block_size(tmp_path, data):
