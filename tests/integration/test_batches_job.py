@@ -148,6 +148,10 @@ def test_two_levels_give_the_same_batches_on_one_or_two_workers_and_in_process(t
     groups = np.array(["ab"[i % 2] for i in range(3000)])
     want = BatchMiner(rank_scope=rank_scope, **TWO_LEVEL).select(store, budget=1.0, neighbors=open_index(tmp / "index", store=store),
                                                                  groups=groups)
+    # pool ranks through the IVF index: its depth chosen for window recall 0.95 by a task, as the selector chooses it in process
+    assert s["teacher"] == (want.summary["teacher"] if rank_scope == "pool" else None)
+    if rank_scope == "pool":
+        assert s["teacher"]["window_recall"] >= 0.95 and s["teacher"]["nprobe"] <= 16
     table = here.to_table()
     assert table.column("id").to_pylist() == want.ids.tolist()
     assert table.column("batch").to_pylist() == want.columns["batch"].tolist()
@@ -159,6 +163,28 @@ def test_two_levels_give_the_same_batches_on_one_or_two_workers_and_in_process(t
     sources = np.array(table.column("source"))
     assert all(len(set(sources[batch == b])) == 1 for b in np.unique(batch))
     assert s["mean_in_community_similarity"] > s["mean_in_batch_similarity_random"] + 0.3
+
+
+def test_one_level_over_a_subset_searches_the_ivf_teacher_at_the_depth_it_measured(topic_store, dask_client, tmp_path):
+    """One level, a subset, an IVF index: the depth task and the window tasks give on Dask what the selector gives in process."""
+    from thresher.selectors.batch_mining import BatchMiner
+    from thresher.stores import open_index
+    from thresher.stores.subset import StoreSubset, SubsetNeighbors
+
+    tmp, store, _ = topic_store
+    subset = np.arange(0, 3000, 3)
+    settings = dict(index=tmp / "index", batch_size=64, community_size=16, rank_window=(3, 23), partition="one_level", teacher_recall=0.9,
+                    seed=2)
+    on_dask = select_batches(store.path, tmp_path / "dask", subset=subset, executor=Executor.on_client(dask_client), **settings)
+    here = select_batches(store.path, tmp_path / "here", subset=subset, executor=Executor.in_process(), **settings)
+    assert on_dask.to_table().equals(here.to_table())
+    teacher = on_dask.manifest["summary"]["teacher"]
+    assert teacher == here.manifest["summary"]["teacher"] and teacher["window_recall"] >= 0.9 and teacher["target"] == 0.9
+    index = open_index(tmp / "index", store=store)
+    want = BatchMiner(batch_size=64, community_size=16, rank_window=(3, 23), partition="one_level", teacher_recall=0.9, seed=2).select(
+        StoreSubset(store, subset), budget=1.0, neighbors=SubsetNeighbors(store, subset, index))
+    assert want.summary["teacher"] == teacher
+    assert here.to_table().column("id").to_pylist() == want.ids.tolist()
 
 
 def test_two_levels_over_a_subset_equal_a_store_of_those_rows(topic_store, tmp_path):

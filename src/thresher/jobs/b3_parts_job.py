@@ -28,16 +28,9 @@ import numpy as np
 
 def _open(store_path: str, index_path: str | None, subset: np.ndarray | None, block_rows: int | None) -> tuple[Any, Any, Any]:
     """The store, the pool the selector sees (the store or its subset) and the teacher's search, opened where the task runs."""
-    from thresher.stores.embedding_store import open_embedding_store
-    from thresher.stores.index import open_index
+    from thresher.jobs.neighbors_job import open_teacher
 
-    store = open_embedding_store(store_path)
-    neighbors = open_index(index_path, store=store) if index_path else None
-    if subset is None:
-        return store, store, neighbors
-    from thresher.stores.subset import StoreSubset, SubsetNeighbors
-
-    return store, StoreSubset(store, subset), SubsetNeighbors(store, subset, neighbors, block_rows=block_rows or 8192)
+    return open_teacher(store_path, index_path, subset, block_rows)
 
 
 def _index_regions(store_path: str, index_path: str, *, miner: Any, subset: np.ndarray | None = None) -> np.ndarray | None:

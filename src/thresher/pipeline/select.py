@@ -202,6 +202,7 @@ def select_batches(
     partition: str = "auto",
     part_rows: int | None = None,
     rank_scope: str = "pool",
+    teacher_recall: float | None = 0.95,
     seed: int = 0,
     executor: Any = None,
     overwrite: bool = False,
@@ -227,6 +228,9 @@ def select_batches(
     the executor (:mod:`thresher.jobs.b3_parts_job`); the driver assembles the batches.
     ``rank_scope="part"`` (always two levels): each part ranks its rows among
     its own rows, without ``index`` (see :class:`BatchMiner`).
+    With an IVF index, the teacher searches the fewest lists whose rank
+    windows hold ``teacher_recall`` of the exact ones (measured by one task on
+    256 seeded rows; the manifest's summary records it as ``teacher``).
 
     ``subset`` (store positions) restricts the stage to those rows, as if the
     store held only them: teacher ranks are counted among the subset (the
@@ -264,10 +268,11 @@ def select_batches(
 
     miner = BatchMiner(batch_size=batch_size, community_size=community_size, rank_window=tuple(rank_window),
                        n_hard_negatives=n_hard_negatives, drop_last=drop_last, partition=partition,
-                       part_rows=DEFAULT_PART_ROWS if part_rows is None else part_rows, rank_scope=rank_scope, seed=seed)
+                       part_rows=DEFAULT_PART_ROWS if part_rows is None else part_rows, rank_scope=rank_scope, teacher_recall=teacher_recall,
+                       seed=seed)
     miner.validate_params()
     from thresher.jobs.b3_parts_job import parts_on_cluster
-    from thresher.jobs.neighbors_job import window_on_cluster
+    from thresher.jobs.neighbors_job import teacher_depth_on_cluster, window_on_cluster
     from thresher.pipeline.columns import read_labels
     from thresher.selectors._base import budget_rounding, resolve_budget
 
@@ -282,6 +287,8 @@ def select_batches(
         state = miner.prepare(pool, budget=n_budget, groups=groups)
         with executor.started():
             job = executor.new_job()
+            depth = teacher_depth_on_cluster(store, index, miner, executor=executor, subset=subset, job=job)
+            state = dataclasses.replace(state, depth=depth)
             plan, results = parts_on_cluster(store, index, miner, state, groups=groups, executor=executor, subset=subset, job=job)
             job = dict(job)  # read before the cluster closes
         selection = miner.finish_parts(state, plan, results, pool, budget=n_budget)
@@ -292,9 +299,11 @@ def select_batches(
     else:
         with executor.started():
             job = executor.new_job()
-            window = window_on_cluster(store, index, p, stop - p, executor=executor, subset=subset, job=job, miner=miner)
+            depth = teacher_depth_on_cluster(store, index, miner, executor=executor, subset=subset, job=job)
+            window = window_on_cluster(store, index, p, stop - p, executor=executor, subset=subset, job=job, miner=miner, depth=depth)
             job = dict(job)  # read before the cluster closes
         selection = miner.select(pool, budget=budget, groups=groups, window=window)
+        selection = dataclasses.replace(selection, summary={**selection.summary, "teacher": None if depth is None else depth.summary()})
         del window
     params = {**selection.params, "budget": budget, "group_column": group_column}
     if subset is not None:

@@ -26,7 +26,8 @@ The output is in batch order with ``batch``, ``community`` and ``position``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -217,11 +218,109 @@ def mean_in_batch_similarity(pool: PoolLike, batches: Sequence[np.ndarray], *, b
 
 
 @dataclass(frozen=True)
+class TeacherDepth:
+    """The IVF depth the teacher searches at, chosen by the window recall it gives on sampled rows (:func:`choose_teacher_depth`).
+
+    Attributes
+    ----------
+    nprobe : int
+        Lists each query probes (through a subset's filtered search: before its division by the subset's share).
+    window_recall : float
+        Share of the exact rank-window entries ``[p, p + m)`` the search at ``nprobe`` finds, on the sample.
+    target : float
+        The recall asked for (``teacher_recall``).
+    sample : int
+        Rows the recall was measured on.
+    ladder : dict
+        Recall at each depth tried (``{nprobe: recall}``), for the manifest.
+    """
+
+    nprobe: int
+    window_recall: float
+    target: float
+    sample: int
+    ladder: dict[int, float]
+
+    def summary(self) -> dict[str, Any]:
+        return {"nprobe": self.nprobe, "window_recall": round(self.window_recall, 4), "target": self.target, "sample": self.sample,
+                "recall_by_nprobe": {str(k): round(v, 4) for k, v in self.ladder.items()}}
+
+
+@dataclass(frozen=True)
 class TeacherWindows:
-    """What every block of B3 needs: the teacher rank window ``[p, p + m)``."""
+    """What every block of B3 needs: the teacher rank window ``[p, p + m)`` and the teacher's depth (None: the index's own)."""
 
     p: int
     m: int
+    depth: TeacherDepth | None = None
+
+
+def teacher_ivf(neighbors: Any) -> Any:
+    """The FAISS IVF index behind ``neighbors`` (a thresher index, or a subset's searcher over one), or None."""
+    import faiss
+
+    index = getattr(neighbors, "index", None) if getattr(neighbors, "faiss_index", None) is None else neighbors
+    raw = getattr(index, "faiss_index", None)
+    if raw is None:
+        return None
+    try:
+        return faiss.extract_index_ivf(raw)
+    except RuntimeError:
+        return None
+
+
+@contextmanager
+def teacher_nprobe(neighbors: Any, depth: TeacherDepth | int | None) -> Iterator[None]:
+    """Search ``neighbors`` at ``depth`` lists inside the block (its own depth again after: the index may be the caller's)."""
+    ivf = teacher_ivf(neighbors) if depth is not None else None
+    if ivf is None:
+        yield
+        return
+    before = ivf.nprobe
+    ivf.nprobe = int(min(ivf.nlist, depth.nprobe if isinstance(depth, TeacherDepth) else depth))
+    try:
+        yield
+    finally:
+        ivf.nprobe = before
+
+
+#: Rows the teacher's window recall is measured on.
+TEACHER_SAMPLE_ROWS = 256
+
+
+def choose_teacher_depth(pool: PoolLike, neighbors: Any, p: int, m: int, target: float, seed: int,
+                         sample_rows: int = TEACHER_SAMPLE_ROWS) -> TeacherDepth | None:
+    """The smallest IVF depth (1, 2, 4, ... lists, up to all) whose rank windows hold ``target`` of the exact ones, on a seeded sample.
+
+    None when ``neighbors`` has no IVF lists (Flat and HNSW indexes keep their own
+    settings). Why: the index's own depth is set for recall@10 of a few queries
+    (``nlist / 32`` lists), and B3 searches every pool row, so that depth makes
+    the teacher's cost grow as N²: at 1M rows, IVF4096 probed 128 lists for a
+    window recall of 0.998, while 32 lists gave 0.970 at a quarter of the cost
+    (bench/scale-notes.md). The exact windows come from exact search over ``pool``;
+    the approximate ones from the same search the tasks run.
+    """
+    ivf = teacher_ivf(neighbors)
+    if ivf is None:
+        return None
+    n = pool.n_rows
+    rng = as_generator(derive_seed(seed, "b3-teacher-depth"))
+    sample = np.sort(rng.choice(n, size=min(sample_rows, n), replace=False)).astype(np.int64)
+    vectors = pool.take(sample)
+    k = p + m + 1
+    exact = drop_self(teacher_search(pool, None)(vectors, k), sample)[:, p : p + m]
+    valid = exact >= 0
+    ladder: dict[int, float] = {}
+    nprobe = 1
+    while True:
+        nprobe = min(nprobe, int(ivf.nlist))
+        with teacher_nprobe(neighbors, nprobe):
+            found = drop_self(teacher_search(pool, neighbors)(vectors, k), sample)[:, p : p + m]
+        hits = sum(np.isin(e[v], f).sum() for e, f, v in zip(exact, found, valid))
+        ladder[nprobe] = float(hits / max(1, int(valid.sum())))
+        if ladder[nprobe] >= target or nprobe >= ivf.nlist:
+            return TeacherDepth(nprobe=nprobe, window_recall=ladder[nprobe], target=float(target), sample=len(sample), ladder=ladder)
+        nprobe *= 2
 
 
 @dataclass(frozen=True)
@@ -269,6 +368,11 @@ class BatchMiner(BlockwiseSelector):
         the pool is needed and the cost grows linearly with the pool
         (:func:`~thresher.selectors.b3_partition.part_rank_windows`); ranks
         differ from the pool's near the parts' borders.
+    teacher_recall : float in (0, 1] or None, default 0.95
+        With an IVF index as the teacher, the depth its searches probe: the
+        fewest lists whose rank windows hold this share of the exact windows,
+        measured on 256 seeded rows (:func:`choose_teacher_depth`; recorded in
+        the summary as ``teacher``). None: the index's own depth.
     seed : int, default 0
         Shuffles community and batch order, samples hard negatives, seeds the
         coarse k-means and (per part) METIS.
@@ -302,12 +406,14 @@ class BatchMiner(BlockwiseSelector):
         "partition": [StrOptions("auto", "one_level", "two_level")],
         "part_rows": [Interval(int, 1, None)],
         "rank_scope": [StrOptions("pool", "part")],
+        "teacher_recall": [Interval(float, 0, 1, closed="right"), None],
         "seed": SEED,
     }
 
     def __init__(self, *, batch_size: int = 1024, community_size: int = 32, rank_window: tuple[int, int] = (30, 130),
                  n_hard_negatives: int = 0, drop_last: bool = True, partition: Literal["auto", "one_level", "two_level"] = "auto",
-                 part_rows: int = DEFAULT_PART_ROWS, rank_scope: Literal["pool", "part"] = "pool", seed: int = 0):
+                 part_rows: int = DEFAULT_PART_ROWS, rank_scope: Literal["pool", "part"] = "pool", teacher_recall: float | None = 0.95,
+                 seed: int = 0):
         self.batch_size = batch_size
         self.community_size = community_size
         self.rank_window = rank_window
@@ -316,6 +422,7 @@ class BatchMiner(BlockwiseSelector):
         self.partition = partition
         self.part_rows = part_rows
         self.rank_scope = rank_scope
+        self.teacher_recall = teacher_recall
         self.seed = seed
 
     def _check_param_relations(self) -> None:
@@ -351,7 +458,8 @@ class BatchMiner(BlockwiseSelector):
 
     def prepare(self, pool: PoolLike, *, budget: int, rng: np.random.Generator | None = None, neighbors: Any = None,
                 groups: Sequence[Any] | np.ndarray | None = None, window: np.ndarray | None = None) -> TeacherWindows:
-        """Check the pool against the settings; the state is the rank window ``[p, p + m)``."""
+        """Check the pool against the settings; the state is the rank window ``[p, p + m)`` and, with an IVF index
+        as ``neighbors``, the teacher's depth (:meth:`teacher_depth`)."""
         p, stop = int(self.rank_window[0]), int(self.rank_window[1])
         n = pool.n_rows
         if n < self.batch_size:
@@ -360,7 +468,14 @@ class BatchMiner(BlockwiseSelector):
             raise ParameterError(f"The 'rank_window' of BatchMiner ends at rank {stop}, but the pool has only {n} rows; p + m must be < the pool size.")
         if groups is not None and len(groups) != n:
             raise InputDataError(f"'groups' has {len(groups)} labels for a pool of {n} rows.")
-        return TeacherWindows(p, stop - p)
+        return TeacherWindows(p, stop - p, self.teacher_depth(pool, neighbors) if window is None else None)
+
+    def teacher_depth(self, pool: PoolLike, neighbors: Any) -> TeacherDepth | None:
+        """The teacher's IVF depth for ``teacher_recall`` (None: no IVF index, ``teacher_recall`` None, or ranks within parts)."""
+        if neighbors is None or self.teacher_recall is None or self.rank_scope == "part":
+            return None
+        p, stop = int(self.rank_window[0]), int(self.rank_window[1])
+        return choose_teacher_depth(pool, neighbors, p, stop - p, float(self.teacher_recall), self._seed())
 
     def block_rows_for(self, state: TeacherWindows, neighbors: Any = None, n_rows: int = 0) -> int:
         """Queries searched at once: 65,536 for the grouped IVF search (its cost per block is reading the lists once), else 8,192."""
@@ -374,7 +489,8 @@ class BatchMiner(BlockwiseSelector):
         """
         blocks = list(blocks)
         start = blocks[0].start if blocks else 0
-        window = window_neighbors_of_blocks(pool, blocks, neighbors, state.p, state.m)
+        with teacher_nprobe(neighbors, state.depth):
+            window = window_neighbors_of_blocks(pool, blocks, neighbors, state.p, state.m)
         return WindowRows(int(start), window.astype(np.int32 if pool.n_rows < 2**31 else np.int64, copy=False))
 
     def merge(self, partials: Sequence[WindowRows]) -> WindowRows:
@@ -390,7 +506,7 @@ class BatchMiner(BlockwiseSelector):
 
     def _select(self, pool: PoolLike, *, budget: int, rng: np.random.Generator, neighbors: Any = None,
                 groups: Sequence[Any] | np.ndarray | None = None, window: np.ndarray | None = None) -> Selection:
-        state = self.prepare(pool, budget=budget, rng=rng, neighbors=neighbors, groups=groups)
+        state = self.prepare(pool, budget=budget, rng=rng, neighbors=neighbors, groups=groups, window=window)
         if self.two_levels(pool.n_rows):
             if window is not None and self.rank_scope == "part":
                 raise ParameterError("BatchMiner takes 'window' (the teacher's ranks among the pool) with rank_scope='pool' only; "
@@ -443,6 +559,7 @@ class BatchMiner(BlockwiseSelector):
             "n_isolated_rows": int((np.diff(graph.indptr) == 0).sum()),
             "n_rows_left_out_by_equalising": int(n_left_out),
             "mean_in_community_similarity": _mean(community_similarity(pool, communities)) if self.community_size > 1 else float("nan"),
+            "teacher": None if state.depth is None else state.depth.summary(),
         }
         del graph
 
@@ -516,7 +633,8 @@ class BatchMiner(BlockwiseSelector):
             n_leaving = 0
         else:
             if window is None:
-                window = window_of_rows(pool, members, neighbors, state.p, state.m, block_rows=block_rows)
+                with teacher_nprobe(neighbors, state.depth):
+                    window = window_of_rows(pool, members, neighbors, state.p, state.m, block_rows=block_rows)
             local, n_leaving = b3_partition.window_inside(members, window)
         graph = reciprocal_graph(local)
         parts = metis_parts(graph, len(members) // self.community_size, seed=derive_seed(self._seed(), "b3-metis", part))
@@ -563,6 +681,7 @@ class BatchMiner(BlockwiseSelector):
             "n_communities_of_leftovers": len(regrouped),
             "n_rows_left_out_by_equalising": int(len(left)),
             "mean_in_community_similarity": _mean(similarity),
+            "teacher": None if state.depth is None else state.depth.summary(),
         }
         ids = pool.ids()
         hard = None

@@ -12,7 +12,8 @@ from pydantic import Field, model_validator
 
 from thresher.pipeline.steps._base import StepConfig, StepInputs, StepKind
 
-VERSION = 3  # 2: above 250,000 rows, communities from METIS inside coarse regions (two levels); 3: regions of IVF lists
+VERSION = 4  # 2: above 250,000 rows, communities from METIS inside coarse regions (two levels); 3: regions of IVF lists;
+#            4: an IVF teacher's depth chosen by window recall (teacher_recall)
 
 
 class BatchesStep(StepConfig):
@@ -33,6 +34,9 @@ class BatchesStep(StepConfig):
     rank_scope: Literal["pool", "part"] = Field(
         default="pool", description="Teacher ranks among the whole pool (through the index), or among each part's rows "
                                     "(part: two levels, no index needed, cost linear in the pool).")
+    teacher_recall: float | None = Field(
+        default=0.95, gt=0, le=1, description="With an IVF index: the teacher probes the fewest lists whose rank windows hold this "
+                                              "share of the exact ones (measured on 256 rows); null: the index's own depth.")
     seed: int = Field(default=0, description="Seed of the community order and batch assembly.")
 
     @model_validator(mode="after")
@@ -100,7 +104,7 @@ class BatchesKind(StepKind):
             inputs.store, inputs.out, index=inputs.index if self.uses_index(config) else None, batch_size=config.batch_size,
             community_size=config.community_size, rank_window=tuple(config.rank_window), n_hard_negatives=config.n_hard_negatives,
             group_column=config.group_column, drop_last=config.drop_last, partition=config.partition, part_rows=config.part_rows,
-            rank_scope=config.rank_scope,
+            rank_scope=config.rank_scope, teacher_recall=config.teacher_recall,
             seed=config.seed, subset=inputs.subset,
             overwrite=inputs.overwrite, executor=executor,
         )
