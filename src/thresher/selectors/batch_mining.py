@@ -259,6 +259,8 @@ def teacher_ivf(neighbors: Any) -> Any:
     """The FAISS IVF index behind ``neighbors`` (a thresher index, or a subset's searcher over one), or None."""
     import faiss
 
+    if getattr(neighbors, "exact", False):  # a subset searched exactly over its own rows
+        return None
     index = getattr(neighbors, "index", None) if getattr(neighbors, "faiss_index", None) is None else neighbors
     raw = getattr(index, "faiss_index", None)
     if raw is None:
