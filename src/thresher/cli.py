@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from thresher.cli_steps import Convert, build_config, old_spelling, step_options
-from thresher.exceptions import ThresherError
+from thresher.exceptions import ThresherError, ThresherWarning
 from thresher.pipeline.steps import STEPS
 
 
@@ -89,6 +89,25 @@ def _offline_by_default() -> None:
 def main() -> None:
     """thresher: embed a data pool, index it, select from it, and write curated Arrow shards."""
     _offline_by_default()
+    _warnings_as_lines()
+
+
+def _warnings_as_lines() -> None:
+    """thresher's own warnings print as one line, ``warning: ...``, as errors do; other libraries' warnings as Python prints them."""
+    import warnings
+
+    default = warnings.showwarning
+    if getattr(default, "_thresher", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (warnings.showwarning's signature)
+        if issubclass(category, ThresherWarning):
+            click.echo(f"warning: {_one_line(str(message))}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show._thresher = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 def _check_slurm(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -17,6 +17,10 @@ class ThresherError(Exception):
     """Base class of every error thresher raises on purpose."""
 
 
+class ThresherWarning(UserWarning):
+    """A warning thresher gives its user on purpose (the CLI prints it as one line, ``warning: ...``, without a source line)."""
+
+
 class ParameterError(ThresherError, ValueError):
     """A parameter has a value outside what it accepts."""
 

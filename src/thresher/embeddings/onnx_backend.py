@@ -53,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from thresher.exceptions import EnvironmentProblemError, ParameterError
+from thresher.exceptions import EnvironmentProblemError, ParameterError, ThresherWarning
 
 Runtime = Literal["torch", "onnx-int8"]
 RUNTIMES = ("torch", "onnx-int8")
@@ -317,7 +317,7 @@ def check_quality(figures: dict[str, float | int], *, gate: QualityGate = "refus
     Returns
     -------
     str or None
-        The warning's text when the gate failed under ``"warn"`` (also issued as a :class:`UserWarning`), else None.
+        The warning's text when the gate failed under ``"warn"`` (also issued as a :class:`~thresher.exceptions.ThresherWarning`), else None.
     """
     if gate not in ("refuse", "warn"):
         raise ParameterError(f"The 'quality_gate' parameter of embed must be 'refuse' or 'warn'; got {gate!r}.")
@@ -329,6 +329,6 @@ def check_quality(figures: dict[str, float | int], *, gate: QualityGate = "refus
     )
     if gate == "refuse":
         raise ParameterError(message + " Use backend 'torch', or quality_gate 'warn' to embed anyway.")
-    warnings.warn("WARNING: " + message + " Embedding anyway (quality_gate 'warn').", UserWarning, stacklevel=2)
+    warnings.warn(message + " Embedding anyway (quality_gate 'warn').", ThresherWarning, stacklevel=2)
     return message
 
