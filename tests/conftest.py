@@ -81,3 +81,20 @@ def at_thread_counts():
         yield run
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _topic_vectors(n: int, dim: int, n_topics: int, seed: int, noise: float):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_topics, dim))
+    shares = rng.lognormal(0.0, 1.2, n_topics)
+    x = centres[rng.choice(n_topics, size=n, p=shares / shares.sum())] + noise * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def topics():
+    """``topics(n, dim, n_topics, seed, noise)``: unit vectors around ``n_topics`` centres of very different sizes
+    (log-normal shares), like real text embeddings; seeded."""
+    return _topic_vectors

@@ -13,16 +13,8 @@ from thresher.stores.subset import StoreSubset, SubsetNeighbors
 P, M = 10, 40
 
 
-def topics(n: int, dim: int, n_topics: int, seed: int, noise: float) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_topics, dim))
-    shares = rng.lognormal(0.0, 1.2, n_topics)
-    x = centres[rng.choice(n_topics, size=n, p=shares / shares.sum())] + noise * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
-def store_and_index(tmp_path_factory):
+def store_and_index(topics, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("teacher")
     x = topics(6000, 24, 40, seed=3, noise=0.9)
     store_dir = tmp / "store"

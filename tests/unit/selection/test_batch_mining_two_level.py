@@ -21,17 +21,8 @@ K = 32
 WINDOW = (30, 130)
 
 
-def topics(n: int, dim: int, n_topics: int, seed: int, noise: float) -> np.ndarray:
-    """Unit vectors around ``n_topics`` centres of very different sizes (log-normal shares), like real text embeddings."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_topics, dim))
-    shares = rng.lognormal(0.0, 1.2, n_topics)
-    x = centres[rng.choice(n_topics, size=n, p=shares / shares.sum())] + noise * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
-def pool():
+def pool(topics):
     """20,000 rows, 150 topics, and their exact teacher windows at the reference ranks 30:130."""
     x = topics(20_000, 32, 150, seed=0, noise=0.8)
     return x, window_neighbors(ArrayPool(x), None, WINDOW[0], WINDOW[1] - WINDOW[0])
@@ -114,7 +105,7 @@ def test_a_part_sees_exactly_the_full_graph_inside_it(pool):
     assert inside + crossing == full.nnz // 2
 
 
-def test_two_levels_keep_sources_apart_and_draw_hard_negatives_from_the_window():
+def test_two_levels_keep_sources_apart_and_draw_hard_negatives_from_the_window(topics):
     x = topics(3000, 16, 40, seed=2, noise=0.6)
     window = window_neighbors(ArrayPool(x), None, 2, 10)
     groups = np.where(np.arange(len(x)) % 3 == 0, "a", "b")
@@ -137,7 +128,7 @@ def test_two_levels_keep_sources_apart_and_draw_hard_negatives_from_the_window()
     assert not np.array_equal(sel.positions, other.positions)
 
 
-def test_searching_per_part_equals_the_given_windows():
+def test_searching_per_part_equals_the_given_windows(topics):
     """Two levels that search each part's rows themselves give what they give on the windows of a whole-pool search."""
     x = topics(2500, 16, 30, seed=3, noise=0.6)
     miner = BatchMiner(batch_size=32, community_size=16, rank_window=(3, 19), partition="two_level", part_rows=600, seed=1)
@@ -147,7 +138,7 @@ def test_searching_per_part_equals_the_given_windows():
     assert searched.summary == given.summary
 
 
-def test_coarse_kmeans_is_seeded_and_splits_the_pool_into_regions_of_similar_rows():
+def test_coarse_kmeans_is_seeded_and_splits_the_pool_into_regions_of_similar_rows(topics):
     x = topics(6000, 16, 12, seed=5, noise=0.3)
     a = b3_partition.coarse_centroids(x, 6, seed=0)
     np.testing.assert_array_equal(a, b3_partition.coarse_centroids(x, 6, seed=0))
@@ -185,7 +176,7 @@ def test_partition_settings_are_checked_and_auto_switches_at_the_documented_size
     assert BatchMiner(partition="two_level").two_levels(100) and not BatchMiner(partition="one_level").two_levels(10**7)
 
 
-def test_part_ranks_are_the_exact_ranks_among_the_part_or_close_to_them():
+def test_part_ranks_are_the_exact_ranks_among_the_part_or_close_to_them(topics):
     """rank_scope="part": a small part is searched exactly among its own rows; a large one through an IVF trained on it."""
     from thresher.search import drop_self, exact_search
 
@@ -233,7 +224,7 @@ def test_the_step_needs_an_index_only_for_pool_ranks():
     assert "each worker" not in kind.memory(pool_ranks, 1000)  # small pools: one level, on the driver
 
 
-def test_regions_are_unions_of_the_index_ivf_lists(tmp_path):
+def test_regions_are_unions_of_the_index_ivf_lists(topics, tmp_path):
     """With an IVF index, a region is a union of whole IVF lists (no list is cut), grouped into ceil(n / part_rows) regions."""
     from thresher.stores import build_index, finalize_embedding_store, open_embedding_store, write_embedding_shard
 
