@@ -33,10 +33,16 @@ record are computed with a fixed summation order (see
 (SemDeDup's, the index's IVF lists, SMOTE's and B3's lists) is the same bits
 for any thread count (:mod:`thresher.search.kmeans`); FAISS's own k-means was
 measured to give other centroids with 2 threads than with 1 or 4
-(``bench/bench_semdedup.py --threads-check``). Not yet covered: numpy's
-OpenBLAS float32 products change in their last bits with its thread count, so
-the order of near-tie neighbours found by :class:`thresher.search.GroupedIVFSearch`
-can differ.
+(``bench/bench_semdedup.py --threads-check``). numpy's OpenBLAS float32
+products change in their last bits with its thread count, so thresher's own
+searches, :func:`thresher.search.exact_search` (B3's teacher search over
+subsets, SMOTE, the recall check) and :class:`thresher.search.GroupedIVFSearch`
+(B3 and SMOTE over IVF-Flat indexes), use them only to find candidates: the
+lists probed, which rows are the k nearest and their order are decided from
+float64 keys with a fixed summation order, ties to the lower position, with a
+worst-case float32 error bound so that no candidate is missed
+(:mod:`thresher.search.of_record`); they too are the same bits for any thread
+count (``tests/unit/search/test_search_threads.py``).
 """
 
 from __future__ import annotations
@@ -134,6 +140,16 @@ def local_cluster_options(cores_per_worker: int) -> tuple[dict[str, Any], dict[s
     return config, {name: str(max(1, int(cores_per_worker))) for name in THREAD_VARIABLES}
 
 
+def slurm_worker_prologue() -> list[str]:
+    """Job-script lines that keep :data:`ALLOCATOR_VARIABLES` out of the environment a SLURM job's nanny gives its worker.
+
+    The nanny reads ``distributed.nanny.pre-spawn-environ`` from the job's Dask config; an entry set to None is
+    not written (``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON`` merges into the defaults, other entries stay).
+    """
+    entries = ", ".join(f"{name!r}: None" for name in ALLOCATOR_VARIABLES)
+    return [f'export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{{{entries}}}"']
+
+
 def worker_threads(threads: Mapping[str, int] | None) -> int | None:
     """This worker's share of cores from ``threads`` ({worker address: threads}); None outside a worker.
 
@@ -157,5 +173,5 @@ def run_with_threads(fn: Callable[..., Any], *args: Any, _thresher_threads: Mapp
     return fn(*args, **kwargs)
 
 
-__all__ = ["ALLOCATOR_VARIABLES", "THREAD_VARIABLES", "available_cores", "local_cluster_options", "native_threads", "one_blas_thread", "run_with_threads", "set_native_threads",
+__all__ = ["ALLOCATOR_VARIABLES", "THREAD_VARIABLES", "available_cores", "local_cluster_options", "slurm_worker_prologue", "native_threads", "one_blas_thread", "run_with_threads", "set_native_threads",
            "worker_threads"]

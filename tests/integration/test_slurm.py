@@ -112,6 +112,20 @@ def test_run_with_the_documented_config_submits_worker_jobs_and_equals_the_in_pr
     np.testing.assert_allclose(embedded.take(np.arange(N_ROWS)), store.take(np.arange(N_ROWS)), atol=1e-5)
 
 
+def test_slurm_workers_run_with_glibcs_allocator_settings(slurm_cluster, tmp_path, monkeypatch):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which makes every temporary over 128 KiB an mmap (issue 19): a worker
+    job thresher submits starts its worker without it; the nanny's other settings stay (threads are set per task)."""
+    from thresher.jobs.cluster import dask_client
+
+    monkeypatch.chdir(tmp_path)  # README's log_directory is relative
+    with dask_client(slurm=write_config(tmp_path / "slurm.yaml"), workers=1, quiet=True) as client:
+        client.wait_for_workers(1, timeout=120)
+        names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
+        seen = client.run(lambda: {name: os.environ.get(name) for name in names})  # a lambda travels by value
+    slurm_cluster.wait_until_queue_empty(30)
+    assert seen and all(env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"} for env in seen.values()), seen
+
+
 def test_embed_command_on_slurm_equals_the_in_process_store(slurm_cluster, reference, tmp_path):
     pool, store, _ = reference
     config = write_config(tmp_path / "slurm.yaml")

@@ -182,7 +182,8 @@ def make_slurm_cluster(config: str | Path | dict[str, Any]) -> Any:
     """Build a :class:`dask_jobqueue.SLURMCluster` from a dict or a YAML file of its keyword arguments; submits nothing.
 
     Its dashboard takes a free port unless ``scheduler_options: {dashboard_address: ...}`` says
-    (several users' schedulers share a login node; the address is printed). Its jobs record
+    (several users' schedulers share a login node; the address is printed). Its jobs start their workers
+    with glibc's own allocator settings (:func:`thresher.threads.slurm_worker_prologue`). Its jobs record
     sbatch's refusals for :class:`thresher.jobs.slurm.SlurmJobKeeper`, which ``dask_client``
     uses to submit and keep them.
     """
@@ -194,6 +195,11 @@ def make_slurm_cluster(config: str | Path | dict[str, Any]) -> Any:
     options = config.get("scheduler_options")
     if options is None or isinstance(options, Mapping):
         config["scheduler_options"] = {"dashboard_address": ":0", **(options or {})}
+    from thresher.threads import slurm_worker_prologue
+
+    prologue = config.get("job_script_prologue")
+    if prologue is None or isinstance(prologue, (list, tuple)):
+        config["job_script_prologue"] = [*slurm_worker_prologue(), *(prologue or [])]  # the user's lines last: they may override
     try:
         return SLURMCluster(job_cls=watched_job_class(), **config)
     except (TypeError, ValueError) as exc:
