@@ -219,8 +219,39 @@ def variant_threads(store: str) -> dict:
                 _, labels = index.search(queries, 10)
                 found[factory] = hashlib.sha256(labels.tobytes()).hexdigest()[:16]
             found.update(trainers(x))
+            found.update(numpy_searches(x, queries))
             out[str(threads)] = found
     return out
+
+
+def numpy_searches(x: np.ndarray, queries: np.ndarray) -> dict:
+    """thresher's own searches, whose float32 BLAS products change with the thread count but whose decisions are
+    made in float64 (issue 19): exact_search (B3's teacher search over subsets, SMOTE's, the recall check) and
+    GroupedIVFSearch (B3 and SMOTE over IVF-Flat indexes), each on 50k rows, 2,000 queries, k = 131."""
+    import faiss
+
+    from thresher.search import GroupedIVFSearch, exact_search
+    from thresher.search.kmeans import train_index
+
+    def digest(*parts) -> str:
+        return hashlib.sha256(b"".join(np.ascontiguousarray(p).tobytes() for p in parts)).hexdigest()[:16]
+
+    rows = x[:50_000]
+    index = faiss.index_factory(x.shape[1], "IVF256,Flat", faiss.METRIC_INNER_PRODUCT)
+    train_index(index, rows, 1)  # thresher's lists, the same for any thread count: only the search is compared
+    index.add(rows)
+    jobs = {"exact_search (ip, k = 131)": lambda: digest(*exact_search(rows, queries, 131, metric="ip")),
+            "exact_search (l2, k = 131)": lambda: digest(*exact_search(rows, queries, 131, metric="l2"))}
+    for nprobe in (1, 8):
+        faiss.extract_index_ivf(index).nprobe = nprobe
+        grouped = GroupedIVFSearch.from_index(index)
+        jobs[f"GroupedIVFSearch (IVF256, nprobe {nprobe}, k = 131)"] = lambda g=grouped: digest(g.search(queries, 131))
+    found = {}
+    for name, job in jobs.items():
+        t0 = time.perf_counter()
+        found[name] = job()
+        found[name + "_s"] = round(time.perf_counter() - t0, 2)
+    return found
 
 
 def trainers(x: np.ndarray) -> dict:
@@ -335,7 +366,8 @@ def run(args: argparse.Namespace) -> None:
             rows.append(f"| {k} | {'yes' if same else '**no**'} | {secs} |")
         body = "\n".join([f"Command: `python bench/bench_semdedup.py --threads-check --rows {max(stores)}` ({machine_line()}).", "",
                           f"Vectors: the {max(stores):,}-row set below (first 100k rows for the k-means, 50k for the indexes; 2,000 queries, k = 10; "
-                          "the IVF, grouped-IVF and B3 part lists on 50k rows, B3 fine lists on 20k).",
+                          "the IVF, grouped-IVF and B3 part lists on 50k rows, B3 fine lists on 20k; exact_search and GroupedIVFSearch: "
+                          "the first 50k rows, the same 2,000 queries, k = 131).",
                           "", *rows, "", load_note(load_start)])
         print(body)
         if not args.no_write:

@@ -3,8 +3,13 @@
 Each block of searched rows is scored against a bounded number of queries at a
 time, its top ``k`` kept and merged into the running top ``k`` (as
 ``faiss.contrib.exhaustive_search``), so no (n_queries, n_rows) matrix is ever
-formed and memory stays bounded by the block size. Ties go to the lower
-position, whatever the block size.
+formed and memory stays bounded by the block size.
+
+The float32 BLAS product only finds candidates: which rows are the ``k``
+nearest, and their order, is decided from float64 keys with a fixed summation
+order, ties to the lower position (:mod:`thresher.search.of_record`), so the
+answer is the same bits whatever the block size and the BLAS thread count
+(issue 19). The scores returned are those float64 scores rounded to float32.
 
 Scores follow FAISS: for ``metric="ip"`` the inner product (higher is nearer),
 for ``metric="l2"`` the *squared* Euclidean distance (lower is nearer). A
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from thresher.exceptions import InputDataError
+from thresher.search import of_record
 from thresher.search.checks import Metric, as_queries, check_int, check_k, check_metric
 
 #: Query rows times searched rows scored at once (float32: 64 MiB).
@@ -71,19 +77,21 @@ def exact_search(
         dim, where, blocks = data.shape[1], "the searched array", _array_blocks(data, block_rows)
     queries = as_queries(queries, dim, where)
     n_queries = queries.shape[0]
-    best_keys = np.full((n_queries, k), np.inf, dtype=np.float32)
+    best_keys = np.full((n_queries, k), np.inf, dtype=np.float64)
     best_pos = np.full((n_queries, k), -1, dtype=np.int64)
     query_norms = (queries * queries).sum(axis=1) if metric == "l2" else None
+    query_lengths = of_record.norms(queries)
     for start, vectors in blocks:
         vector_norms = (vectors * vectors).sum(axis=1) if metric == "l2" else None
+        max_length = float(of_record.norms(vectors).max()) if len(vectors) else 0.0
         chunk = max(1, EXACT_SCORE_ELEMENTS // max(1, len(vectors)))
         for lo in range(0, n_queries, chunk):
             hi = min(lo + chunk, n_queries)
             keys = _block_keys(queries[lo:hi], vectors, metric, query_norms, vector_norms, lo, hi)
-            block_keys, block_cols = _topk_smallest(keys, k)
-            best_keys[lo:hi], best_pos[lo:hi] = _merge_topk(best_keys[lo:hi], best_pos[lo:hi], block_keys, block_cols + start, k)
-    scores = -best_keys if metric == "ip" else best_keys
-    return scores, best_pos
+            delta = of_record.error_bounds(query_lengths[lo:hi], max_length, dim, metric)
+            best_keys[lo:hi], best_pos[lo:hi] = of_record.record_tile(best_keys[lo:hi], best_pos[lo:hi], keys, delta,
+                                                                      queries[lo:hi], vectors, start, metric)
+    return of_record.as_scores(best_keys, metric), best_pos
 
 
 def _store_blocks(store: Any, block_rows: int | None) -> Iterator[tuple[int, np.ndarray]]:
@@ -111,28 +119,3 @@ def _block_keys(queries, vectors, metric, query_norms, vector_norms, lo, hi) -> 
     keys += query_norms[lo:hi, None]
     np.maximum(keys, 0.0, out=keys)
     return keys
-
-
-def _topk_smallest(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the ``min(k, n_cols)`` smallest keys and their columns, ties to the lower column."""
-    n_rows, n_cols = keys.shape
-    if n_cols <= k:
-        cols = np.broadcast_to(np.arange(n_cols, dtype=np.int64), keys.shape)
-        order = np.lexsort((cols, keys), axis=1)
-        return np.take_along_axis(keys, order, axis=1), np.take_along_axis(cols, order, axis=1)
-    kth = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
-    # every key <= the k-th smallest is a candidate, so ties at the boundary can go to the lower column
-    rows, cols = np.nonzero(keys <= kth)
-    values = keys[rows, cols]
-    order = np.lexsort((cols, values, rows))
-    counts = np.bincount(rows, minlength=n_rows)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    take = order[starts[:, None] + np.arange(k)[None, :]]
-    return values[take], cols[take].astype(np.int64)
-
-
-def _merge_topk(keys_a, pos_a, keys_b, pos_b, k) -> tuple[np.ndarray, np.ndarray]:
-    keys = np.concatenate([keys_a, keys_b], axis=1)
-    pos = np.concatenate([pos_a, pos_b], axis=1)
-    order = np.lexsort((pos, keys), axis=1)[:, :k]
-    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(pos, order, axis=1)

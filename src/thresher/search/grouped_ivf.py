@@ -8,7 +8,13 @@ each list from memory once per query. When every row is also a query (B3's
 teacher ranks, SMOTE's same-class neighbours), the queries of a block that
 probe a list are instead scored against its vectors in one BLAS product and
 the best ``k`` kept per query: the same probed lists and exact scores within
-them as ``IndexIVFFlat.search`` (up to the order of ties), many times faster.
+them as ``IndexIVFFlat.search`` (up to near-ties), many times faster.
+
+The float32 BLAS products only find candidates: the lists a query probes and
+its ``k`` nearest rows within them, in order, are decided from float64 keys
+with a fixed summation order, ties to the lower list or position
+(:mod:`thresher.search.of_record`), so a search gives the same bits whatever
+the BLAS thread count (issue 19).
 
 :meth:`GroupedIVFSearch.from_index` searches a built FAISS IVF-Flat index (its
 own centroids, lists and codes, not copied); :meth:`GroupedIVFSearch.train`
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from thresher.rng import as_generator
+from thresher.search import of_record
 from thresher.search.checks import Metric
 
 #: Queries whose probes are chosen at once when the index comes from FAISS (one (block x nlist) product).
@@ -32,8 +39,12 @@ PROBE_BLOCK_ROWS = 8192
 #: 10k queries), 1.2 s against FAISS's 1.7 s at nprobe 8, but 28.9 s against 4.7 s at nprobe 32 (the
 #: auto index's default depth, nlist / 32, is at least 16).
 MAX_NPROBE = 8
-#: Memory of a search's candidate lists (queries x nprobe x k, a float32 key and an int64 position each); larger searches are chunked.
+#: Memory of a search's candidate lists (queries x nprobe x (k + TIE_MARGIN), a float32 key, an int64 position and an int64
+#: column each, and their sorted copies); larger searches are chunked.
 CANDIDATE_BYTES = 512 << 20
+#: Candidates kept per query and list beyond the k nearest in float32, for rows whose float32 keys tie with the k-th
+#: within rounding; a query with more such ties in a list is decided list by list in float64 instead.
+TIE_MARGIN = 8
 
 
 class GroupedIVFSearch:
@@ -68,6 +79,7 @@ class GroupedIVFSearch:
         self.probe_block_rows = probe_block_rows
         self._centroid_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
         self._list_norms = [None if v is None else np.einsum("ij,ij->i", v, v) for v in list_vectors] if metric == "l2" else None
+        self._max_length: float | None = None
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -148,18 +160,21 @@ class GroupedIVFSearch:
         return keys
 
     def probes(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
-        """The ``nprobe`` lists nearest each query, shape (n_queries, min(nprobe, nlist)), in no order."""
-        keys = self._keys(queries, self.centroids, self._centroid_norms, None)
-        nprobe = min(nprobe, self.nlist)
-        return np.argmin(keys, axis=1)[:, None] if nprobe == 1 else np.argpartition(keys, nprobe - 1, axis=1)[:, :nprobe]
+        """The ``nprobe`` lists nearest each query, shape (n_queries, min(nprobe, nlist)), nearest first.
+
+        Decided as :func:`~thresher.search.exact_search` over the centroids (float64 keys, ties to the lower list).
+        """
+        from thresher.search.exact import exact_search
+
+        return exact_search(self.centroids, queries, min(nprobe, self.nlist), metric=self.metric, block_rows=max(1, self.nlist))[1]
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Positions of the ``k`` nearest rows of each query, best first (-1 where fewer were found).
 
-        Queries are searched in chunks whose candidate lists (queries x nprobe x k) fit :data:`CANDIDATE_BYTES`.
+        Queries are searched in chunks whose candidate lists (queries x nprobe x (k + TIE_MARGIN)) fit :data:`CANDIDATE_BYTES`.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        chunk = max(1, CANDIDATE_BYTES // (min(self.nprobe, self.nlist) * k * 12))
+        chunk = max(1, CANDIDATE_BYTES // (min(self.nprobe, self.nlist) * (k + TIE_MARGIN) * 40))
         if len(queries) > chunk:
             return np.concatenate([self._search(queries[lo : lo + chunk], k) for lo in range(0, len(queries), chunk)])
         return self._search(queries, k)
@@ -167,15 +182,20 @@ class GroupedIVFSearch:
     def _search(self, queries: np.ndarray, k: int) -> np.ndarray:
         nq, nprobe = len(queries), min(self.nprobe, self.nlist)
         block = self.probe_block_rows or max(1, nq)
-        probes = np.concatenate([np.ascontiguousarray(self.probes(queries[lo : lo + block], nprobe)) for lo in range(0, nq, block)]).ravel() \
-            if nq else np.empty(0, np.int64)
+        probes = np.concatenate([self.probes(queries[lo : lo + block], nprobe) for lo in range(0, nq, block)]) \
+            if nq else np.empty((0, nprobe), np.int64)
+        width = k + TIE_MARGIN
         query_of = np.repeat(np.arange(nq), nprobe)
-        slot_of = np.tile(np.arange(nprobe) * k, nq)
-        by_list = np.argsort(probes, kind="stable")
-        cuts = np.searchsorted(probes[by_list], np.arange(self.nlist + 1))
-        best_keys = np.full((nq, nprobe * k), np.inf, dtype=np.float32)
-        best_pos = np.full((nq, nprobe * k), -1, dtype=np.int64)
+        slot_of = np.tile(np.arange(nprobe) * width, nq)
+        flat = probes.ravel()
+        by_list = np.argsort(flat, kind="stable")
+        cuts = np.searchsorted(flat[by_list], np.arange(self.nlist + 1))
+        best_keys = np.full((nq, nprobe * width), np.inf, dtype=np.float32)
+        best_pos = np.full((nq, nprobe * width), -1, dtype=np.int64)
+        best_col = np.zeros((nq, nprobe * width), dtype=np.int64)
         query_norms = np.einsum("ij,ij->i", queries, queries) if self.metric == "l2" else None
+        delta = of_record.error_bounds(of_record.norms(queries), self._max_row_length(), queries.shape[1], self.metric)
+        overflow = np.zeros(nq, dtype=bool)
         for lst in np.flatnonzero(np.diff(cuts)):
             rows = self.list_positions[lst]
             if len(rows) == 0:
@@ -184,14 +204,79 @@ class GroupedIVFSearch:
             qs = query_of[pairs]
             keys = self._keys(queries[qs], self.list_vectors[lst], None if query_norms is None else self._list_norms[lst],
                               None if query_norms is None else query_norms[qs])
-            kk = min(k, len(rows))
-            top = np.argpartition(keys, kk - 1, axis=1)[:, :kk] if kk < len(rows) else np.broadcast_to(np.arange(kk), (len(qs), kk))
-            cols = slot_of[pairs][:, None] + np.arange(kk)
+            if len(rows) <= width:
+                top = np.broadcast_to(np.arange(len(rows)), keys.shape)
+            else:
+                # the width nearest in float32, and a check that no row left out is within 2 delta of the k-th
+                part = np.argpartition(keys, [k - 1, width], axis=1)
+                kth, next_out = (np.take_along_axis(keys, part[:, [i]], axis=1)[:, 0].astype(np.float64) for i in (k - 1, width))
+                overflow[qs[next_out <= kth + 2 * delta[qs]]] = True
+                top = part[:, :width]
+            cols = slot_of[pairs][:, None] + np.arange(top.shape[1])
             best_keys[qs[:, None], cols] = np.take_along_axis(keys, top, axis=1)
             best_pos[qs[:, None], cols] = rows[top]
-        order = np.argsort(best_keys, axis=1, kind="stable")[:, :k]
-        found = np.take_along_axis(best_pos, order, axis=1)
-        found[np.take_along_axis(best_keys, order, axis=1) == np.inf] = -1
+            best_col[qs[:, None], cols] = top
+        slots = _nearest_slots(best_keys, k, delta)
+        keys32 = np.take_along_axis(best_keys, slots, axis=1)
+        found = of_record.decide_sorted_top_k(
+            keys32, np.take_along_axis(best_pos, slots, axis=1), delta, k,
+            lambda q, j: self._keys_of_record(queries, q, probes[q, slots[q, j] // width], best_col[q, slots[q, j]]))
+        if overflow.any():  # more near-ties at a list's k-th place than TIE_MARGIN: decided list by list (rare)
+            found[overflow] = self._search_of_record(queries[overflow], probes[overflow], delta[overflow], k)
         return found
 
+    def _search_of_record(self, queries: np.ndarray, probes: np.ndarray, delta: np.ndarray, k: int) -> np.ndarray:
+        """The slow, exact way: each probed list folded into a running top ``k`` of float64 keys (:func:`of_record.record_tile`)."""
+        nq, nprobe = probes.shape
+        flat = probes.ravel()
+        query_of = np.repeat(np.arange(nq), nprobe)
+        by_list = np.argsort(flat, kind="stable")
+        cuts = np.searchsorted(flat[by_list], np.arange(self.nlist + 1))
+        best_keys = np.full((nq, k), np.inf, dtype=np.float64)
+        best_pos = np.full((nq, k), -1, dtype=np.int64)
+        query_norms = np.einsum("ij,ij->i", queries, queries) if self.metric == "l2" else None
+        for lst in np.flatnonzero(np.diff(cuts)):
+            rows = self.list_positions[lst]
+            if len(rows) == 0:
+                continue
+            qs = query_of[by_list[cuts[lst] : cuts[lst + 1]]]
+            vectors = self.list_vectors[lst]
+            keys = self._keys(queries[qs], vectors, None if query_norms is None else self._list_norms[lst],
+                              None if query_norms is None else query_norms[qs])
+            best_keys[qs], best_pos[qs] = of_record.record_tile(best_keys[qs], best_pos[qs], keys, delta[qs], queries[qs], vectors,
+                                                                rows, self.metric)
+        return best_pos
+
+    def _keys_of_record(self, queries: np.ndarray, query: np.ndarray, lists: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Float64 keys of record of the pairs (``queries[query[i]]``, row ``cols[i]`` of list ``lists[i]``)."""
+        out = np.empty(len(query), dtype=np.float64)
+        if len(query) == 0:
+            return out
+        by_list = np.argsort(lists, kind="stable")
+        bounds = np.flatnonzero(np.r_[True, lists[by_list][1:] != lists[by_list][:-1], True])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            mine = by_list[lo:hi]
+            out[mine] = of_record.keys_of_record(queries, self.list_vectors[lists[mine[0]]], query[mine], cols[mine], self.metric)
+        return out
+
+    def _max_row_length(self) -> float:
+        """The largest norm of a row searched (cached: it sizes the float32 error bound of every search)."""
+        if self._max_length is None:
+            self._max_length = max((float(of_record.norms(v).max()) for v in self.list_vectors if v is not None and len(v)), default=0.0)
+        return self._max_length
+
     __call__ = search
+
+
+def _nearest_slots(keys32: np.ndarray, k: int, delta: np.ndarray) -> np.ndarray:
+    """Per query, the columns of its candidates by ascending float32 key: at least its ``k`` nearest and every candidate
+    within ``2 delta`` of the ``k``-th (all :func:`of_record.decide_sorted_top_k` can keep); the rest are not sorted."""
+    n_queries, n_slots = keys32.shape
+    if n_slots > k and n_queries:
+        kth = np.partition(keys32, k - 1, axis=1)[:, k - 1].astype(np.float64)
+        kept = (keys32 <= of_record.round_up(kth + 2 * delta)[:, None]) & np.isfinite(keys32)
+        width = max(k, int(kept.sum(axis=1).max()))
+        if width < n_slots:
+            part = np.argpartition(keys32, width - 1, axis=1)[:, :width]
+            return np.take_along_axis(part, np.argsort(np.take_along_axis(keys32, part, axis=1), axis=1, kind="stable"), axis=1)
+    return np.argsort(keys32, axis=1, kind="stable")
