@@ -233,8 +233,8 @@ def select_batches(
     256 seeded rows; the manifest's summary records it as ``teacher``).
 
     ``subset`` (store positions) restricts the stage to those rows, as if the
-    store held only them: teacher ranks are counted among the subset (the
-    index is searched through a FAISS ID selector), the rank window
+    store held only them: teacher ranks are counted among the subset (found as
+    :class:`~thresher.stores.subset.SubsetNeighbors` says, by the subset's share of the store), the rank window
     ``[p, p + m)`` and the budget's fraction are of the subset.
     """
     import dataclasses
