@@ -208,6 +208,10 @@ class SlurmJobKeeper:
         if self._thread is not None:
             self._thread.join(timeout=SQUEUE_TIMEOUT_S + 10)
             self._thread = None
+        try:  # a job submitted since the last poll (a replacement) still gets its slurm_job_submitted event
+            self._refresh(ask_squeue=False)
+        except Exception:  # noqa: BLE001 (the cluster may already be gone: nothing more to record)
+            pass
 
     # ------------------------------------------------------------------------------------------- startup
 
