@@ -231,7 +231,7 @@ class SubsetNeighbors:
     def _filtered(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
-        params = _filtered_search_params(faiss, self.index.faiss_index, self._selector, k, len(self.subset) / self.store.n_rows)
+        params = _filtered_search_params(faiss, self.index.faiss_index, self._selector, k, self.share)
         try:
             scores, found = self.index.faiss_index.search(queries, k, params=params)
         except RuntimeError as exc:
